@@ -1,0 +1,53 @@
+// Every embedplug op schema is declared here, once. Backend files (csrc/cpu, csrc/cuda) only
+// implement them with TORCH_LIBRARY_IMPL; fake kernels and autograd are registered from Python
+// (embedplug/ops/), which is what makes the ops visible to torch.compile and opcheck.
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+#include <torch/version.h>
+
+#include <string>
+
+TORCH_LIBRARY(embedplug, m) {
+  // Batch-hard mining fused with pairwise distances (sentence-transformers semantics).
+  //   embeddings [N, D] float32/float64, labels [N] int64, distance in
+  //   {"euclidean", "squared_euclidean", "cosine"}.
+  // Returns (distances [N, 3], indices [N, 3] int64): per anchor the hardest positive,
+  // the hardest-negative candidate and the row-maximum offset that sentence-transformers adds
+  // to the candidate when it is not a true negative; index -1 marks an unused slot.
+  m.def("batch_hard_mining(Tensor embeddings, Tensor labels, str distance) -> (Tensor, Tensor)");
+  // Scatters grad_distances [N, 3] onto the (at most 3N) pairs that batch_hard_mining picked.
+  m.def(
+      "_batch_hard_mining_backward(Tensor grad_distances, Tensor embeddings, Tensor distances, "
+      "Tensor indices, str distance) -> Tensor");
+}
+
+namespace {
+
+pybind11::dict build_info() {
+  pybind11::dict info;
+#ifdef _OPENMP
+  info["openmp"] = true;
+#else
+  info["openmp"] = false;
+#endif
+#ifdef EMBEDPLUG_WITH_CUDA
+  info["cuda_kernels"] = true;
+#else
+  info["cuda_kernels"] = false;
+#endif
+  info["parallel_backend"] = at::get_parallel_info();
+  info["compiled_with_torch"] = std::to_string(TORCH_VERSION_MAJOR) + "." +
+                                std::to_string(TORCH_VERSION_MINOR) + "." + std::to_string(TORCH_VERSION_PATCH);
+#ifdef __VERSION__
+  info["compiler"] = __VERSION__;
+#endif
+  return info;
+}
+
+}  // namespace
+
+// The module itself only carries build information; ops live in the dispatcher.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.def("build_info", &build_info, "How this extension was compiled (a dict).");
+}

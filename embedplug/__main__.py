@@ -1,0 +1,3 @@
+from embedplug.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,49 @@
+"""Batch-hard triplet loss (Hermans et al. 2017) on raw embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from embedplug._validation import check_embeddings, check_labels
+from embedplug.distances import kernel_distance
+from embedplug.ops import batch_hard_mining
+from embedplug.reference.batch_hard import mine_from_distance_matrix
+
+
+def batch_hard_triplet_loss(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    margin: float = 5.0,
+    distance: str | Callable[[torch.Tensor], torch.Tensor] = "euclidean",
+) -> torch.Tensor:
+    """Mean over anchors of ``max(d(a, hardest positive) - d(a, hardest negative) + margin, 0)``.
+
+    Args:
+        embeddings: [N, D] floating tensor.
+        labels: [N] integer class ids (any shape with N elements).
+        margin: the triplet margin.
+        distance: "euclidean", "squared_euclidean", "cosine", one of sentence-transformers'
+            ``BatchHardTripletLossDistanceFunction`` functions (run by the fused kernel), or any
+            callable mapping [N, D] to an [N, N] distance matrix (run by the reference path).
+
+    Returns:
+        A scalar tensor, equal to sentence-transformers' ``BatchHardTripletLoss`` (anchors with
+        no positive use 0; anchors with no negative use ST's row-maximum rule).
+    """
+    caller = "batch_hard_triplet_loss"
+    check_embeddings(embeddings, caller)
+    labels = check_labels(labels, embeddings, caller)
+    name = kernel_distance(distance)
+    if name is not None:
+        distances, _ = batch_hard_mining(embeddings, labels, name)
+    else:
+        distances, _ = mine_from_distance_matrix(distance(embeddings), labels)
+    return triplet_margin_mean(distances[:, 0], distances[:, 1] + distances[:, 2], margin)
+
+
+def triplet_margin_mean(hardest_positive: torch.Tensor, hardest_negative: torch.Tensor, margin: float) -> torch.Tensor:
+    """``mean(max(p - n + margin, 0))`` with ST's masking: NaN entries keep their gradient path."""
+    triplet = hardest_positive - hardest_negative + margin
+    return torch.where(triplet < 0, torch.zeros_like(triplet), triplet).mean()

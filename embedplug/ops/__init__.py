@@ -1,0 +1,9 @@
+"""Python front of the extension's ops: fake kernels, autograd, and the fused-or-reference dispatch.
+
+Importing a module here registers its op's fake (meta) kernel and autograd formula, but only when
+``embedplug._C`` loaded; otherwise the functions run the pure-torch reference.
+"""
+
+from embedplug.ops.batch_hard import batch_hard_mining
+
+__all__ = ["batch_hard_mining"]

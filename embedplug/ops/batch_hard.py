@@ -1,0 +1,67 @@
+"""``embedplug::batch_hard_mining``: registration and dispatch."""
+
+from __future__ import annotations
+
+import torch
+
+from embedplug import _extension
+from embedplug.distances import canonical_distance
+from embedplug.reference import batch_hard as reference
+
+OP_NAME = "batch_hard_mining"
+_extension.REPORTED_OPS.append(OP_NAME)
+
+# Resolved once so that torch.compile sees a constant, not a dispatcher query.
+_FUSED_DEVICE_TYPES = frozenset(d for d in ("cpu", "cuda") if _extension.has_kernel(OP_NAME, d))
+
+if _extension.STATUS.loaded:
+
+    @torch.library.register_fake("embedplug::batch_hard_mining")
+    def _batch_hard_mining_fake(embeddings, labels, distance):
+        n = embeddings.shape[0]
+        return embeddings.new_empty((n, 3)), labels.new_empty((n, 3))
+
+    @torch.library.register_fake("embedplug::_batch_hard_mining_backward")
+    def _batch_hard_mining_backward_fake(grad_distances, embeddings, distances, indices, distance):
+        return torch.empty_like(embeddings)
+
+    def _setup_context(ctx, inputs, output):
+        embeddings, _labels, distance = inputs
+        distances, indices = output
+        ctx.save_for_backward(embeddings, distances, indices)
+        ctx.distance = distance
+        ctx.mark_non_differentiable(indices)
+
+    def _backward(ctx, grad_distances, _grad_indices):
+        embeddings, distances, indices = ctx.saved_tensors
+        grad_embeddings = torch.ops.embedplug._batch_hard_mining_backward(
+            grad_distances, embeddings, distances, indices, ctx.distance
+        )
+        return grad_embeddings, None, None
+
+    torch.library.register_autograd("embedplug::batch_hard_mining", _backward, setup_context=_setup_context)
+
+
+def batch_hard_mining(
+    embeddings: torch.Tensor, labels: torch.Tensor, distance: str = "euclidean"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-anchor batch-hard triplet mining, fused with the pairwise distances.
+
+    Args:
+        embeddings: [N, D] floating tensor (float16/bfloat16 are computed in float32, as
+            sentence-transformers' euclidean distance does).
+        labels: [N] int64 class ids on the same device.
+        distance: "euclidean", "squared_euclidean" or "cosine".
+
+    Returns:
+        distances: [N, 3] (float32/float64) — hardest positive, hardest-negative candidate and
+            the row-maximum offset sentence-transformers adds when the candidate is not a true
+            negative; the batch-hard negative term is ``distances[:, 1] + distances[:, 2]``.
+        indices: [N, 3] int64 — the column each distance came from, -1 for an unused slot.
+    """
+    distance = canonical_distance(distance)
+    if embeddings.dtype in (torch.float16, torch.bfloat16):
+        embeddings = embeddings.float()
+    if embeddings.device.type in _FUSED_DEVICE_TYPES:
+        return torch.ops.embedplug.batch_hard_mining(embeddings, labels, distance)
+    return reference.batch_hard_mining(embeddings, labels, distance)
