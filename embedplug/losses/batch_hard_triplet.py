@@ -1,0 +1,72 @@
+"""Drop-in for sentence-transformers' ``BatchHardTripletLoss``, on the fused batch-hard kernel."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from torch import Tensor, nn
+
+from embedplug.functional.batch_hard import batch_hard_triplet_loss
+from embedplug.losses.base import EmbeddingLoss
+from embedplug.losses.distance_functions import BatchHardTripletLossDistanceFunction
+from embedplug.losses.triplet_masks import TripletMasksMixin
+
+
+class BatchHardTripletLoss(TripletMasksMixin, EmbeddingLoss):
+    """For each anchor, the hardest positive and the hardest negative in the batch (Hermans et al. 2017).
+
+    Same constructor, attributes, forward and numbers as
+    ``sentence_transformers.losses.BatchHardTripletLoss`` (6.x). ST's own distance functions and
+    embedplug's copies (``euclidean_distance``, ``eucledian_distance``, ``cosine_distance``, and
+    ``functools.partial(euclidean_distance, squared=True)``) run on the fused kernel, which never
+    materialises the N x N distance matrix; any other callable runs on the pure-torch reference.
+
+    Args:
+        model: the SentenceTransformer being trained.
+        distance_metric: [N, D] -> [N, N] distance function.
+        margin: negatives should be at least ``margin`` further from the anchor than positives.
+
+    Inputs: single texts with integer class labels. Use a P x K batch sampler (e.g.
+    ``embedplug.samplers.PKBatchSampler``) so every batch has positives and negatives.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        distance_metric: Callable[[Tensor], Tensor] = BatchHardTripletLossDistanceFunction.euclidean_distance,
+        margin: float = 5,
+    ) -> None:
+        super().__init__(model)
+        self.triplet_margin = margin
+        self.distance_metric = distance_metric
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
+        return self.compute_loss_from_embeddings([self.embed(sentence_features[0])], labels)
+
+    def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor) -> Tensor:
+        """``embeddings[0]`` [N, D], ``labels`` [N] -> scalar loss."""
+        return self.batch_hard_triplet_loss(labels, embeddings[0])
+
+    def batch_hard_triplet_loss(self, labels: Tensor, embeddings: Tensor) -> Tensor:
+        """ST's method name and argument order: ``labels`` [N], ``embeddings`` [N, D] -> scalar."""
+        return batch_hard_triplet_loss(embeddings, labels, margin=self.triplet_margin, distance=self.distance_metric)
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {
+            "distance_metric": getattr(self.distance_metric, "__name__", str(self.distance_metric)),
+            "margin": self.triplet_margin,
+        }
+
+    @property
+    def citation(self) -> str:
+        return """
+@misc{hermans2017defense,
+    title={In Defense of the Triplet Loss for Person Re-Identification},
+    author={Alexander Hermans and Lucas Beyer and Bastian Leibe},
+    year={2017},
+    eprint={1703.07737},
+    archivePrefix={arXiv},
+    primaryClass={cs.CV}
+}
+"""

@@ -1,0 +1,30 @@
+"""sentence-transformers' ``BatchHardTripletLossDistanceFunction``, without importing sentence-transformers.
+
+The fused losses recognise these functions (and sentence-transformers' own) and run the matching
+kernel; they still work as plain [N, D] -> [N, N] functions for anything else.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from embedplug.reference.pairwise import pairwise_distances
+
+
+class BatchHardTripletLossDistanceFunction:
+    """Distance functions for the Batch[All/Hard/SemiHard]TripletLoss family (ST-compatible)."""
+
+    @staticmethod
+    def cosine_distance(embeddings: torch.Tensor) -> torch.Tensor:
+        """[N, D] -> [N, N] matrix of 1 - cosine similarity."""
+        return pairwise_distances(embeddings, "cosine")
+
+    @staticmethod
+    def euclidean_distance(embeddings: torch.Tensor, squared: bool = False) -> torch.Tensor:
+        """[N, D] -> [N, N] euclidean (or squared euclidean) distances; half inputs in float32."""
+        if embeddings.dtype in (torch.float16, torch.bfloat16):
+            embeddings = embeddings.float()
+        return pairwise_distances(embeddings, "squared_euclidean" if squared else "euclidean")
+
+    # sentence-transformers keeps this misspelt alias for backwards compatibility.
+    eucledian_distance = euclidean_distance
