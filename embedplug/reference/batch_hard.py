@@ -42,9 +42,11 @@ def mine_from_distance_matrix(pairwise: torch.Tensor, labels: torch.Tensor) -> t
     )
     gathered = pairwise.gather(1, indices.clamp_min(0))
     distances = torch.where(indices >= 0, gathered, torch.zeros_like(gathered))
-    # A NaN that still depends on the row, so the gradient is NaN too (as the fused backward gives).
-    poisoned_row = (pairwise.sum(1, keepdim=True) * float("nan")).expand_as(distances)
-    distances = torch.where(non_finite.unsqueeze(1), poisoned_row, distances)
+    # NaN that still depends on the bad row, so its gradient is NaN as well (as the fused backward
+    # gives); adding, not multiplying, keeps NaN out of the good rows' gradients.
+    bad_row_sum = torch.where(non_finite, pairwise.sum(1), torch.zeros_like(pairwise[:, 0]))
+    poisoned = (bad_row_sum + float("nan")).unsqueeze(1).expand_as(distances)
+    distances = torch.where(non_finite.unsqueeze(1), poisoned, distances)
     indices = torch.where(
         non_finite.unsqueeze(1), torch.stack([rows, rows, minus_one], dim=1), indices
     )

