@@ -38,7 +38,8 @@ test: ext
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: ext
-	$(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-only -p no:randomly $(PYTEST_ARGS)
+	mkdir -p bench-results
+	$(BIN)/python -m pytest benchmarks -p no:cacheprovider --benchmark-enable --benchmark-only --benchmark-columns=median,min,max,rounds --benchmark-json=bench-results/benchmarks.json $(PYTEST_ARGS)
 
 demo: ext system-deps
 	HF_HUB_OFFLINE=1 $(BIN)/embedplug train configs/demo-reverse-dictionary.toml --overwrite
