@@ -1,0 +1,170 @@
+"""The ``embedplug`` command line (also ``python -m embedplug``).
+
+Each subcommand is one builder function that adds its parser and sets ``handler``; :data:`SUBCOMMANDS`
+lists them. To add a subcommand (``train``, ``bench``), write ``_add_<name>_command`` and its handler
+and add one line to :data:`SUBCOMMANDS`. Handlers take the parsed arguments and return an exit status.
+Heavy imports (torch, training code) belong inside handlers so ``embedplug --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from embedplug import registry
+
+SubparsersAction = Any  # argparse's _SubParsersAction is private; builders only call .add_parser()
+
+
+# --------------------------------------------------------------------------------------------------
+# embedplug plugins
+
+
+def _add_plugins_command(subparsers: SubparsersAction) -> None:
+    parser = subparsers.add_parser(
+        "plugins",
+        help="list installed plugins and what they register",
+        description="List every embedplug plugin: distribution, version, hooks, registered names and errors.",
+    )
+    parser.add_argument("--json", action="store_true", help="print the records as a JSON list")
+    parser.set_defaults(handler=_run_plugins)
+
+
+def _run_plugins(args: argparse.Namespace) -> int:
+    try:
+        records = registry.list_plugins()
+    except registry.PluginError as exc:  # strict mode: one line, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(records, indent=2) if args.json else format_plugins_table(records))
+    return 0
+
+
+def _status(record: dict[str, Any]) -> str:
+    if record["disabled"]:
+        return "disabled"
+    if record["errors"]:
+        return f"{len(record['errors'])} error(s)"
+    return "ok"
+
+
+def format_plugins_table(records: list[dict[str, Any]]) -> str:
+    """Plugin records as a fixed-width table, then each plugin's names and errors."""
+    header = ("PLUGIN", "DISTRIBUTION", "VERSION", "LOSSES", "SAMPLERS", "STATUS")
+    rows = [
+        (
+            record["name"],
+            record["distribution"] or ("(in-process)" if record["entry_point"] is None else "(unknown)"),
+            record["version"] or "-",
+            str(len(record["losses"])),
+            str(len(record["samplers"])),
+            _status(record),
+        )
+        for record in records
+    ]
+    widths = [max(len(row[column]) for row in (header, *rows)) for column in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in (header, *rows)]
+    for record in records:
+        details = [f"  {kind}: {', '.join(record[kind])}" for kind in ("losses", "samplers") if record[kind]]
+        details += [f"  error: {error}" for error in record["errors"]]
+        if details:
+            lines += ["", f"{record['name']}:", *details]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# embedplug doctor
+
+
+def _add_doctor_command(subparsers: SubparsersAction) -> None:
+    parser = subparsers.add_parser(
+        "doctor",
+        help="print backend, torch and plugin information for bug reports",
+        description="Print what embedplug resolved: compiled backend, torch, and a summary of plugins.",
+    )
+    parser.set_defaults(handler=_run_doctor)
+
+
+def _plugins_summary() -> list[dict[str, Any]] | str:
+    try:
+        records = registry.list_plugins()
+    except registry.PluginError as exc:
+        return f"error: {exc}"
+    return [
+        {
+            "name": record["name"],
+            "distribution": record["distribution"],
+            "version": record["version"],
+            "losses": len(record["losses"]),
+            "samplers": len(record["samplers"]),
+            "errors": record["errors"],
+            "disabled": record["disabled"],
+        }
+        for record in records
+    ]
+
+
+def _backend_info() -> Any:
+    # doctor is what users run when something is broken: report a failure, never crash on it.
+    try:
+        from embedplug import backend_info
+
+        return backend_info()
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _torch_version() -> str:
+    try:
+        import torch
+    except Exception as exc:
+        return f"unavailable ({type(exc).__name__}: {exc})"
+    return torch.__version__
+
+
+def _run_doctor(args: argparse.Namespace) -> int:
+    from embedplug import __version__
+
+    report = {
+        "embedplug": __version__,
+        "python": platform.python_version(),
+        "torch": _torch_version(),
+        "backend": _backend_info(),
+        "plugins": _plugins_summary(),
+    }
+    # default=str: backend_info() is owned elsewhere; a stray non-JSON value must not break doctor.
+    print(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Parser and entry point
+
+SUBCOMMANDS: dict[str, Callable[[SubparsersAction], None]] = {
+    "plugins": _add_plugins_command,
+    "doctor": _add_doctor_command,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every subcommand in :data:`SUBCOMMANDS`."""
+    from embedplug import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="embedplug", description="Fused, plugin-based losses and batch samplers for embedding models."
+    )
+    parser.add_argument("--version", action="version", version=f"embedplug {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add_command in SUBCOMMANDS.values():
+        add_command(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
