@@ -1,0 +1,22 @@
+"""The hooks embedplug calls. pyproject.toml's entry point names this module.
+
+Hooks only call ``register``: embedplug validates each class, checks that its names are free and
+attributes it to this distribution (see ``embedplug plugins``).
+"""
+
+import embedplug
+
+from embedplug_example.loss import SupConLoss
+from embedplug_example.sampler import SeededShuffleBatchSampler
+
+
+@embedplug.hookimpl
+def embedplug_register_losses(register):
+    """Register :class:`SupConLoss` as ``"SupConLoss"`` (its class name) and the short alias ``"supcon"``."""
+    register(SupConLoss, aliases=("supcon",))
+
+
+@embedplug.hookimpl
+def embedplug_register_samplers(register):
+    """Register :class:`SeededShuffleBatchSampler` and the alias ``"seeded_shuffle"``."""
+    register(SeededShuffleBatchSampler, aliases=("seeded_shuffle",))

@@ -1,0 +1,146 @@
+"""Tests for the example plugin; run them after installing it (``pip install .`` then ``pytest``)."""
+
+import importlib.metadata
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import embedplug
+from embedplug_example import SeededShuffleBatchSampler, SupConLoss, supervised_contrastive_loss
+
+
+# ----- discovery: the first thing a new plugin should check (as in datasette-plugin's template)
+
+
+def test_plugin_is_discovered_through_its_entry_point():
+    assert embedplug.get_loss("SupConLoss") is SupConLoss
+    assert embedplug.get_loss("supcon") is SupConLoss
+    assert embedplug.get_sampler("SeededShuffleBatchSampler") is SeededShuffleBatchSampler
+    [record] = [record for record in embedplug.list_plugins() if record["distribution"] == "embedplug-example"]
+    assert record["version"] == importlib.metadata.version("embedplug-example")
+    assert record["errors"] == []
+    assert record["losses"] == ["SupConLoss", "supcon"]
+    assert record["samplers"] == ["SeededShuffleBatchSampler", "seeded_shuffle"]
+
+
+# ----- the loss
+
+
+def reference_supcon(embeddings, labels, temperature):
+    """The paper's formula written out anchor by anchor, as the oracle."""
+    normalized = embeddings / embeddings.norm(dim=1, keepdim=True)
+    per_anchor = []
+    for anchor in range(len(labels)):
+        others = [other for other in range(len(labels)) if other != anchor]
+        positives = [other for other in others if labels[other] == labels[anchor]]
+        if not positives:
+            continue
+        similarity = {other: normalized[anchor] @ normalized[other] / temperature for other in others}
+        log_denominator = torch.logsumexp(torch.stack([similarity[other] for other in others]), dim=0)
+        per_anchor.append(-torch.stack([similarity[p] - log_denominator for p in positives]).mean())
+    return torch.stack(per_anchor).mean()
+
+
+@pytest.mark.parametrize("temperature", [0.05, 0.1, 1.0])
+def test_loss_matches_the_formula(temperature):
+    generator = torch.Generator().manual_seed(0)
+    embeddings = torch.randn(9, 5, generator=generator, dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, 3, 3, 4])  # labels 2 and 4 have no positive: skipped anchors
+    expected = reference_supcon(embeddings, labels, temperature)
+    actual = supervised_contrastive_loss(embeddings, labels, temperature)
+    torch.testing.assert_close(actual, expected)
+
+
+def test_loss_gradient_is_correct():
+    embeddings = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert torch.autograd.gradcheck(lambda x: supervised_contrastive_loss(x, labels, 0.5), (embeddings,))
+
+
+def test_loss_without_any_positive_is_zero_and_differentiable():
+    embeddings = torch.randn(4, 3, requires_grad=True)
+    loss = supervised_contrastive_loss(embeddings, torch.arange(4))
+    loss.backward()
+    assert loss.item() == 0.0
+    assert torch.equal(embeddings.grad, torch.zeros_like(embeddings))
+
+
+def test_loss_is_lower_when_labels_agree_with_geometry():
+    clustered = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    agreeing = supervised_contrastive_loss(clustered, torch.tensor([0, 0, 1, 1]))
+    disagreeing = supervised_contrastive_loss(clustered, torch.tensor([0, 1, 0, 1]))
+    assert agreeing < disagreeing
+
+
+class TinyEmbedder(nn.Module):
+    """Stands in for a SentenceTransformer: features dict in, ``{"sentence_embedding": ...}`` out."""
+
+    def __init__(self):
+        super().__init__()
+        self.projection = nn.Linear(8, 4)
+
+    def forward(self, features):
+        return {"sentence_embedding": self.projection(features["input_ids"])}
+
+
+def test_loss_follows_the_sentence_transformers_contract():
+    model = TinyEmbedder()
+    loss_module = SupConLoss(model, temperature=0.2)
+    features = [{"input_ids": torch.randn(6, 8)}]
+    loss = loss_module(features, torch.tensor([0, 0, 1, 1, 2, 2]))
+    loss.backward()
+    assert loss_module.model is model
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert model.projection.weight.grad is not None and torch.isfinite(model.projection.weight.grad).all()
+    assert loss_module.get_config_dict() == {"temperature": 0.2}
+    assert "Supervised Contrastive Learning" in loss_module.citation
+
+
+def test_loss_rejects_non_positive_temperature():
+    with pytest.raises(ValueError, match="temperature"):
+        SupConLoss(TinyEmbedder(), temperature=0.0)
+
+
+# ----- the sampler
+
+
+def epoch_batches(sampler, epoch):
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def test_sampler_yields_every_index_once_per_epoch():
+    sampler = SeededShuffleBatchSampler(range(10), batch_size=3, drop_last=False, seed=1)
+    batches = epoch_batches(sampler, 0)
+    assert [len(batch) for batch in batches] == [3, 3, 3, 1]
+    assert sorted(index for batch in batches for index in batch) == list(range(10))
+    assert len(sampler) == len(batches)
+
+
+def test_sampler_drop_last_drops_the_short_batch():
+    sampler = SeededShuffleBatchSampler(range(10), batch_size=3, drop_last=True)
+    batches = epoch_batches(sampler, 0)
+    assert [len(batch) for batch in batches] == [3, 3, 3]
+    assert len(sampler) == 3
+
+
+def test_sampler_order_is_a_function_of_seed_and_epoch_only():
+    def make(seed):
+        # A generator is passed as the trainer does; it must not influence the order.
+        return SeededShuffleBatchSampler(range(50), 8, False, generator=torch.Generator().manual_seed(123), seed=seed)
+
+    assert epoch_batches(make(7), 3) == epoch_batches(make(7), 3)
+    assert epoch_batches(make(7), 3) != epoch_batches(make(7), 4)
+    assert epoch_batches(make(7), 3) != epoch_batches(make(8), 3)
+    # Not seed + epoch: (0, 1) and (1, 0) are different orders.
+    assert epoch_batches(make(0), 1) != epoch_batches(make(1), 0)
+
+
+def test_sampler_length_matches_iteration_for_many_sizes():
+    for size in range(1, 12):
+        for drop_last in (False, True):
+            sampler = SeededShuffleBatchSampler(range(size), 4, drop_last)
+            expected = size // 4 if drop_last else math.ceil(size / 4)
+            assert len(sampler) == len(list(sampler)) == expected

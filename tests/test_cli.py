@@ -1,0 +1,109 @@
+"""The ``embedplug`` command line: ``plugins`` (table and JSON) and ``doctor``."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import embedplug
+from embedplug import cli, registry
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """``python -m embedplug ARGS`` in a fresh interpreter, as a user would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "embedplug", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_plugins_prints_a_table_with_the_builtin_plugin():
+    result = run_cli("plugins")
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["PLUGIN", "DISTRIBUTION", "VERSION", "LOSSES", "SAMPLERS", "STATUS"]
+    assert rows[0].split()[:3] == ["embedplug", "embedplug", embedplug.__version__]
+    assert rows[0].split()[-1] == "ok"
+
+
+def test_plugins_json_is_a_list_of_records_with_the_builtin_first():
+    result = run_cli("plugins", "--json")
+    assert result.returncode == 0, result.stderr
+    records = json.loads(result.stdout)
+    builtin = records[0]
+    assert (builtin["name"], builtin["distribution"]) == ("embedplug", "embedplug")
+    assert builtin["version"] == embedplug.__version__
+    assert builtin["hooks"] == ["embedplug_register_losses", "embedplug_register_samplers"]
+    assert builtin["errors"] == []
+    assert set(builtin) == {
+        "name", "distribution", "version", "entry_point", "hooks", "losses", "samplers", "errors", "disabled"
+    }
+
+
+def test_doctor_prints_backend_torch_and_plugins():
+    result = run_cli("doctor")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["embedplug"] == embedplug.__version__
+    assert report["torch"] == torch.__version__
+    assert isinstance(report["backend"], dict) and report["backend"].keys() == embedplug.backend_info().keys()
+    assert report["plugins"][0]["distribution"] == "embedplug"
+
+
+def test_console_script_is_installed():
+    assert importlib.metadata.entry_points(group="console_scripts", name="embedplug")
+    [script] = importlib.metadata.entry_points(group="console_scripts", name="embedplug")
+    assert script.value == "embedplug.cli:main"
+
+
+def test_missing_or_unknown_command_is_a_usage_error(capsys):
+    for argv in ([], ["no-such-command"]):
+        with pytest.raises(SystemExit) as caught:
+            cli.main(argv)
+        assert caught.value.code == 2
+    assert "usage: embedplug" in capsys.readouterr().err
+
+
+def broken_entry_point(monkeypatch) -> None:
+    """Make discovery return the built-in plugin and one entry point whose module does not exist."""
+    real = list(registry._iter_entry_points())
+    broken = importlib.metadata.EntryPoint(name="broken", value="embedplug_no_such_module", group="embedplug")
+    monkeypatch.setattr(registry, "_iter_entry_points", lambda: [*real, broken])
+
+
+def test_plugins_table_shows_errors(fresh_registry, monkeypatch, capsys):
+    broken_entry_point(monkeypatch)
+    with pytest.warns(registry.PluginWarning):
+        assert cli.main(["plugins"]) == 0
+    output = capsys.readouterr().out
+    assert "1 error(s)" in output
+    assert "error: import of 'embedplug_no_such_module' failed: ModuleNotFoundError" in output
+
+
+def test_plugins_in_strict_mode_reports_the_error_without_a_traceback(fresh_registry, monkeypatch, capsys):
+    broken_entry_point(monkeypatch)
+    monkeypatch.setenv(registry.STRICT_ENV, "1")
+    assert cli.main(["plugins", "--json"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: embedplug plugin from plugin 'broken' (embedplug_no_such_module, ")
+
+
+def test_doctor_survives_plugin_errors_in_strict_mode(fresh_registry, monkeypatch, capsys):
+    broken_entry_point(monkeypatch)
+    monkeypatch.setenv(registry.STRICT_ENV, "1")
+    assert cli.main(["doctor"]) == 0
+    assert json.loads(capsys.readouterr().out)["plugins"].startswith("error: ")
+
+
+def test_subcommands_are_added_from_the_registry_dict(monkeypatch, capsys):
+    def add_hello_command(subparsers):
+        subparsers.add_parser("hello").set_defaults(handler=lambda args: print("hi") or 7)
+
+    monkeypatch.setitem(cli.SUBCOMMANDS, "hello", add_hello_command)
+    assert cli.main(["hello"]) == 7
+    assert capsys.readouterr().out == "hi\n"
