@@ -144,9 +144,16 @@ def _run_doctor(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------
 # Parser and entry point
 
+def _add_bench_command(subparsers: SubparsersAction) -> None:
+    from embedplug.bench.command import add_bench_command
+
+    add_bench_command(subparsers)
+
+
 SUBCOMMANDS: dict[str, Callable[[SubparsersAction], None]] = {
     "plugins": _add_plugins_command,
     "doctor": _add_doctor_command,
+    "bench": _add_bench_command,
 }
 
 

@@ -1,0 +1,45 @@
+"""A short smoke run of `embedplug bench` (the full benchmark is `make bench`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from embedplug.bench import batch_hard_cases
+from embedplug.bench.memory import peak_extra_memory_bytes
+
+
+def test_bench_command_writes_table_json_and_plot(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "embedplug", "bench", "--sizes", "64", "128", "--dims", "16", "--repeats", "1",
+         "--output", str(tmp_path)],
+        capture_output=True, text=True, check=True,
+    )
+    assert "| N | D | implementation |" in result.stdout
+    payload = json.loads((tmp_path / "bench.json").read_text())
+    implementations = {row["implementation"] for row in payload["results"]}
+    assert "gemm floor (torch.mm)" in implementations and "sentence-transformers 6.2" in implementations
+    assert all(row["seconds"] > 0 for row in payload["results"])
+    assert (tmp_path / "bench.png").stat().st_size > 0
+
+
+def test_every_implementation_computes_the_same_loss_gradient():
+    inputs = batch_hard_cases.make_inputs(96, 8)
+    gradients = {}
+    for name, fn in batch_hard_cases.available_implementations().items():
+        if name.startswith("gemm") or name == "pytorch-metric-learning":  # different loss definition
+            continue
+        fn(inputs)
+        gradients[name] = inputs.embeddings.grad.clone()
+    reference = gradients.pop("sentence-transformers 6.2")
+    for grad in gradients.values():
+        assert grad.shape == reference.shape
+        assert (grad - reference).abs().max() < 1e-5
+
+
+def test_peak_memory_sees_a_large_allocation():
+    import torch
+
+    peak = peak_extra_memory_bytes(lambda: torch.ones(64 * 2**20 // 4).sum())
+    assert peak is None or peak >= 32 * 2**20
