@@ -104,6 +104,147 @@ void for_each_gram_tile(const at::Tensor& rows, int64_t tile, Epilogue&& epilogu
   });
 }
 
+// Row-block formulation, for losses whose per-anchor work needs the anchor's whole distance row
+// (sorting, counting against every positive). Runs `per_block(row_begin, row_end, distances,
+// thread_id)` for consecutive blocks of `block` anchors, in parallel over blocks; `distances` is a
+// contiguous [rows x N] block of finished distances in a per-thread buffer (block * N scalars, the
+// only memory that grows with N). Every pair is computed twice (once from each side), which costs
+// one full N x N x D GEMM instead of half of one, and buys a complete row per anchor.
+template <typename scalar_t, typename PerBlock>
+void for_each_distance_row_block(const GemmOperand& operand, DistanceKind kind, int64_t block,
+                                 PerBlock&& per_block) {
+  const int64_t n = operand.rows.size(0);
+  const scalar_t* squared_norms =
+      operand.squared_norms.defined() ? operand.squared_norms.data_ptr<scalar_t>() : nullptr;
+  const int num_threads = at::get_num_threads();
+  std::vector<std::vector<scalar_t>> buffers(num_threads);
+  const int64_t num_blocks = (n + block - 1) / block;
+  at::parallel_for(0, num_blocks, 1, [&](int64_t block_begin, int64_t block_end) {
+    const int thread_id = at::get_thread_num();
+    auto& buffer = buffers[thread_id];
+    buffer.resize(static_cast<size_t>(std::min(block, n) * n));
+    for (int64_t b = block_begin; b < block_end; ++b) {
+      const int64_t row_begin = b * block;
+      const int64_t row_end = std::min(row_begin + block, n);
+      const int64_t rows = row_end - row_begin;
+      auto gram = at::from_blob(buffer.data(), {rows, n}, operand.rows.options());
+      at::mm_out(gram, operand.rows.narrow(0, row_begin, rows), operand.rows.t());
+      scalar_t* values = buffer.data();
+      for (int64_t a = row_begin; a < row_end; ++a) {
+        scalar_t* row = values + (a - row_begin) * n;
+        const scalar_t squared_norm_a = squared_norms ? squared_norms[a] : scalar_t(0);
+        for (int64_t j = 0; j < n; ++j) {
+          row[j] = finish_distance(kind, row[j], squared_norm_a,
+                                   squared_norms ? squared_norms[j] : scalar_t(0));
+        }
+        // ST takes the norms from the Gram diagonal, which makes d(a, a) exactly 0.
+        if (kind != DistanceKind::kCosine) row[a] = scalar_t(0);
+      }
+      per_block(row_begin, row_end, static_cast<const scalar_t*>(values), thread_id);
+    }
+  });
+}
+
+// Gradient of sum_{a, j} W[a, j] * d(a, j) with respect to the embeddings, for per-pair weights W
+// that are produced one block of anchor rows at a time and never stored whole.
+//
+// `fill_weights(row_begin, row_end, distances, weights)` receives a [rows x N] distance block
+// (as for_each_distance_row_block gives it) and writes the matching [rows x N] weights. Each
+// block's weights become GEMM coefficients C:
+//   euclidean          C = W / d (0 where d = 0, as ST's masked sqrt), grad_a += sum_j C_aj (x_a - x_j)
+//   squared euclidean  C = 2 W
+//   cosine             C = W on unit rows u, grad_a += -(sum_j C_aj (u_j - cos_aj u_a)) / max(|x_a|, eps)
+// and both sides of every pair are applied by two GEMMs per block: C . X for the block's own rows
+// and C^T . X_block for every column, the latter into a per-thread [N x D] accumulator (rows of
+// other blocks are written by other threads). Cost: the distance GEMM plus two GEMMs of the same
+// size, i.e. 3 N^2 D multiply-adds in total; memory: the block buffers plus one N x D accumulator
+// per thread. NaN weights (poisoned rows) propagate through the GEMMs on purpose.
+template <typename scalar_t, typename FillWeights>
+at::Tensor pair_weight_gradient(const at::Tensor& embeddings, DistanceKind kind, int64_t block,
+                                FillWeights&& fill_weights) {
+  const auto x = embeddings.detach().contiguous();
+  const int64_t n = x.size(0);
+  const int64_t dim = x.size(1);
+  const GemmOperand operand = prepare_operand(x, kind);
+  // Cosine works on unit rows; the euclidean kinds on the embeddings themselves.
+  const at::Tensor& base = operand.rows;
+  const int num_threads = at::get_num_threads();
+  // Per thread: the sum of C . base over its pairs (both sides) and the per-row coefficient sums
+  // that multiply the row itself.
+  std::vector<at::Tensor> accumulators(num_threads);
+  std::vector<std::vector<scalar_t>> self_coefficients(num_threads);
+  std::vector<std::vector<scalar_t>> weight_buffers(num_threads);
+
+  for_each_distance_row_block<scalar_t>(operand, kind, block, [&](int64_t row_begin, int64_t row_end,
+                                                                 const scalar_t* distances,
+                                                                 int thread_id) {
+    const int64_t rows = row_end - row_begin;
+    auto& weights = weight_buffers[thread_id];
+    weights.resize(static_cast<size_t>(rows * n));
+    if (!accumulators[thread_id].defined()) {
+      accumulators[thread_id] = at::zeros({n, dim}, x.options());
+      self_coefficients[thread_id].assign(static_cast<size_t>(n), scalar_t(0));
+    }
+    auto& self_coefficient = self_coefficients[thread_id];
+    fill_weights(row_begin, row_end, distances, weights.data());
+    for (int64_t a = row_begin; a < row_end; ++a) {
+      scalar_t* c = weights.data() + (a - row_begin) * n;
+      const scalar_t* d = distances + (a - row_begin) * n;
+      scalar_t row_sum = 0;
+      for (int64_t j = 0; j < n; ++j) {
+        const scalar_t w = c[j];
+        scalar_t coefficient;
+        scalar_t self_term;
+        if (kind == DistanceKind::kCosine) {
+          coefficient = w;
+          self_term = w == scalar_t(0) ? scalar_t(0) : w * (scalar_t(1) - d[j]);
+        } else if (kind == DistanceKind::kSquaredEuclidean) {
+          coefficient = self_term = scalar_t(2) * w;
+        } else {
+          // A zero distance has zero gradient in ST; a NaN weight must still reach the output.
+          coefficient = self_term = d[j] > scalar_t(0) ? w / d[j] : (std::isnan(w) ? w : scalar_t(0));
+        }
+        c[j] = coefficient;
+        row_sum += self_term;
+        self_coefficient[j] += self_term;
+      }
+      self_coefficient[a] += row_sum;
+    }
+    auto coefficients = at::from_blob(weights.data(), {rows, n}, x.options());
+    auto& accumulator = accumulators[thread_id];
+    accumulator.narrow(0, row_begin, rows).addmm_(coefficients, base);
+    accumulator.addmm_(coefficients.t(), base.narrow(0, row_begin, rows));
+  });
+
+  // grad = self_coefficient * base - accumulated, then the cosine chain rule through normalize.
+  auto self_total = at::zeros({n}, x.options());
+  auto pair_total = at::zeros({n, dim}, x.options());
+  for (int t = 0; t < num_threads; ++t) {
+    if (!accumulators[t].defined()) continue;
+    pair_total.add_(accumulators[t]);
+    self_total.add_(at::from_blob(self_coefficients[t].data(), {n}, x.options()));
+  }
+  if (kind != DistanceKind::kCosine) return self_total.unsqueeze(1) * base - pair_total;
+  const auto norms = x.norm(2, 1);
+  // Below eps, normalize divides by the constant eps: no projection term.
+  const auto projected = (norms >= kNormalizeEps).to(x.scalar_type());
+  return (projected * self_total).unsqueeze(1).mul(base).sub(pair_total).div(norms.clamp_min(kNormalizeEps).unsqueeze(1));
+}
+
+// Input checks shared by the per-anchor loss kernels.
+inline void check_embeddings_and_labels(const at::Tensor& embeddings, const at::Tensor& labels) {
+  TORCH_CHECK(embeddings.dim() == 2, "embedplug: embeddings must be 2-D [N, D], got ", embeddings.dim(), "-D");
+  TORCH_CHECK(embeddings.scalar_type() == at::kFloat || embeddings.scalar_type() == at::kDouble,
+              "embedplug: the CPU kernel takes float32 or float64 embeddings, got ", embeddings.scalar_type());
+  TORCH_CHECK(embeddings.size(0) > 0, "embedplug: empty batch (N = 0)");
+  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == embeddings.size(0),
+              "embedplug: labels must be 1-D with one label per embedding (", embeddings.size(0), "), got shape ",
+              labels.sizes());
+  TORCH_CHECK(labels.scalar_type() == at::kLong, "embedplug: labels must be int64, got ", labels.scalar_type());
+  TORCH_CHECK(labels.device() == embeddings.device(), "embedplug: labels and embeddings must be on the same device");
+  TORCH_CHECK(embeddings.device().is_cpu(), "embedplug: the CPU kernel got a non-CPU tensor");
+}
+
 // Running arg-max / arg-min with torch.max's tie rule (the smallest index wins), expressed as a
 // total order so that results merged from different threads do not depend on scheduling.
 template <typename scalar_t>
