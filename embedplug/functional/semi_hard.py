@@ -49,6 +49,11 @@ def batch_semi_hard_triplet_loss(
 
 
 def positive_pair_count(labels: torch.Tensor) -> torch.Tensor:
-    """Number of ordered pairs (a, p), a != p, with equal labels: sum over classes of K (K - 1), in O(N)."""
-    _, class_sizes = torch.unique(labels, return_counts=True)
-    return (class_sizes * (class_sizes - 1)).sum()
+    """Number of ordered pairs (a, p), a != p, with equal labels: sum over samples of (class size - 1).
+
+    O(N log N) with static shapes (a sort and two searches, no ``unique``), so it compiles
+    without graph breaks.
+    """
+    ordered = labels.sort().values
+    class_size = torch.searchsorted(ordered, labels, right=True) - torch.searchsorted(ordered, labels)
+    return (class_size - 1).sum()
