@@ -154,7 +154,7 @@ std::tuple<at::Tensor, at::Tensor> batch_all_triplet_loss_forward_cpu(const at::
   const int64_t* label_ptr = labels_contiguous.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(embeddings.scalar_type(), "batch_all_triplet_loss_forward_cpu", [&] {
     // Detached: worker threads do not inherit autograd guards, and the op has its own backward.
-    const GemmOperand operand = prepare_operand(embeddings.detach(), kind);
+    const GemmOperand operand = prepare_row_block_operand(embeddings.detach(), kind, kRowBlock);
     scalar_t* sum_ptr = loss_sums.data_ptr<scalar_t>();
     int64_t* count_ptr = counts.data_ptr<int64_t>();
     const scalar_t typed_margin = static_cast<scalar_t>(margin);

@@ -104,6 +104,25 @@ void for_each_gram_tile(const at::Tensor& rows, int64_t tile, Epilogue&& epilogu
   });
 }
 
+// Operand for the row-block kernels. sentence-transformers takes squared norms from the diagonal
+// of its Gram matrix, and a BLAS dot product rounds differently from ATen's sum of squares; losses
+// that pick elements by comparing distances (semi-hard) would then flip near-ties against ST. The
+// diagonal of block x block Gram products reproduces ST's norms: BLAS computes an entry the same
+// way in a block as in the full product whenever it keeps its accumulation order over D.
+inline GemmOperand prepare_row_block_operand(const at::Tensor& embeddings, DistanceKind kind, int64_t block) {
+  GemmOperand operand = prepare_operand(embeddings, kind);
+  if (kind == DistanceKind::kCosine) return operand;
+  const int64_t n = operand.rows.size(0);
+  auto squared_norms = at::empty({n}, operand.rows.options());
+  for (int64_t begin = 0; begin < n; begin += block) {
+    const int64_t rows = std::min(block, n - begin);
+    const auto rows_block = operand.rows.narrow(0, begin, rows);
+    squared_norms.narrow(0, begin, rows).copy_(at::mm(rows_block, rows_block.t()).diagonal());
+  }
+  operand.squared_norms = squared_norms;
+  return operand;
+}
+
 // Row-block formulation, for losses whose per-anchor work needs the anchor's whole distance row
 // (sorting, counting against every positive). Runs `per_block(row_begin, row_end, distances,
 // thread_id)` for consecutive blocks of `block` anchors, in parallel over blocks; `distances` is a
@@ -165,7 +184,7 @@ at::Tensor pair_weight_gradient(const at::Tensor& embeddings, DistanceKind kind,
   const auto x = embeddings.detach().contiguous();
   const int64_t n = x.size(0);
   const int64_t dim = x.size(1);
-  const GemmOperand operand = prepare_operand(x, kind);
+  const GemmOperand operand = prepare_row_block_operand(x, kind, block);
   // Cosine works on unit rows; the euclidean kinds on the embeddings themselves.
   const at::Tensor& base = operand.rows;
   const int num_threads = at::get_num_threads();

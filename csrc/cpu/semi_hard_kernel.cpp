@@ -103,7 +103,7 @@ at::Tensor semi_hard_triplet_loss_forward_cpu(const at::Tensor& embeddings, cons
   const int64_t* label_ptr = labels_contiguous.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(embeddings.scalar_type(), "semi_hard_triplet_loss_forward_cpu", [&] {
     // Detached: worker threads do not inherit autograd guards, and the op has its own backward.
-    const GemmOperand operand = prepare_operand(embeddings.detach(), kind);
+    const GemmOperand operand = prepare_row_block_operand(embeddings.detach(), kind, kRowBlock);
     scalar_t* sum_ptr = loss_sums.data_ptr<scalar_t>();
     const scalar_t typed_margin = static_cast<scalar_t>(margin);
     for_each_distance_row_block<scalar_t>(
