@@ -1,21 +1,25 @@
 // Batch-all triplet loss (sentence-transformers' BatchAllTripletLoss) without the cubic tensor.
 //
 // For an anchor a with positives P and negatives Q, ST evaluates t(p, n) = (d_ap - d_an) + margin
-// for every (p, n) and sums the ones that are not negative; it divides by the number of triplets
+// for every (p, n), sums the ones that are not negative and divides by the number of triplets
 // with t > 1e-16. t is non-increasing in d_an and non-decreasing in d_ap, also after float
 // rounding, so for each positive the triplets that count form a prefix of Q sorted by distance
 // (and for each negative a suffix of P sorted by distance). Per anchor this gives
-//   small classes (|P| <= kSmallClassPositives): compare every negative with the |P| positive
-//     distances directly, O(N * K), no sort;
-//   larger classes: sort Q once, prefix sums, one binary search per positive (the predicate is
-//     evaluated with ST's own float expression, so counts are exact), O(N log N).
-// Anchors are processed in blocks whose distance rows come from one GEMM into a per-thread
-// buffer; nothing N x N (or P x N) is allocated.
+//   small classes (|P| <= kSmallClassPositives): one pass over the row comparing each negative
+//     with the |P| positive distances, O(N * K), no sort;
+//   larger classes: sort Q once, prefix sums, one binary search per positive (and sort P, one
+//     binary search per negative for the gradient), O(N log N). The predicates are evaluated with
+//     ST's own float expression, so the counts are exact, not approximate.
+// Anchors are processed in blocks whose distance rows come from one GEMM into a per-thread buffer;
+// nothing N x N (or pairs x N) is allocated.
 //
-// Outputs per anchor: the loss sum over its triplets and the count of triplets with t > 1e-16;
-// the loss is sum(sums) / (sum(counts) + 1e-16). The backward recomputes the rows and turns the
-// counts into per-pair weights, W[a, p] = g_a * #{n: t(p, n) >= 0} and
-// W[a, n] = -g_a * #{p: t(p, n) >= 0}, applied tile by tile by pair_weight_gradient.
+// Outputs per anchor: the loss sum over its triplets and the count of triplets with t > 1e-16 (the
+// loss is sum(sums) / (sum(counts) + 1e-16)). The gradient goes through per-pair weights
+//   W[a, p] = g_a * #{n: t(p, n) >= 0},  W[a, n] = -g_a * #{p: t(p, n) >= 0}
+// applied tile by tile by pair_weight_gradient. The loss always weights every anchor alike
+// (g_a = 1 / denominator), so when asked the forward already applies W for g = 1 and returns that
+// gradient; the backward rescales it when the incoming gradient is uniform and recomputes
+// otherwise. One distance GEMM is saved that way (forward + backward = 3 GEMM-sized products).
 #include <torch/library.h>
 
 #include <algorithm>
@@ -28,193 +32,191 @@ namespace {
 
 constexpr int64_t kRowBlock = 64;
 // Above this many positives a sort plus binary searches beats comparing each negative with every
-// positive (log2 of a few thousand negatives is ~12; the direct loop has no branches to mispredict).
+// positive (log2 of a few thousand negatives is ~12).
 constexpr int64_t kSmallClassPositives = 16;
-// ST counts a triplet as "positive" when its loss exceeds this.
-constexpr double kPositiveTripletThreshold = 1e-16;
-
-// One anchor's row split into its positive and negative distances (same order as the columns).
-template <typename scalar_t>
-struct AnchorRow {
-  std::vector<scalar_t> positive_distance, negative_distance;
-  std::vector<int64_t> positive_column, negative_column;
-  bool non_finite = false;
-
-  void split(const scalar_t* row, const int64_t* labels, int64_t n, int64_t anchor) {
-    positive_distance.clear();
-    negative_distance.clear();
-    positive_column.clear();
-    negative_column.clear();
-    non_finite = false;
-    const int64_t label = labels[anchor];
-    for (int64_t j = 0; j < n; ++j) {
-      non_finite |= !std::isfinite(row[j]);
-      if (labels[j] != label) {
-        negative_distance.push_back(row[j]);
-        negative_column.push_back(j);
-      } else if (j != anchor) {
-        positive_distance.push_back(row[j]);
-        positive_column.push_back(j);
-      }
-    }
-  }
-};
+// ST counts a triplet as active when its loss exceeds this.
+constexpr double kActiveTripletThreshold = 1e-16;
 
 template <typename scalar_t>
 inline scalar_t triplet_value(scalar_t positive, scalar_t negative, scalar_t margin) {
   return (positive - negative) + margin;  // ST's evaluation order
 }
 
-// Forward for one anchor: (sum of the non-negative triplet losses, number above 1e-16).
+// Per-thread scratch and the per-anchor computation shared by the forward and the backward.
 template <typename scalar_t>
-std::pair<double, int64_t> anchor_loss(const AnchorRow<scalar_t>& row, scalar_t margin,
-                                       std::vector<scalar_t>& sorted, std::vector<double>& prefix) {
-  const scalar_t threshold = static_cast<scalar_t>(kPositiveTripletThreshold);
-  double sum = 0;
-  int64_t count = 0;
-  const auto& positives = row.positive_distance;
-  const auto& negatives = row.negative_distance;
-  if (static_cast<int64_t>(positives.size()) <= kSmallClassPositives) {
-    for (const scalar_t negative : negatives) {
-      for (const scalar_t positive : positives) {
-        const scalar_t t = triplet_value(positive, negative, margin);
-        if (t >= scalar_t(0)) sum += t;
-        count += t > threshold;
+struct BatchAllAnchor {
+  const int64_t* labels;
+  const ClassMembers* classes;
+  int64_t n;
+  scalar_t margin;
+  std::vector<int64_t> positives, kept_per_positive;
+  std::vector<scalar_t> positive_distance, sorted_negatives, sorted_positives;
+  std::vector<double> prefix;
+
+  // Loss sum and active-triplet count of anchor a; with `weights`, also writes W[a, :] for an
+  // incoming gradient `grad` (the row must be zero on entry).
+  std::pair<double, int64_t> process(const scalar_t* row, int64_t a, scalar_t grad, scalar_t* weights) {
+    classes->positives_of(a, positives);
+    // ST only looks at anchors with a positive.
+    if (positives.empty()) return {0.0, 0};
+    // x * 0 is NaN exactly for NaN and +-Inf: one vectorisable pass finds any non-finite distance,
+    // which ST turns into a NaN loss (0 * inf, inf - inf).
+    scalar_t poison = 0;
+    for (int64_t j = 0; j < n; ++j) poison += row[j] * scalar_t(0);
+    if (std::isnan(poison)) {
+      if (weights) std::fill(weights, weights + n, std::numeric_limits<scalar_t>::quiet_NaN());
+      return {std::numeric_limits<double>::quiet_NaN(), 0};
+    }
+    const int64_t label = labels[a];
+    const int64_t num_positives = static_cast<int64_t>(positives.size());
+    positive_distance.resize(num_positives);
+    for (int64_t k = 0; k < num_positives; ++k) positive_distance[k] = row[positives[k]];
+    const scalar_t threshold = static_cast<scalar_t>(kActiveTripletThreshold);
+    double sum = 0;
+    int64_t count = 0;
+
+    if (num_positives <= kSmallClassPositives) {
+      kept_per_positive.assign(num_positives, 0);
+      for (int64_t j = 0; j < n; ++j) {
+        if (labels[j] == label) continue;
+        const scalar_t negative = row[j];
+        int64_t kept_here = 0;
+        for (int64_t k = 0; k < num_positives; ++k) {
+          const scalar_t t = triplet_value(positive_distance[k], negative, margin);
+          const bool kept = t >= scalar_t(0);
+          sum += kept ? t : scalar_t(0);
+          count += t > threshold;
+          kept_here += kept;
+          kept_per_positive[k] += kept;
+        }
+        if (weights) weights[j] = -grad * static_cast<scalar_t>(kept_here);
+      }
+      if (weights) {
+        for (int64_t k = 0; k < num_positives; ++k) {
+          weights[positives[k]] = grad * static_cast<scalar_t>(kept_per_positive[k]);
+        }
+      }
+      return {sum, count};
+    }
+
+    sorted_negatives.clear();
+    for (int64_t j = 0; j < n; ++j) {
+      if (labels[j] != label) sorted_negatives.push_back(row[j]);
+    }
+    std::sort(sorted_negatives.begin(), sorted_negatives.end());
+    prefix.resize(sorted_negatives.size() + 1);
+    prefix[0] = 0;
+    for (size_t i = 0; i < sorted_negatives.size(); ++i) prefix[i + 1] = prefix[i] + sorted_negatives[i];
+    for (int64_t k = 0; k < num_positives; ++k) {
+      const scalar_t positive = positive_distance[k];
+      const auto kept = std::partition_point(sorted_negatives.begin(), sorted_negatives.end(),
+                                             [&](scalar_t negative) {
+                                               return triplet_value(positive, negative, margin) >= scalar_t(0);
+                                             }) -
+                        sorted_negatives.begin();
+      const auto active = std::partition_point(sorted_negatives.begin(), sorted_negatives.begin() + kept,
+                                               [&](scalar_t negative) {
+                                                 return triplet_value(positive, negative, margin) > threshold;
+                                               }) -
+                          sorted_negatives.begin();
+      sum += static_cast<double>(kept) * (static_cast<double>(positive) + static_cast<double>(margin)) - prefix[kept];
+      count += active;
+      if (weights) weights[positives[k]] = grad * static_cast<scalar_t>(kept);
+    }
+    if (weights) {
+      sorted_positives.assign(positive_distance.begin(), positive_distance.end());
+      std::sort(sorted_positives.begin(), sorted_positives.end());
+      for (int64_t j = 0; j < n; ++j) {
+        if (labels[j] == label) continue;
+        const scalar_t negative = row[j];
+        // Positives too close to keep the triplet form a prefix of the ascending positives.
+        const auto dropped = std::partition_point(sorted_positives.begin(), sorted_positives.end(),
+                                                  [&](scalar_t positive) {
+                                                    return triplet_value(positive, negative, margin) < scalar_t(0);
+                                                  }) -
+                             sorted_positives.begin();
+        weights[j] = -grad * static_cast<scalar_t>(num_positives - dropped);
       }
     }
     return {sum, count};
   }
-  sorted.assign(negatives.begin(), negatives.end());
-  std::sort(sorted.begin(), sorted.end());
-  prefix.resize(sorted.size() + 1);
-  prefix[0] = 0;
-  for (size_t i = 0; i < sorted.size(); ++i) prefix[i + 1] = prefix[i] + sorted[i];
-  for (const scalar_t positive : positives) {
-    const auto kept = std::partition_point(sorted.begin(), sorted.end(), [&](scalar_t negative) {
-                        return triplet_value(positive, negative, margin) >= scalar_t(0);
-                      }) - sorted.begin();
-    const auto counted = std::partition_point(sorted.begin(), sorted.end(), [&](scalar_t negative) {
-                           return triplet_value(positive, negative, margin) > threshold;
-                         }) - sorted.begin();
-    sum += static_cast<double>(kept) * (static_cast<double>(positive) + static_cast<double>(margin)) - prefix[kept];
-    count += counted;
-  }
-  return {sum, count};
-}
+};
 
-// Backward weights for one anchor row: W[a, p] = g * #{n: t >= 0}, W[a, n] = -g * #{p: t >= 0}.
-template <typename scalar_t>
-void anchor_weights(const AnchorRow<scalar_t>& row, scalar_t margin, scalar_t grad, scalar_t* weights,
-                    std::vector<scalar_t>& sorted_negatives, std::vector<scalar_t>& sorted_positives) {
-  const auto& positives = row.positive_distance;
-  const auto& negatives = row.negative_distance;
-  if (static_cast<int64_t>(positives.size()) <= kSmallClassPositives) {
-    for (size_t q = 0; q < negatives.size(); ++q) {
-      int64_t kept_positives = 0;
-      for (size_t p = 0; p < positives.size(); ++p) {
-        const bool kept = triplet_value(positives[p], negatives[q], margin) >= scalar_t(0);
-        kept_positives += kept;
-        weights[row.positive_column[p]] += kept ? grad : scalar_t(0);
-      }
-      weights[row.negative_column[q]] = -grad * static_cast<scalar_t>(kept_positives);
-    }
-    return;
-  }
-  sorted_negatives.assign(negatives.begin(), negatives.end());
-  std::sort(sorted_negatives.begin(), sorted_negatives.end());
-  sorted_positives.assign(positives.begin(), positives.end());
-  std::sort(sorted_positives.begin(), sorted_positives.end());
-  for (size_t p = 0; p < positives.size(); ++p) {
-    const scalar_t positive = positives[p];
-    const auto kept = std::partition_point(sorted_negatives.begin(), sorted_negatives.end(), [&](scalar_t negative) {
-                        return triplet_value(positive, negative, margin) >= scalar_t(0);
-                      }) - sorted_negatives.begin();
-    weights[row.positive_column[p]] = grad * static_cast<scalar_t>(kept);
-  }
-  for (size_t q = 0; q < negatives.size(); ++q) {
-    const scalar_t negative = negatives[q];
-    // Positives too close to keep the triplet form a prefix of the ascending positives.
-    const auto dropped = std::partition_point(sorted_positives.begin(), sorted_positives.end(), [&](scalar_t positive) {
-                           return triplet_value(positive, negative, margin) < scalar_t(0);
-                         }) - sorted_positives.begin();
-    weights[row.negative_column[q]] =
-        -grad * static_cast<scalar_t>(static_cast<int64_t>(sorted_positives.size()) - dropped);
-  }
-}
-
-std::tuple<at::Tensor, at::Tensor> batch_all_triplet_loss_forward_cpu(const at::Tensor& embeddings,
-                                                                      const at::Tensor& labels,
-                                                                      c10::string_view distance, double margin) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_all_triplet_loss_forward_cpu(
+    const at::Tensor& embeddings, const at::Tensor& labels, c10::string_view distance, double margin,
+    bool compute_grad) {
   check_embeddings_and_labels(embeddings, labels);
   const DistanceKind kind = parse_distance(std::string_view(distance.data(), distance.size()));
   const int64_t n = embeddings.size(0);
   auto loss_sums = at::empty({n}, embeddings.options());
   auto counts = at::empty({n}, labels.options());
+  at::Tensor unit_grad = at::empty({0}, embeddings.options());
   const auto labels_contiguous = labels.contiguous();
   const int64_t* label_ptr = labels_contiguous.data_ptr<int64_t>();
+  const ClassMembers classes(label_ptr, n);
   AT_DISPATCH_FLOATING_TYPES(embeddings.scalar_type(), "batch_all_triplet_loss_forward_cpu", [&] {
-    // Detached: worker threads do not inherit autograd guards, and the op has its own backward.
-    const GemmOperand operand = prepare_row_block_operand(embeddings.detach(), kind, kRowBlock);
     scalar_t* sum_ptr = loss_sums.data_ptr<scalar_t>();
     int64_t* count_ptr = counts.data_ptr<int64_t>();
-    const scalar_t typed_margin = static_cast<scalar_t>(margin);
+    const BatchAllAnchor<scalar_t> prototype{label_ptr, &classes, n, static_cast<scalar_t>(margin)};
+    auto record = [&](int64_t a, std::pair<double, int64_t> result) {
+      sum_ptr[a] = static_cast<scalar_t>(result.first);
+      count_ptr[a] = result.second;
+    };
+    // Detached: worker threads do not inherit autograd guards, and the op has its own backward.
+    const auto x = embeddings.detach();
+    if (compute_grad) {
+      unit_grad = pair_weight_gradient<scalar_t>(
+          x, kind, kRowBlock, [&](int64_t row_begin, int64_t row_end, const scalar_t* distances, scalar_t* weights) {
+            BatchAllAnchor<scalar_t> anchor = prototype;
+            std::fill(weights, weights + (row_end - row_begin) * n, scalar_t(0));
+            for (int64_t a = row_begin; a < row_end; ++a) {
+              const int64_t offset = (a - row_begin) * n;
+              record(a, anchor.process(distances + offset, a, scalar_t(1), weights + offset));
+            }
+          });
+      return;
+    }
+    const GemmOperand operand = prepare_row_block_operand(x, kind, kRowBlock);
     for_each_distance_row_block<scalar_t>(
         operand, kind, kRowBlock, [&](int64_t row_begin, int64_t row_end, const scalar_t* distances, int) {
-          AnchorRow<scalar_t> row;
-          std::vector<scalar_t> sorted;
-          std::vector<double> prefix;
+          BatchAllAnchor<scalar_t> anchor = prototype;
           for (int64_t a = row_begin; a < row_end; ++a) {
-            row.split(distances + (a - row_begin) * n, label_ptr, n, a);
-            // ST only looks at anchors with a positive; for those, 0 * inf or NaN poisons the sum.
-            if (row.positive_distance.empty()) {
-              sum_ptr[a] = scalar_t(0);
-              count_ptr[a] = 0;
-              continue;
-            }
-            if (row.non_finite) {
-              sum_ptr[a] = std::numeric_limits<scalar_t>::quiet_NaN();
-              count_ptr[a] = 0;
-              continue;
-            }
-            const auto [sum, count] = anchor_loss(row, typed_margin, sorted, prefix);
-            sum_ptr[a] = static_cast<scalar_t>(sum);
-            count_ptr[a] = count;
+            record(a, anchor.process(distances + (a - row_begin) * n, a, scalar_t(0), nullptr));
           }
         });
   });
-  return {loss_sums, counts};
+  return {loss_sums, counts, unit_grad};
 }
 
 at::Tensor batch_all_triplet_loss_backward_cpu(const at::Tensor& grad_sums, const at::Tensor& embeddings,
-                                               const at::Tensor& labels, c10::string_view distance, double margin) {
+                                               const at::Tensor& labels, const at::Tensor& unit_grad,
+                                               c10::string_view distance, double margin) {
   check_embeddings_and_labels(embeddings, labels);
-  TORCH_CHECK(grad_sums.dim() == 1 && grad_sums.size(0) == embeddings.size(0),
-              "embedplug: grad_sums must be [N]");
+  TORCH_CHECK(grad_sums.dim() == 1 && grad_sums.size(0) == embeddings.size(0), "embedplug: grad_sums must be [N]");
+  if (unit_grad.numel() > 0) {
+    TORCH_CHECK(unit_grad.sizes() == embeddings.sizes(), "embedplug: unit_grad must be empty or [N, D]");
+    // The loss's own gradient is uniform over anchors: the forward already did the work.
+    if (uniform_gradient(grad_sums)) return unit_grad * grad_sums[0].to(unit_grad.scalar_type());
+  }
   const DistanceKind kind = parse_distance(std::string_view(distance.data(), distance.size()));
   const int64_t n = embeddings.size(0);
   const auto labels_contiguous = labels.contiguous();
   const int64_t* label_ptr = labels_contiguous.data_ptr<int64_t>();
+  const ClassMembers classes(label_ptr, n);
   at::Tensor grad;
   AT_DISPATCH_FLOATING_TYPES(embeddings.scalar_type(), "batch_all_triplet_loss_backward_cpu", [&] {
     const auto grad_per_anchor = grad_sums.detach().to(embeddings.scalar_type()).contiguous();
     const scalar_t* grad_ptr = grad_per_anchor.data_ptr<scalar_t>();
-    const scalar_t typed_margin = static_cast<scalar_t>(margin);
+    const BatchAllAnchor<scalar_t> prototype{label_ptr, &classes, n, static_cast<scalar_t>(margin)};
     grad = pair_weight_gradient<scalar_t>(
-        embeddings, kind, kRowBlock,
+        embeddings.detach(), kind, kRowBlock,
         [&](int64_t row_begin, int64_t row_end, const scalar_t* distances, scalar_t* weights) {
-          AnchorRow<scalar_t> row;
-          std::vector<scalar_t> sorted_negatives, sorted_positives;
+          BatchAllAnchor<scalar_t> anchor = prototype;
           std::fill(weights, weights + (row_end - row_begin) * n, scalar_t(0));
           for (int64_t a = row_begin; a < row_end; ++a) {
-            scalar_t* weight_row = weights + (a - row_begin) * n;
-            row.split(distances + (a - row_begin) * n, label_ptr, n, a);
-            const scalar_t g = grad_ptr[a];
-            if (row.positive_distance.empty() || g == scalar_t(0)) continue;
-            if (row.non_finite) {
-              std::fill(weight_row, weight_row + n, std::numeric_limits<scalar_t>::quiet_NaN());
-              continue;
-            }
-            anchor_weights(row, typed_margin, g, weight_row, sorted_negatives, sorted_positives);
+            if (grad_ptr[a] == scalar_t(0)) continue;
+            const int64_t offset = (a - row_begin) * n;
+            anchor.process(distances + offset, a, grad_ptr[a], weights + offset);
           }
         });
   });

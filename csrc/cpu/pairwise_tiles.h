@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <string_view>
@@ -151,13 +152,22 @@ void for_each_distance_row_block(const GemmOperand& operand, DistanceKind kind, 
       scalar_t* values = buffer.data();
       for (int64_t a = row_begin; a < row_end; ++a) {
         scalar_t* row = values + (a - row_begin) * n;
-        const scalar_t squared_norm_a = squared_norms ? squared_norms[a] : scalar_t(0);
+        // finish_distance's formulas, one branch-free loop per kind so that the compiler
+        // vectorises them (sqrt(0) is 0, so the zero case needs no branch for the value).
+        if (kind == DistanceKind::kCosine) {
+          for (int64_t j = 0; j < n; ++j) row[j] = scalar_t(1) - row[j];
+          continue;
+        }
+        const scalar_t squared_norm_a = squared_norms[a];
         for (int64_t j = 0; j < n; ++j) {
-          row[j] = finish_distance(kind, row[j], squared_norm_a,
-                                   squared_norms ? squared_norms[j] : scalar_t(0));
+          const scalar_t squared = (squared_norms[j] - scalar_t(2) * row[j]) + squared_norm_a;
+          row[j] = squared < scalar_t(0) ? scalar_t(0) : squared;
+        }
+        if (kind == DistanceKind::kEuclidean) {
+          for (int64_t j = 0; j < n; ++j) row[j] = std::sqrt(row[j]);
         }
         // ST takes the norms from the Gram diagonal, which makes d(a, a) exactly 0.
-        if (kind != DistanceKind::kCosine) row[a] = scalar_t(0);
+        row[a] = scalar_t(0);
       }
       per_block(row_begin, row_end, static_cast<const scalar_t*>(values), thread_id);
     }
@@ -248,6 +258,43 @@ at::Tensor pair_weight_gradient(const at::Tensor& embeddings, DistanceKind kind,
   // Below eps, normalize divides by the constant eps: no projection term.
   const auto projected = (norms >= kNormalizeEps).to(x.scalar_type());
   return (projected * self_total).unsqueeze(1).mul(base).sub(pair_total).div(norms.clamp_min(kNormalizeEps).unsqueeze(1));
+}
+
+// Samples grouped by label, so an anchor finds its positives without scanning the row:
+// members[class_begin[a] .. class_end[a]) are the samples sharing a's label, in index order.
+struct ClassMembers {
+  std::vector<int64_t> members, class_begin, class_end;
+
+  ClassMembers(const int64_t* labels, int64_t n) : members(n), class_begin(n), class_end(n) {
+    for (int64_t i = 0; i < n; ++i) members[i] = i;
+    std::stable_sort(members.begin(), members.end(), [&](int64_t x, int64_t y) { return labels[x] < labels[y]; });
+    for (int64_t begin = 0; begin < n;) {
+      int64_t end = begin + 1;
+      while (end < n && labels[members[end]] == labels[members[begin]]) ++end;
+      for (int64_t i = begin; i < end; ++i) {
+        class_begin[members[i]] = begin;
+        class_end[members[i]] = end;
+      }
+      begin = end;
+    }
+  }
+
+  int64_t class_size(int64_t sample) const { return class_end[sample] - class_begin[sample]; }
+  // The smallest index with this sample's label (the first same-label column of its row).
+  int64_t first_member(int64_t sample) const { return members[class_begin[sample]]; }
+  // Appends the sample's positives (same label, not itself) in index order.
+  void positives_of(int64_t sample, std::vector<int64_t>& out) const {
+    out.clear();
+    for (int64_t i = class_begin[sample]; i < class_end[sample]; ++i) {
+      if (members[i] != sample) out.push_back(members[i]);
+    }
+  }
+};
+
+// Whether every entry of a 1-D incoming gradient is the same (finite or not, NaN excluded): the
+// per-anchor losses are always reduced by a plain sum scaled once, which gives exactly that.
+inline bool uniform_gradient(const at::Tensor& grad) {
+  return grad.numel() > 0 && grad.eq(grad[0]).all().item<bool>();
 }
 
 // Input checks shared by the per-anchor loss kernels.

@@ -17,25 +17,28 @@ _FUSED_DEVICE_TYPES = frozenset(d for d in ("cpu", "cuda") if _extension.has_ker
 if _extension.STATUS.loaded:
 
     @torch.library.register_fake("embedplug::semi_hard_triplet_loss_forward")
-    def _forward_fake(embeddings, labels, distance, margin):
-        return embeddings.new_empty((embeddings.shape[0],))
+    def _forward_fake(embeddings, labels, distance, margin, compute_grad):
+        unit_grad = embeddings.new_empty(embeddings.shape if compute_grad else (0,))
+        return embeddings.new_empty((embeddings.shape[0],)), unit_grad
 
     @torch.library.register_fake("embedplug::_semi_hard_triplet_loss_backward")
-    def _backward_fake(grad_sums, embeddings, labels, distance, margin):
+    def _backward_fake(grad_sums, embeddings, labels, unit_grad, distance, margin):
         return torch.empty_like(embeddings)
 
     def _setup_context(ctx, inputs, output):
-        embeddings, labels, distance, margin = inputs
-        ctx.save_for_backward(embeddings, labels)
+        embeddings, labels, distance, margin, _compute_grad = inputs
+        _sums, unit_grad = output
+        ctx.save_for_backward(embeddings, labels, unit_grad)
         ctx.distance = distance
         ctx.margin = margin
+        ctx.mark_non_differentiable(unit_grad)
 
-    def _backward(ctx, grad_sums):
-        embeddings, labels = ctx.saved_tensors
+    def _backward(ctx, grad_sums, _grad_unit):
+        embeddings, labels, unit_grad = ctx.saved_tensors
         grad_embeddings = torch.ops.embedplug._semi_hard_triplet_loss_backward(
-            grad_sums, embeddings, labels, ctx.distance, ctx.margin
+            grad_sums, embeddings, labels, unit_grad, ctx.distance, ctx.margin
         )
-        return grad_embeddings, None, None, None
+        return grad_embeddings, None, None, None, None
 
     torch.library.register_autograd(
         "embedplug::semi_hard_triplet_loss_forward", _backward, setup_context=_setup_context
@@ -61,5 +64,11 @@ def semi_hard_triplet_loss_forward(
     if embeddings.dtype in (torch.float16, torch.bfloat16):
         embeddings = embeddings.float()
     if embeddings.device.type in _FUSED_DEVICE_TYPES:
-        return torch.ops.embedplug.semi_hard_triplet_loss_forward(embeddings, labels, distance, float(margin))
+        # The loss weights every anchor alike, so the kernel can apply the gradient's per-pair
+        # weights in the forward pass it already makes, saving the backward a distance GEMM.
+        compute_grad = torch.is_grad_enabled() and embeddings.requires_grad
+        sums, _ = torch.ops.embedplug.semi_hard_triplet_loss_forward(
+            embeddings, labels, distance, float(margin), compute_grad
+        )
+        return sums
     return reference.semi_hard_triplet_loss_forward(embeddings, labels, distance, float(margin))

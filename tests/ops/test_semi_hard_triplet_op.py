@@ -17,8 +17,14 @@ from embedplug import _extension
 from embedplug.ops import semi_hard_triplet_loss_forward
 from embedplug.reference.semi_hard import semi_hard_triplet_loss_forward as reference_forward
 
-fused_op = getattr(torch.ops.embedplug, "semi_hard_triplet_loss_forward", None) if _extension.STATUS.loaded else None
+raw_op = getattr(torch.ops.embedplug, "semi_hard_triplet_loss_forward", None) if _extension.STATUS.loaded else None
 fused_backward = getattr(torch.ops.embedplug, "_semi_hard_triplet_loss_backward", None) if _extension.STATUS.loaded else None
+
+
+def fused_op(embeddings, labels, distance, margin, compute_grad=True):
+    """loss_sums from the fused op; compute_grad=True takes the forward-computed gradient whenever
+    the incoming gradient is uniform, and recomputes otherwise."""
+    return raw_op(embeddings, labels, distance, margin, compute_grad)[0]
 
 
 def sums_and_grad(forward, embeddings, labels, distance, margin, weights):
@@ -48,14 +54,17 @@ def test_fused_matches_reference(distance, n, dtype):
 @requires_extension
 @pytest.mark.parametrize("distance", KERNEL_DISTANCES)
 @pytest.mark.parametrize("samples_per_class", [3, 17, 40, 120])
-def test_backward_matches_reference_autograd(distance, samples_per_class):
+@pytest.mark.parametrize("uniform", [False, True], ids=["recomputed", "from_forward"])
+def test_backward_matches_reference_autograd(distance, samples_per_class, uniform):
     # 3 and 17 positives sit on both sides of the direct-compare / binary-search switch; 120 is a
     # single class (every pair falls back to the row minimum).
     generator = torch.Generator().manual_seed(samples_per_class)
     n = 120
     labels = (torch.arange(n) // samples_per_class)[torch.randperm(n, generator=generator)]
     embeddings = torch.randn(n, 16, generator=generator, dtype=torch.float64)
-    weights = torch.randn(n, generator=generator, dtype=torch.float64)
+    # A uniform incoming gradient (what the loss gives) takes the gradient computed in the forward;
+    # any other one recomputes the choices in the backward.
+    weights = torch.full((n,), 0.3, dtype=torch.float64) if uniform else torch.randn(n, generator=generator, dtype=torch.float64)
     margin = 0.5 if distance == "cosine" else 4.0
     fused = sums_and_grad(fused_op, embeddings, labels, distance, margin, weights)
     expected = sums_and_grad(reference_forward, embeddings, labels, distance, margin, weights)
@@ -100,8 +109,12 @@ def test_opcheck(distance):
     generator = torch.Generator().manual_seed(4)
     embeddings = torch.randn(40, 8, generator=generator, requires_grad=True)
     labels = torch.arange(40) // 4
-    torch.library.opcheck(fused_op.default, (embeddings, labels, distance, 1.0))
-    torch.library.opcheck(fused_backward.default, (torch.randn(40), embeddings.detach(), labels, distance, 1.0))
+    for compute_grad in (False, True):
+        torch.library.opcheck(raw_op.default, (embeddings, labels, distance, 1.0, compute_grad))
+    _, unit_grad = raw_op(embeddings.detach(), labels, distance, 1.0, True)
+    for saved in (unit_grad, unit_grad.new_empty(0)):
+        for grad_sums in (torch.randn(40), torch.full((40,), 0.25)):
+            torch.library.opcheck(fused_backward.default, (grad_sums, embeddings.detach(), labels, saved, distance, 1.0))
 
 
 @requires_extension
@@ -162,19 +175,19 @@ def test_non_finite_rows_become_nan_with_nan_gradient(bad_value):
 def test_cpp_checks_raise_python_errors_not_crashes():
     labels = torch.zeros(4, dtype=torch.long)
     with pytest.raises(RuntimeError, match="2-D"):
-        fused_op(torch.randn(4), labels, "euclidean", 1.0)
+        raw_op(torch.randn(4), labels, "euclidean", 1.0, False)
     with pytest.raises(RuntimeError, match="float32 or float64"):
-        fused_op(torch.randn(4, 3).half(), labels, "euclidean", 1.0)
+        raw_op(torch.randn(4, 3).half(), labels, "euclidean", 1.0, False)
     with pytest.raises(RuntimeError, match="one label per embedding"):
-        fused_op(torch.randn(5, 3), labels, "euclidean", 1.0)
+        raw_op(torch.randn(5, 3), labels, "euclidean", 1.0, False)
     with pytest.raises(RuntimeError, match="int64"):
-        fused_op(torch.randn(4, 3), labels.int(), "euclidean", 1.0)
+        raw_op(torch.randn(4, 3), labels.int(), "euclidean", 1.0, False)
     with pytest.raises(RuntimeError, match="unknown distance"):
-        fused_op(torch.randn(4, 3), labels, "manhattan", 1.0)
+        raw_op(torch.randn(4, 3), labels, "manhattan", 1.0, False)
     with pytest.raises(RuntimeError, match="empty batch"):
-        fused_op(torch.randn(0, 3), labels[:0], "euclidean", 1.0)
+        raw_op(torch.randn(0, 3), labels[:0], "euclidean", 1.0, False)
     with pytest.raises(RuntimeError, match="grad_sums"):
-        fused_backward(torch.randn(3), torch.randn(4, 3), labels, "euclidean", 1.0)
+        fused_backward(torch.randn(3), torch.randn(4, 3), labels, torch.empty(0), "euclidean", 1.0)
 
 
 def test_dispatch_upcasts_half_precision():
