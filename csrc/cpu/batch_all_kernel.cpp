@@ -30,7 +30,6 @@ namespace embedplug {
 namespace cpu {
 namespace {
 
-constexpr int64_t kRowBlock = 64;
 // Above this many positives a sort plus binary searches beats comparing each negative with every
 // positive (log2 of a few thousand negatives is ~12).
 constexpr int64_t kSmallClassPositives = 16;
@@ -59,11 +58,8 @@ struct BatchAllAnchor {
     classes->positives_of(a, positives);
     // ST only looks at anchors with a positive.
     if (positives.empty()) return {0.0, 0};
-    // x * 0 is NaN exactly for NaN and +-Inf: one vectorisable pass finds any non-finite distance,
-    // which ST turns into a NaN loss (0 * inf, inf - inf).
-    scalar_t poison = 0;
-    for (int64_t j = 0; j < n; ++j) poison += row[j] * scalar_t(0);
-    if (std::isnan(poison)) {
+    // ST turns any non-finite distance in the row into a NaN loss (0 * inf, inf - inf).
+    if (has_non_finite(row, n)) {
       if (weights) std::fill(weights, weights + n, std::numeric_limits<scalar_t>::quiet_NaN());
       return {std::numeric_limits<double>::quiet_NaN(), 0};
     }
@@ -166,7 +162,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_all_triplet_loss_forward_cp
     const auto x = embeddings.detach();
     if (compute_grad) {
       unit_grad = pair_weight_gradient<scalar_t>(
-          x, kind, kRowBlock, [&](int64_t row_begin, int64_t row_end, const scalar_t* distances, scalar_t* weights) {
+          x, kind, row_block_size(n), [&](int64_t row_begin, int64_t row_end, const scalar_t* distances, scalar_t* weights) {
             BatchAllAnchor<scalar_t> anchor = prototype;
             std::fill(weights, weights + (row_end - row_begin) * n, scalar_t(0));
             for (int64_t a = row_begin; a < row_end; ++a) {
@@ -176,9 +172,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_all_triplet_loss_forward_cp
           });
       return;
     }
-    const GemmOperand operand = prepare_row_block_operand(x, kind, kRowBlock);
+    const GemmOperand operand = prepare_row_block_operand(x, kind, row_block_size(n));
     for_each_distance_row_block<scalar_t>(
-        operand, kind, kRowBlock, [&](int64_t row_begin, int64_t row_end, const scalar_t* distances, int) {
+        operand, kind, row_block_size(n), [&](int64_t row_begin, int64_t row_end, const scalar_t* distances, int) {
           BatchAllAnchor<scalar_t> anchor = prototype;
           for (int64_t a = row_begin; a < row_end; ++a) {
             record(a, anchor.process(distances + (a - row_begin) * n, a, scalar_t(0), nullptr));
@@ -209,7 +205,7 @@ at::Tensor batch_all_triplet_loss_backward_cpu(const at::Tensor& grad_sums, cons
     const scalar_t* grad_ptr = grad_per_anchor.data_ptr<scalar_t>();
     const BatchAllAnchor<scalar_t> prototype{label_ptr, &classes, n, static_cast<scalar_t>(margin)};
     grad = pair_weight_gradient<scalar_t>(
-        embeddings.detach(), kind, kRowBlock,
+        embeddings.detach(), kind, row_block_size(n),
         [&](int64_t row_begin, int64_t row_end, const scalar_t* distances, scalar_t* weights) {
           BatchAllAnchor<scalar_t> anchor = prototype;
           std::fill(weights, weights + (row_end - row_begin) * n, scalar_t(0));

@@ -105,6 +105,15 @@ void for_each_gram_tile(const at::Tensor& rows, int64_t tile, Epilogue&& epilogu
   });
 }
 
+// Anchors per row block. The column side of the backward is a GEMM whose inner dimension is the
+// block, and each block streams the N x D accumulator once, so larger blocks are faster (256 rows
+// ran ~30% faster than 64 single-threaded at N = 2048, D = 384); smaller ones keep every thread
+// busy on small batches. Per-thread buffers are 2 * block * N scalars.
+inline int64_t row_block_size(int64_t n) {
+  const int64_t per_thread = n / (4 * std::max(at::get_num_threads(), 1));
+  return std::clamp<int64_t>(per_thread, 64, 256);
+}
+
 // Operand for the row-block kernels. sentence-transformers takes squared norms from the diagonal
 // of its Gram matrix, and a BLAS dot product rounds differently from ATen's sum of squares; losses
 // that pick elements by comparing distances (semi-hard) would then flip near-ties against ST. The
@@ -290,6 +299,15 @@ struct ClassMembers {
     }
   }
 };
+
+// Whether a row holds NaN or +-Inf. A comparison per entry OR-ed into a flag vectorises; the
+// obvious early-exit loop does not.
+template <typename scalar_t>
+inline bool has_non_finite(const scalar_t* row, int64_t n) {
+  bool non_finite = false;
+  for (int64_t j = 0; j < n; ++j) non_finite |= !(std::abs(row[j]) <= std::numeric_limits<scalar_t>::max());
+  return non_finite;
+}
 
 // Whether every entry of a 1-D incoming gradient is the same (finite or not, NaN excluded): the
 // per-anchor losses are always reduced by a plain sum scaled once, which gives exactly that.

@@ -27,7 +27,6 @@ namespace embedplug {
 namespace cpu {
 namespace {
 
-constexpr int64_t kRowBlock = 64;
 constexpr int64_t kSmallClassPositives = 16;
 
 struct DistanceColumn {
@@ -59,11 +58,9 @@ struct SemiHardAnchor {
 
   // Loss sum of anchor a; with `weights`, also adds W[a, :] for an incoming gradient `grad`.
   double process(const scalar_t* row, int64_t a, scalar_t grad, scalar_t* weights) {
-    // x * 0 is NaN exactly for NaN and +-Inf. ST multiplies its whole loss matrix by a mask, so any
-    // non-finite distance, even in a row without positives, makes the loss NaN.
-    scalar_t poison = 0;
-    for (int64_t j = 0; j < n; ++j) poison += row[j] * scalar_t(0);
-    if (std::isnan(poison)) {
+    // ST multiplies its whole loss matrix by a mask, so any non-finite distance, even in a row
+    // without positives, makes the loss NaN.
+    if (has_non_finite(row, n)) {
       if (weights) std::fill(weights, weights + n, std::numeric_limits<scalar_t>::quiet_NaN());
       return std::numeric_limits<double>::quiet_NaN();
     }
@@ -156,7 +153,7 @@ std::tuple<at::Tensor, at::Tensor> semi_hard_triplet_loss_forward_cpu(const at::
     const auto x = embeddings.detach();
     if (compute_grad) {
       unit_grad = pair_weight_gradient<scalar_t>(
-          x, kind, kRowBlock, [&](int64_t row_begin, int64_t row_end, const scalar_t* distances, scalar_t* weights) {
+          x, kind, row_block_size(n), [&](int64_t row_begin, int64_t row_end, const scalar_t* distances, scalar_t* weights) {
             SemiHardAnchor<scalar_t> anchor = prototype;
             std::fill(weights, weights + (row_end - row_begin) * n, scalar_t(0));
             for (int64_t a = row_begin; a < row_end; ++a) {
@@ -166,9 +163,9 @@ std::tuple<at::Tensor, at::Tensor> semi_hard_triplet_loss_forward_cpu(const at::
           });
       return;
     }
-    const GemmOperand operand = prepare_row_block_operand(x, kind, kRowBlock);
+    const GemmOperand operand = prepare_row_block_operand(x, kind, row_block_size(n));
     for_each_distance_row_block<scalar_t>(
-        operand, kind, kRowBlock, [&](int64_t row_begin, int64_t row_end, const scalar_t* distances, int) {
+        operand, kind, row_block_size(n), [&](int64_t row_begin, int64_t row_end, const scalar_t* distances, int) {
           SemiHardAnchor<scalar_t> anchor = prototype;
           for (int64_t a = row_begin; a < row_end; ++a) {
             sum_ptr[a] = static_cast<scalar_t>(anchor.process(distances + (a - row_begin) * n, a, scalar_t(0), nullptr));
@@ -199,7 +196,7 @@ at::Tensor semi_hard_triplet_loss_backward_cpu(const at::Tensor& grad_sums, cons
     const scalar_t* grad_ptr = grad_per_anchor.data_ptr<scalar_t>();
     const SemiHardAnchor<scalar_t> prototype{label_ptr, &classes, n, static_cast<scalar_t>(margin)};
     grad = pair_weight_gradient<scalar_t>(
-        embeddings.detach(), kind, kRowBlock,
+        embeddings.detach(), kind, row_block_size(n),
         [&](int64_t row_begin, int64_t row_end, const scalar_t* distances, scalar_t* weights) {
           SemiHardAnchor<scalar_t> anchor = prototype;
           std::fill(weights, weights + (row_end - row_begin) * n, scalar_t(0));
