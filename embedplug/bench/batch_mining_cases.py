@@ -13,6 +13,7 @@ import torch
 from embedplug import _extension
 from embedplug.bench.batch_hard_cases import Inputs, gemm_floor, make_inputs
 from embedplug.functional import batch_all_triplet_loss, batch_semi_hard_triplet_loss
+from embedplug.functional.semi_hard import positive_pair_count
 from embedplug.reference.batch_all import batch_all_triplet_loss_forward as reference_batch_all
 from embedplug.reference.semi_hard import semi_hard_triplet_loss_forward as reference_semi_hard
 
@@ -31,8 +32,6 @@ def semi_hard_fused(inputs: Inputs) -> None:
 
 
 def semi_hard_reference(inputs: Inputs) -> None:
-    from embedplug.functional.semi_hard import positive_pair_count
-
     sums = reference_semi_hard(inputs.embeddings, inputs.labels, "euclidean", MARGIN)
     _backward(sums.sum() / positive_pair_count(inputs.labels).clamp(min=1e-16), inputs)
 
