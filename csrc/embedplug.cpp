@@ -20,6 +20,28 @@ TORCH_LIBRARY(embedplug, m) {
   m.def(
       "_batch_hard_mining_backward(Tensor grad_distances, Tensor embeddings, Tensor distances, "
       "Tensor indices, str distance) -> Tensor");
+  // Batch-all triplet loss, per anchor, without the (positive pairs) x N tensor.
+  //   Returns (loss_sums [N] float, active_counts [N] int64, unit_grad): per anchor the sum over
+  //   its triplets of max((d_ap - d_an) + margin, 0) and how many of them exceed 1e-16 (the
+  //   sentence-transformers loss is sum(loss_sums) / (sum(counts) + 1e-16)). With compute_grad,
+  //   unit_grad [N, D] is the gradient of sum(loss_sums), computed in the same pass; else [0].
+  m.def(
+      "batch_all_triplet_loss_forward(Tensor embeddings, Tensor labels, str distance, float margin, "
+      "bool compute_grad) -> (Tensor, Tensor, Tensor)");
+  // Gradient of sum(grad_sums * loss_sums) w.r.t. embeddings: grad_sums[0] * unit_grad when
+  // grad_sums is uniform and unit_grad was computed, else recomputed block-wise.
+  m.def(
+      "_batch_all_triplet_loss_backward(Tensor grad_sums, Tensor embeddings, Tensor labels, Tensor unit_grad, "
+      "str distance, float margin) -> Tensor");
+  // Semi-hard triplet loss, per anchor: (loss_sums [N], unit_grad) with loss_sums the sum over the
+  //   anchor's positives of max((d_ap - d_semi_hard_negative) + margin, 0) (the sentence-transformers
+  //   loss divides their total by the number of positive pairs) and unit_grad as for batch-all.
+  m.def(
+      "semi_hard_triplet_loss_forward(Tensor embeddings, Tensor labels, str distance, float margin, "
+      "bool compute_grad) -> (Tensor, Tensor)");
+  m.def(
+      "_semi_hard_triplet_loss_backward(Tensor grad_sums, Tensor embeddings, Tensor labels, Tensor unit_grad, "
+      "str distance, float margin) -> Tensor");
 }
 
 namespace {

@@ -12,6 +12,18 @@ from embedplug.losses.base import EmbeddingLoss
 from embedplug.losses.distance_functions import BatchHardTripletLossDistanceFunction
 from embedplug.losses.triplet_masks import TripletMasksMixin
 
+# The reference sentence-transformers cites for its whole batch triplet family.
+HERMANS_2017_CITATION = """
+@misc{hermans2017defense,
+    title={In Defense of the Triplet Loss for Person Re-Identification},
+    author={Alexander Hermans and Lucas Beyer and Bastian Leibe},
+    year={2017},
+    eprint={1703.07737},
+    archivePrefix={arXiv},
+    primaryClass={cs.CV}
+}
+"""
+
 
 class BatchHardTripletLoss(TripletMasksMixin, EmbeddingLoss):
     """For each anchor, the hardest positive and the hardest negative in the batch (Hermans et al. 2017).
@@ -60,13 +72,4 @@ class BatchHardTripletLoss(TripletMasksMixin, EmbeddingLoss):
 
     @property
     def citation(self) -> str:
-        return """
-@misc{hermans2017defense,
-    title={In Defense of the Triplet Loss for Person Re-Identification},
-    author={Alexander Hermans and Lucas Beyer and Bastian Leibe},
-    year={2017},
-    eprint={1703.07737},
-    archivePrefix={arXiv},
-    primaryClass={cs.CV}
-}
-"""
+        return HERMANS_2017_CITATION

@@ -1,0 +1,45 @@
+"""Batch-all triplet loss (Hermans et al. 2017) on raw embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from embedplug._validation import check_embeddings, check_labels
+from embedplug.distances import kernel_distance
+from embedplug.ops import batch_all_triplet_loss_forward
+from embedplug.reference.batch_all import POSITIVE_TRIPLET_THRESHOLD, batch_all_from_distance_matrix
+
+
+def batch_all_triplet_loss(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    margin: float = 5.0,
+    distance: str | Callable[[torch.Tensor], torch.Tensor] = "euclidean",
+) -> torch.Tensor:
+    """Mean of ``max((d_ap - d_an) + margin, 0)`` over the valid triplets whose loss exceeds 1e-16.
+
+    Args:
+        embeddings: [N, D] floating tensor.
+        labels: [N] integer class ids (any shape with N elements).
+        margin: the triplet margin.
+        distance: "euclidean", "squared_euclidean", "cosine", one of sentence-transformers'
+            ``BatchHardTripletLossDistanceFunction`` functions (run by the fused kernel, O(N) extra
+            memory), or any callable mapping [N, D] to an [N, N] distance matrix (run by the
+            reference path).
+
+    Returns:
+        A scalar tensor equal to sentence-transformers' ``BatchAllTripletLoss``: the sum over all
+        valid (anchor, positive, negative) triplets divided by (number of triplets with loss
+        > 1e-16) + 1e-16, so 0 when no triplet is active.
+    """
+    caller = "batch_all_triplet_loss"
+    check_embeddings(embeddings, caller)
+    labels = check_labels(labels, embeddings, caller)
+    name = kernel_distance(distance)
+    if name is not None:
+        loss_sums, counts = batch_all_triplet_loss_forward(embeddings, labels, name, margin)
+    else:
+        loss_sums, counts = batch_all_from_distance_matrix(distance(embeddings), labels, margin)
+    return loss_sums.sum() / (counts.sum().to(loss_sums.dtype) + POSITIVE_TRIPLET_THRESHOLD)

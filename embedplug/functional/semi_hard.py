@@ -1,0 +1,59 @@
+"""Batch semi-hard triplet loss (Schroff et al. 2015, FaceNet) on raw embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from embedplug._validation import check_embeddings, check_labels
+from embedplug.distances import kernel_distance
+from embedplug.ops import semi_hard_triplet_loss_forward
+from embedplug.reference.semi_hard import semi_hard_from_distance_matrix
+
+
+def batch_semi_hard_triplet_loss(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    margin: float = 5.0,
+    distance: str | Callable[[torch.Tensor], torch.Tensor] = "euclidean",
+) -> torch.Tensor:
+    """Sum over anchor-positive pairs of ``max((d_ap - d_semi_hard) + margin, 0)`` / number of pairs.
+
+    The semi-hard negative of a pair is the nearest negative strictly farther than the positive
+    (first index on ties); without one, the anchor's farthest negative (its nearest sample when it
+    has no negative at all).
+
+    Args:
+        embeddings: [N, D] floating tensor.
+        labels: [N] integer class ids (any shape with N elements).
+        margin: the triplet margin.
+        distance: "euclidean", "squared_euclidean", "cosine", one of sentence-transformers'
+            ``BatchHardTripletLossDistanceFunction`` functions (run by the fused kernel, O(N) extra
+            memory), or any callable mapping [N, D] to an [N, N] distance matrix (run by the
+            reference path).
+
+    Returns:
+        A scalar tensor equal to sentence-transformers' ``BatchSemiHardTripletLoss`` (the number of
+        positive pairs is clamped at 1e-16, so a batch without pairs gives 0).
+    """
+    caller = "batch_semi_hard_triplet_loss"
+    check_embeddings(embeddings, caller)
+    labels = check_labels(labels, embeddings, caller)
+    name = kernel_distance(distance)
+    if name is not None:
+        loss_sums = semi_hard_triplet_loss_forward(embeddings, labels, name, margin)
+    else:
+        loss_sums = semi_hard_from_distance_matrix(distance(embeddings), labels, margin)
+    return loss_sums.sum() / positive_pair_count(labels).to(loss_sums.dtype).clamp(min=1e-16)
+
+
+def positive_pair_count(labels: torch.Tensor) -> torch.Tensor:
+    """Number of ordered pairs (a, p), a != p, with equal labels: sum over samples of (class size - 1).
+
+    O(N log N) with static shapes (a sort and two searches, no ``unique``), so it compiles
+    without graph breaks.
+    """
+    ordered = labels.sort().values
+    class_size = torch.searchsorted(ordered, labels, right=True) - torch.searchsorted(ordered, labels)
+    return (class_size - 1).sum()

@@ -1,0 +1,69 @@
+"""Drop-in for sentence-transformers' ``BatchSemiHardTripletLoss``, on the fused semi-hard kernel."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from torch import Tensor, nn
+
+from embedplug.functional.semi_hard import batch_semi_hard_triplet_loss
+from embedplug.losses.base import EmbeddingLoss
+from embedplug.losses.batch_hard_triplet import HERMANS_2017_CITATION
+from embedplug.losses.distance_functions import BatchHardTripletLossDistanceFunction
+from embedplug.reference.semi_hard import _masked_maximum
+
+
+class BatchSemiHardTripletLoss(EmbeddingLoss):
+    """For each anchor-positive pair, the nearest negative farther than the positive (FaceNet's semi-hard).
+
+    Same constructor, attributes, forward and numbers as
+    ``sentence_transformers.losses.BatchSemiHardTripletLoss`` (6.x). With ST's (or embedplug's)
+    distance functions the fused kernel never builds the N x N distance matrix or its sorted copy
+    (O(N) extra memory); any other callable runs on the pure-torch reference.
+
+    Args:
+        model: the SentenceTransformer being trained.
+        distance_metric: [N, D] -> [N, N] distance function.
+        margin: negatives should be at least ``margin`` further from the anchor than positives.
+
+    Inputs: single texts with integer class labels; batches need classes with at least 2 samples.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        distance_metric: Callable[[Tensor], Tensor] = BatchHardTripletLossDistanceFunction.euclidean_distance,
+        margin: float = 5,
+    ) -> None:
+        super().__init__(model)
+        self.margin = margin
+        self.distance_metric = distance_metric
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
+        return self.compute_loss_from_embeddings([self.embed(sentence_features[0])], labels)
+
+    def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor) -> Tensor:
+        """``embeddings[0]`` [N, D], ``labels`` [N] -> scalar loss."""
+        return self.batch_semi_hard_triplet_loss(labels, embeddings[0])
+
+    def batch_semi_hard_triplet_loss(self, labels: Tensor, embeddings: Tensor) -> Tensor:
+        """ST's method name and argument order: ``labels`` [N], ``embeddings`` [N, D] -> scalar."""
+        return batch_semi_hard_triplet_loss(embeddings, labels, margin=self.margin, distance=self.distance_metric)
+
+    @staticmethod
+    def _masked_maximum(data: Tensor, mask: Tensor, dim: int = 1) -> Tensor:
+        """ST's helper, kept for code that calls it: [N, M], [N, M] -> [N, 1] (``dim`` must be 1)."""
+        if dim != 1:
+            raise ValueError(f"_masked_maximum: only dim=1 is supported, got {dim}")
+        return _masked_maximum(data, mask)
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {
+            "distance_metric": getattr(self.distance_metric, "__name__", str(self.distance_metric)),
+            "margin": self.margin,
+        }
+
+    @property
+    def citation(self) -> str:
+        return HERMANS_2017_CITATION

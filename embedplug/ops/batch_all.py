@@ -1,0 +1,76 @@
+"""``embedplug::batch_all_triplet_loss_forward``: registration and dispatch."""
+
+from __future__ import annotations
+
+import torch
+
+from embedplug import _extension
+from embedplug.distances import canonical_distance
+from embedplug.reference import batch_all as reference
+
+OP_NAME = "batch_all_triplet_loss_forward"
+_extension.REPORTED_OPS.append(OP_NAME)
+
+# Resolved once so that torch.compile sees a constant, not a dispatcher query.
+_FUSED_DEVICE_TYPES = frozenset(d for d in ("cpu", "cuda") if _extension.has_kernel(OP_NAME, d))
+
+if _extension.STATUS.loaded:
+
+    @torch.library.register_fake("embedplug::batch_all_triplet_loss_forward")
+    def _forward_fake(embeddings, labels, distance, margin, compute_grad):
+        n = embeddings.shape[0]
+        unit_grad = embeddings.new_empty(embeddings.shape if compute_grad else (0,))
+        return embeddings.new_empty((n,)), labels.new_empty((n,)), unit_grad
+
+    @torch.library.register_fake("embedplug::_batch_all_triplet_loss_backward")
+    def _backward_fake(grad_sums, embeddings, labels, unit_grad, distance, margin):
+        return torch.empty_like(embeddings)
+
+    def _setup_context(ctx, inputs, output):
+        embeddings, labels, distance, margin, _compute_grad = inputs
+        _sums, counts, unit_grad = output
+        ctx.save_for_backward(embeddings, labels, unit_grad)
+        ctx.distance = distance
+        ctx.margin = margin
+        ctx.mark_non_differentiable(counts, unit_grad)
+
+    def _backward(ctx, grad_sums, _grad_counts, _grad_unit):
+        embeddings, labels, unit_grad = ctx.saved_tensors
+        grad_embeddings = torch.ops.embedplug._batch_all_triplet_loss_backward(
+            grad_sums, embeddings, labels, unit_grad, ctx.distance, ctx.margin
+        )
+        return grad_embeddings, None, None, None, None
+
+    torch.library.register_autograd(
+        "embedplug::batch_all_triplet_loss_forward", _backward, setup_context=_setup_context
+    )
+
+
+def batch_all_triplet_loss_forward(
+    embeddings: torch.Tensor, labels: torch.Tensor, distance: str = "euclidean", margin: float = 5.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-anchor batch-all triplet sums, fused with the pairwise distances.
+
+    Args:
+        embeddings: [N, D] floating tensor (float16/bfloat16 are computed in float32).
+        labels: [N] int64 class ids on the same device.
+        distance: "euclidean", "squared_euclidean" or "cosine".
+        margin: the triplet margin.
+
+    Returns:
+        loss_sums: [N] (float32/float64), differentiable — per anchor the sum over its valid
+            triplets of ``max((d_ap - d_an) + margin, 0)``.
+        counts: [N] int64 — per anchor the number of those triplets above 1e-16.
+    """
+    distance = canonical_distance(distance)
+    if embeddings.dtype in (torch.float16, torch.bfloat16):
+        embeddings = embeddings.float()
+    if embeddings.device.type in _FUSED_DEVICE_TYPES:
+        # The loss weights every anchor alike, so the kernel can apply the gradient's per-pair
+        # weights in the forward pass it already makes, saving the backward a distance GEMM.
+        compute_grad = torch.is_grad_enabled() and embeddings.requires_grad
+        sums, counts, _ = torch.ops.embedplug.batch_all_triplet_loss_forward(
+            embeddings, labels, distance, float(margin), compute_grad
+        )
+        return sums, counts
+    return reference.batch_all_triplet_loss_forward(embeddings, labels, distance, float(margin))
