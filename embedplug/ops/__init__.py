@@ -5,5 +5,6 @@ Importing a module here registers its op's fake (meta) kernel and autograd formu
 """
 
 from embedplug.ops.batch_hard import batch_hard_mining
+from embedplug.ops.masked_infonce import masked_infonce
 
-__all__ = ["batch_hard_mining"]
+__all__ = ["batch_hard_mining", "masked_infonce"]
