@@ -6,14 +6,28 @@ attributes as the sentence-transformers class of the same name and gives the sam
 
 from embedplug.losses.base import EmbeddingLoss
 from embedplug.losses.batch_hard_triplet import BatchHardTripletLoss
+from embedplug.losses.cached_gist_embed import CachedGISTEmbedLoss
+from embedplug.losses.cached_multiple_negatives_ranking import CachedMultipleNegativesRankingLoss
 from embedplug.losses.distance_functions import BatchHardTripletLossDistanceFunction
+from embedplug.losses.gist_embed import GISTEmbedLoss
+from embedplug.losses.multiple_negatives_ranking import MultipleNegativesRankingLoss
 
 # Registered by embedplug's own plugin (embedplug._builtin_plugin) under their class names.
-BUILTIN_LOSSES: tuple = (BatchHardTripletLoss,)
+BUILTIN_LOSSES: tuple = (
+    BatchHardTripletLoss,
+    GISTEmbedLoss,
+    CachedGISTEmbedLoss,
+    MultipleNegativesRankingLoss,
+    CachedMultipleNegativesRankingLoss,
+)
 
 __all__ = [
     "BUILTIN_LOSSES",
     "BatchHardTripletLoss",
     "BatchHardTripletLossDistanceFunction",
+    "CachedGISTEmbedLoss",
+    "CachedMultipleNegativesRankingLoss",
     "EmbeddingLoss",
+    "GISTEmbedLoss",
+    "MultipleNegativesRankingLoss",
 ]

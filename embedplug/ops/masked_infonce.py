@@ -97,3 +97,8 @@ def masked_infonce(
     if anchors.device.type in _FUSED_DEVICE_TYPES:
         return torch.ops.embedplug.masked_infonce(*arguments)
     return reference.masked_infonce(*arguments)
+
+
+def fused_backend_info(device_type: str) -> dict:
+    """``{"implementation": "fused"|"reference", "reason": ...}`` for this op on ``device_type``."""
+    return _extension._op_backend(OP_NAME, device_type)
