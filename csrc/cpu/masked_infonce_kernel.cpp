@@ -419,14 +419,15 @@ std::tuple<at::Tensor, at::Tensor> masked_infonce_backward_cpu(
       total = total.defined() ? total.add_(gradient) : gradient;
     }
     if (!total.defined()) total = at::zeros({inputs.n + inputs.m, dim}, inputs.anchors.options());
+    // Outputs must not share storage (the schema promises two fresh tensors).
     grad_anchors = total.narrow(0, 0, inputs.n);
-    grad_candidates = total.narrow(0, inputs.n, inputs.m);
+    grad_candidates = total.narrow(0, inputs.n, inputs.m).clone();
     // The target term -scale * <a_i, p_i> of the loss.
     const auto target_weight = (weights_tensor * -tile_scale).unsqueeze(1);
     grad_anchors.add_(inputs.candidates.narrow(0, 0, inputs.n) * target_weight);
     grad_candidates.narrow(0, 0, inputs.n).add_(inputs.anchors * target_weight);
   });
-  return {grad_anchors.contiguous(), grad_candidates.contiguous()};
+  return {grad_anchors, grad_candidates};
 }
 
 }  // namespace
