@@ -158,6 +158,7 @@ struct GuideState {
   std::vector<scalar_t> threshold;         // [N]
   std::vector<scalar_t> anchor_norm;       // [N]
   std::vector<scalar_t> candidate_norm;    // [M]
+  scalar_t max_anchor_norm = 0, max_candidate_norm = 0;
   scalar_t relative_tolerance = 0;
   int64_t dim = 0;
   const scalar_t* anchors = nullptr;
@@ -184,6 +185,8 @@ GuideState<scalar_t> make_guide_state(const InfoNCEInputs& inputs, const InfoNCE
   guide.candidates = inputs.guide_candidates.data_ptr<scalar_t>();
   guide.anchor_norm = row_norms<scalar_t>(inputs.guide_anchors);
   guide.candidate_norm = row_norms<scalar_t>(inputs.guide_candidates);
+  guide.max_anchor_norm = *std::max_element(guide.anchor_norm.begin(), guide.anchor_norm.end());
+  guide.max_candidate_norm = *std::max_element(guide.candidate_norm.begin(), guide.candidate_norm.end());
   // A blocked GEMM's error on <x, y> is below dim * unit_roundoff * |x| |y|; 4x that is a safe band
   // outside which the GEMM value decides a comparison the exact dot would decide the same way.
   guide.relative_tolerance =
@@ -198,7 +201,7 @@ GuideState<scalar_t> make_guide_state(const InfoNCEInputs& inputs, const InfoNCE
   return guide;
 }
 
-// Everything the epilogue needs to decide, per entry, whether it stays in the softmax.
+// Everything the epilogue needs to decide which entries of a block stay in the softmax.
 template <typename scalar_t>
 struct EntryFilter {
   const SoftmaxBlock& block;
@@ -206,20 +209,19 @@ struct EntryFilter {
   bool guided;
   int64_t n;
 
-  // Whether entry (row i, column j) of this block is in the softmax; guide_value is the tile's
-  // GEMM guide similarity for it.
-  inline bool keeps(int64_t i, int64_t j, scalar_t guide_value) const {
-    if (block.excludes_self && (block.columns_are_anchors ? j == i : j % n == i)) return false;
-    if (!guided || (block.column_i_is_target_pair && j == i)) return true;
-    const scalar_t threshold = guide.threshold[i];
-    const scalar_t row_norm = block.rows_are_positives ? guide.candidate_norm[i] : guide.anchor_norm[i];
-    const scalar_t column_norm = block.columns_are_anchors ? guide.anchor_norm[j] : guide.candidate_norm[j];
-    const scalar_t band = guide.relative_tolerance * row_norm * column_norm;
-    if (guide_value > threshold + band) return false;
-    if (guide_value <= threshold - band) return true;
+  // The guide's verdict on entry (row i, column j) from the exact dot product, for entries whose
+  // GEMM value lies within the rounding band of the threshold.
+  bool guide_keeps_exact(int64_t i, int64_t j) const {
     const scalar_t* row = (block.rows_are_positives ? guide.candidates : guide.anchors) + i * guide.dim;
     const scalar_t* column = (block.columns_are_anchors ? guide.anchors : guide.candidates) + j * guide.dim;
-    return !(exact_dot(row, column, guide.dim) > threshold);
+    return !(exact_dot(row, column, guide.dim) > guide.threshold[i]);
+  }
+
+  // Band around row i's threshold that covers every column of the block (largest column norm).
+  scalar_t row_band(int64_t i) const {
+    const scalar_t row_norm = block.rows_are_positives ? guide.candidate_norm[i] : guide.anchor_norm[i];
+    const scalar_t column_norm = block.columns_are_anchors ? guide.max_anchor_norm : guide.max_candidate_norm;
+    return guide.relative_tolerance * row_norm * column_norm;
   }
 };
 
@@ -281,26 +283,71 @@ struct RunningLogSumExp {
   scalar_t sum = 0;
   bool saw_nan = false;
 
-  // Folds in `count` logits (masked entries are -inf).
-  inline void fold(const scalar_t* logits, int64_t count) {
-    scalar_t tile_maximum = -std::numeric_limits<scalar_t>::infinity();
-    for (int64_t j = 0; j < count; ++j) {
-      saw_nan |= std::isnan(logits[j]);
-      tile_maximum = std::max(tile_maximum, logits[j]);
-    }
-    if (tile_maximum == -std::numeric_limits<scalar_t>::infinity()) return;
-    const scalar_t new_maximum = std::max(maximum, tile_maximum);
-    scalar_t tile_sum = 0;
-    for (int64_t j = 0; j < count; ++j) tile_sum += std::exp(logits[j] - new_maximum);
-    sum = sum * std::exp(maximum - new_maximum) + tile_sum;
-    maximum = new_maximum;
-  }
-
   scalar_t value() const {
     if (saw_nan) return std::numeric_limits<scalar_t>::quiet_NaN();
     return maximum + std::log(sum);
   }
 };
+
+// Writes the tile's logits (scale * similarity, -inf where the entry is dropped) over the
+// similarity tile. The hot loop only compares the guide value with per-row bounds; the rare entries
+// inside the rounding band, the protected target pair and the self columns are fixed up per row.
+// Self-guided, the guide tile is the similarity tile: each value is read before it is overwritten.
+template <typename scalar_t>
+inline void write_masked_logits(const EntryFilter<scalar_t>& filter, scalar_t scale, int64_t row_begin,
+                                int64_t rows, int64_t column_begin, int64_t cols, scalar_t* tile,
+                                const scalar_t* guide_tile) {
+  constexpr scalar_t dropped = -std::numeric_limits<scalar_t>::infinity();
+  const SoftmaxBlock& block = filter.block;
+  const int64_t column_end = column_begin + cols;
+  std::vector<int64_t> near_threshold;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t i = row_begin + r;
+    scalar_t* logits = tile + r * cols;
+    const bool target_in_tile = block.column_i_is_target_pair && i >= column_begin && i < column_end;
+    const scalar_t target_similarity = target_in_tile ? logits[i - column_begin] : scalar_t(0);
+    if (!filter.guided) {
+      for (int64_t c = 0; c < cols; ++c) logits[c] *= scale;
+    } else {
+      const scalar_t* guide_row = guide_tile + r * cols;
+      const scalar_t threshold = filter.guide.threshold[i];
+      const scalar_t band = filter.row_band(i);
+      const scalar_t upper = threshold + band, lower = threshold - band;
+      // Which entries the guide drops is data-dependent (about half of them at margin 0), so the
+      // hot loop is a branch-free select; the rare entries inside the band are decided afterwards.
+      near_threshold.clear();
+      for (int64_t c = 0; c < cols; ++c) {
+        const scalar_t guide_value = guide_row[c];
+        if (guide_value > lower && guide_value <= upper) near_threshold.push_back(c);
+        logits[c] = guide_value > upper ? dropped : scale * logits[c];
+      }
+      for (const int64_t c : near_threshold) {
+        if (!filter.guide_keeps_exact(i, column_begin + c)) logits[c] = dropped;
+      }
+      if (target_in_tile) logits[i - column_begin] = scale * target_similarity;
+    }
+    if (block.excludes_self) {
+      // Own columns: j == i among anchors, j == i (mod N) among candidates.
+      const int64_t stride = block.columns_are_anchors ? block.num_columns : filter.n;
+      const int64_t first = i + ((column_begin - i + stride - 1) / stride) * stride;
+      for (int64_t j = std::max(first, i); j < column_end; j += stride) {
+        if (j >= column_begin) logits[j - column_begin] = dropped;
+      }
+    }
+  }
+}
+
+// exp over a tile of shifted logits (all <= 0 up to rounding, -inf where dropped), in place.
+// ATen's vectorised exp leaves its fast path for inputs whose result underflows (-inf included,
+// and every logit far below the row maximum at GIST's scale of 100), which made it ~50x slower;
+// those entries are exactly 0 instead, which they are to working precision next to a row sum >= 1.
+template <typename scalar_t>
+at::Tensor& exp_without_underflow(at::Tensor& tile) {
+  // Smallest argument whose exp is still a normal number.
+  const double cutoff = std::is_same_v<scalar_t, float> ? -87.0 : -708.0;
+  const auto underflows = tile < cutoff;
+  return tile.clamp_min_(cutoff).exp_().masked_fill_(underflows, 0);
+}
 
 InfoNCEOptions make_options(double scale, c10::string_view margin_strategy, double margin, bool anchor_anchor,
                             bool positive_anchor, int64_t positive_candidate_columns, bool exclude_self) {
@@ -332,21 +379,36 @@ std::tuple<at::Tensor, at::Tensor> masked_infonce_cpu(
         inputs, blocks, guide,
         [&](const SoftmaxBlock& block, const EntryFilter<scalar_t>& filter, int64_t row_begin, int64_t rows,
             int64_t column_begin, int64_t cols, scalar_t* tile, const scalar_t* guide_tile, int) {
-          for (int64_t r = 0; r < rows; ++r) {
-            const int64_t i = row_begin + r;
-            scalar_t* logits = tile + r * cols;
-            const scalar_t* guide_row = guide_tile ? guide_tile + r * cols : nullptr;
-            for (int64_t c = 0; c < cols; ++c) {
-              const int64_t j = column_begin + c;
-              // Read the guide value before the logit overwrites it (they share a buffer when self-guided).
-              const bool kept = filter.keeps(i, j, guide_row ? guide_row[c] : scalar_t(0));
-              const scalar_t logit = tile_scale * logits[c];
-              // The loss's target logit is the very value that enters the log-sum-exp.
-              if (!block.rows_are_positives && !block.columns_are_anchors && j == i) target_logit[i] = logit;
-              logits[c] = kept ? logit : -std::numeric_limits<scalar_t>::infinity();
+          write_masked_logits(filter, tile_scale, row_begin, rows, column_begin, cols, tile, guide_tile);
+          // The loss's target logit is the very value that enters the log-sum-exp.
+          if (!block.rows_are_positives && !block.columns_are_anchors) {
+            for (int64_t i = std::max(row_begin, column_begin); i < std::min(row_begin + rows, column_begin + cols); ++i) {
+              target_logit[i] = tile[(i - row_begin) * cols + (i - column_begin)];
             }
-            running[i].fold(logits, cols);
           }
+          // Online log-sum-exp: new per-row maxima, then one vectorised exp over the whole tile.
+          std::vector<scalar_t> shift(rows);
+          for (int64_t r = 0; r < rows; ++r) {
+            RunningLogSumExp<scalar_t>& state = running[row_begin + r];
+            const scalar_t* logits = tile + r * cols;
+            scalar_t tile_maximum = -std::numeric_limits<scalar_t>::infinity();
+            for (int64_t c = 0; c < cols; ++c) {
+              state.saw_nan |= std::isnan(logits[c]);
+              tile_maximum = std::max(tile_maximum, logits[c]);
+            }
+            const scalar_t new_maximum = std::max(state.maximum, tile_maximum);
+            // A row with nothing kept yet stays at -inf; shifting by 0 keeps exp(-inf) = 0.
+            const bool empty = new_maximum == -std::numeric_limits<scalar_t>::infinity();
+            if (!empty) state.sum *= std::exp(state.maximum - new_maximum);
+            state.maximum = new_maximum;
+            shift[r] = empty ? scalar_t(0) : -new_maximum;
+          }
+          auto tile_view = at::from_blob(tile, {rows, cols}, inputs.anchors.options());
+          auto shift_view = at::from_blob(shift.data(), {rows, 1}, inputs.anchors.options());
+          exp_without_underflow<scalar_t>(tile_view.add_(shift_view));
+          const auto row_sums = tile_view.sum(1);
+          const scalar_t* sums = row_sums.data_ptr<scalar_t>();
+          for (int64_t r = 0; r < rows; ++r) running[row_begin + r].sum += sums[r];
         },
         [&](int64_t row_begin, int64_t rows) {
           for (int64_t i = row_begin; i < row_begin + rows; ++i) {
@@ -383,23 +445,17 @@ std::tuple<at::Tensor, at::Tensor> masked_infonce_backward_cpu(
     const scalar_t tile_scale = static_cast<scalar_t>(scale);
     const auto weights_tensor = grad_loss.to(anchors.scalar_type()).contiguous();
     const auto lse_tensor = log_normalizer.to(anchors.scalar_type()).contiguous();
-    const scalar_t* weights = weights_tensor.data_ptr<scalar_t>();
-    const scalar_t* lse = lse_tensor.data_ptr<scalar_t>();
+    const auto row_weights = weights_tensor * tile_scale;
     for_each_softmax_tile<scalar_t>(
         inputs, blocks, guide,
         [&](const SoftmaxBlock& block, const EntryFilter<scalar_t>& filter, int64_t row_begin, int64_t rows,
             int64_t column_begin, int64_t cols, scalar_t* tile, const scalar_t* guide_tile, int thread_id) {
-          // d loss_i / d sim_ij = weight_i * scale * softmax_ij; written over the similarity tile.
-          for (int64_t r = 0; r < rows; ++r) {
-            const int64_t i = row_begin + r;
-            scalar_t* entries = tile + r * cols;
-            const scalar_t* guide_row = guide_tile ? guide_tile + r * cols : nullptr;
-            const scalar_t row_weight = weights[i] * tile_scale;
-            for (int64_t c = 0; c < cols; ++c) {
-              const bool kept = filter.keeps(i, column_begin + c, guide_row ? guide_row[c] : scalar_t(0));
-              entries[c] = kept ? row_weight * std::exp(tile_scale * entries[c] - lse[i]) : scalar_t(0);
-            }
-          }
+          // d loss_i / d sim_ij = weight_i * scale * softmax_ij, softmax_ij = exp(logit_ij - lse_i),
+          // written over the similarity tile (dropped entries: exp(-inf) = 0).
+          write_masked_logits(filter, tile_scale, row_begin, rows, column_begin, cols, tile, guide_tile);
+          auto tile_view = at::from_blob(tile, {rows, cols}, inputs.anchors.options());
+          exp_without_underflow<scalar_t>(tile_view.sub_(lse_tensor.narrow(0, row_begin, rows).unsqueeze(1)))
+              .mul_(row_weights.narrow(0, row_begin, rows).unsqueeze(1));
           at::Tensor& gradient = thread_gradients[thread_id];
           if (!gradient.defined()) gradient = at::zeros({inputs.n + inputs.m, dim}, inputs.anchors.options());
           const auto q = at::from_blob(tile, {rows, cols}, inputs.anchors.options());
