@@ -225,10 +225,11 @@ struct EntryFilter {
   }
 };
 
-// Calls visit(block, filter, row_begin, column_begin, student_tile, guide_tile, thread_id) for every
-// (row tile, block, column tile), in parallel over row tiles (each row tile is owned by one thread).
-// student_tile is the [rows x cols] GEMM of the block's student rows and columns, writable; guide_tile
-// the guide's (the student tile itself when self-guided, nullptr when unguided).
+// Calls visit(block, filter, row_begin, rows, column_begin, cols, student_tile, guide_tile, thread_id)
+// for every (row tile, block, column tile), in parallel over row tiles (each row tile is owned by one
+// thread), then row_tile_done(row_begin, rows). student_tile is the [rows x cols] GEMM of the block's
+// student rows and columns, writable; guide_tile the guide's (the student tile itself when
+// self-guided, nullptr when unguided).
 template <typename scalar_t, typename Visit, typename RowTileDone>
 void for_each_softmax_tile(const InfoNCEInputs& inputs, const std::vector<SoftmaxBlock>& blocks,
                            const GuideState<scalar_t>& guide, Visit&& visit, RowTileDone&& row_tile_done) {
