@@ -42,6 +42,28 @@ TORCH_LIBRARY(embedplug, m) {
   m.def(
       "_semi_hard_triplet_loss_backward(Tensor grad_sums, Tensor embeddings, Tensor labels, Tensor unit_grad, "
       "str distance, float margin) -> Tensor");
+  // Masked in-batch softmax cross-entropy (InfoNCE) fused with the similarity GEMMs; the kernel of
+  // GISTEmbedLoss (guide-filtered) and MultipleNegativesRankingLoss (unguided).
+  //   anchors [N, D]; candidates [M, D] = the N positives then whole columns of N negatives;
+  //   guide_anchors [N, Dg] / guide_candidates [M, Dg] (both or neither) float32/float64.
+  //   Row i's softmax runs over scale * <a_i, candidates[:M]>, plus <a_i, anchors> if
+  //   anchor_anchor, <p_i, anchors> if positive_anchor, <p_i, candidates[:K]> if
+  //   K = positive_candidate_columns > 0. exclude_self drops a row's own columns (aa: j == i;
+  //   p-candidates: j == i mod N). margin_strategy in {"none", "absolute", "relative"}: with
+  //   "absolute"/"relative" an entry whose guide similarity exceeds t_i - margin (resp.
+  //   t_i - |t_i| * margin), t_i = guide_sim(a_i, p_i), is dropped (never the pair (a_i, p_i));
+  //   without guide tensors the student's own similarities guide (self-guided).
+  // Returns (loss [N] = lse_i - scale * <a_i, p_i>, log_normalizer [N] = lse_i, saved for backward).
+  m.def(
+      "masked_infonce(Tensor anchors, Tensor candidates, Tensor? guide_anchors, Tensor? guide_candidates, "
+      "float scale, str margin_strategy, float margin, bool anchor_anchor, bool positive_anchor, "
+      "int positive_candidate_columns, bool exclude_self) -> (Tensor, Tensor)");
+  // Recomputes the tiles and returns (grad_anchors [N, D], grad_candidates [M, D]) for grad_loss [N].
+  m.def(
+      "_masked_infonce_backward(Tensor grad_loss, Tensor anchors, Tensor candidates, Tensor? guide_anchors, "
+      "Tensor? guide_candidates, Tensor log_normalizer, float scale, str margin_strategy, float margin, "
+      "bool anchor_anchor, bool positive_anchor, int positive_candidate_columns, bool exclude_self) "
+      "-> (Tensor, Tensor)");
 }
 
 namespace {

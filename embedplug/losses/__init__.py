@@ -9,7 +9,11 @@ from embedplug.losses.batch_all_triplet import BatchAllTripletLoss
 from embedplug.losses.batch_hard_soft_margin_triplet import BatchHardSoftMarginTripletLoss
 from embedplug.losses.batch_hard_triplet import BatchHardTripletLoss
 from embedplug.losses.batch_semi_hard_triplet import BatchSemiHardTripletLoss
+from embedplug.losses.cached_gist_embed import CachedGISTEmbedLoss
+from embedplug.losses.cached_multiple_negatives_ranking import CachedMultipleNegativesRankingLoss
 from embedplug.losses.distance_functions import BatchHardTripletLossDistanceFunction
+from embedplug.losses.gist_embed import GISTEmbedLoss
+from embedplug.losses.multiple_negatives_ranking import MultipleNegativesRankingLoss
 from embedplug.losses.triplet import TripletDistanceMetric, TripletLoss
 
 # Registered by embedplug's own plugin (embedplug._builtin_plugin) under their class names.
@@ -19,6 +23,10 @@ BUILTIN_LOSSES: tuple = (
     BatchHardTripletLoss,
     BatchSemiHardTripletLoss,
     TripletLoss,
+    GISTEmbedLoss,
+    CachedGISTEmbedLoss,
+    MultipleNegativesRankingLoss,
+    CachedMultipleNegativesRankingLoss,
 )
 
 __all__ = [
@@ -28,7 +36,11 @@ __all__ = [
     "BatchHardTripletLoss",
     "BatchHardTripletLossDistanceFunction",
     "BatchSemiHardTripletLoss",
+    "CachedGISTEmbedLoss",
+    "CachedMultipleNegativesRankingLoss",
     "EmbeddingLoss",
+    "GISTEmbedLoss",
+    "MultipleNegativesRankingLoss",
     "TripletDistanceMetric",
     "TripletLoss",
 ]

@@ -1,0 +1,92 @@
+"""Drop-in for sentence-transformers' ``CachedMultipleNegativesRankingLoss``: GradCache around the fused MNRL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from embedplug.losses.base import EmbeddingLoss
+from embedplug.losses.gradcache import GradCacheMixin, check_cacheable_model, validate_mini_batch_num_tokens
+from embedplug.losses.multiple_negatives_ranking import MultipleNegativesRankingMixin
+
+
+class CachedMultipleNegativesRankingLoss(GradCacheMixin, MultipleNegativesRankingMixin, EmbeddingLoss):
+    """MultipleNegativesRankingLoss with GradCache (Gao et al. 2021).
+
+    Same constructor, attributes, config, forward and numbers as
+    ``sentence_transformers.losses.CachedMultipleNegativesRankingLoss`` (6.2). The loss stage runs
+    on the whole batch at once (the fused kernel is O(N D) memory, so sentence-transformers'
+    chunking of the score matrix is unnecessary); options outside the kernel run on the reference,
+    as :meth:`backend_info` reports. ``calculate_loss`` can be patched by ``MatryoshkaLoss``.
+
+    Args:
+        model, scale, similarity_fct, gather_across_devices, directions, partition_mode,
+        hardness_mode, hardness_strength: as in :class:`~embedplug.losses.MultipleNegativesRankingLoss`.
+        mini_batch_size: rows per embedding forward pass.
+        mini_batch_num_tokens: token budget per mini-batch instead of a fixed row count.
+        show_progress_bar: tqdm bars over the mini-batches.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        scale: float = 20.0,
+        similarity_fct: Callable[[Tensor, Tensor], Tensor] | None = None,
+        mini_batch_size: int = 32,
+        mini_batch_num_tokens: int | None = None,
+        gather_across_devices: bool = False,
+        directions: tuple[str, ...] = ("query_to_doc",),
+        partition_mode: str = "joint",
+        show_progress_bar: bool = False,
+        hardness_mode: str | None = None,
+        hardness_strength: float = 0.0,
+    ) -> None:
+        super().__init__(model)
+        check_cacheable_model(model, "CachedMultipleNegativesRankingLoss", "MultipleNegativesRankingLoss")
+        validate_mini_batch_num_tokens(mini_batch_num_tokens)
+        self._setup_options(
+            scale, similarity_fct, gather_across_devices, directions, partition_mode, hardness_mode, hardness_strength
+        )
+        self.mini_batch_size = mini_batch_size
+        self.mini_batch_num_tokens = mini_batch_num_tokens
+        self.show_progress_bar = show_progress_bar
+
+    def calculate_loss(
+        self, reps: list[list[Tensor]], labels: Tensor | None = None, *, with_backward: bool = False
+    ) -> Tensor:
+        """Loss on the whole batch from per-column lists of mini-batch embeddings ([b, D] each);
+        with ``with_backward`` it is back-propagated to ``reps`` and returned detached."""
+        loss = self.compute_loss_from_embeddings([torch.cat(column) for column in reps], labels)
+        if with_backward:
+            loss.backward()
+            loss = loss.detach()
+        return loss
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None) -> Tensor:
+        return self.forward_cached(sentence_features, labels)
+
+    def get_config_dict(self) -> dict:
+        # sentence-transformers' key order, which model cards print.
+        config = super().get_config_dict()
+        return {
+            "scale": config.pop("scale"),
+            "similarity_fct": config.pop("similarity_fct"),
+            "mini_batch_size": self.mini_batch_size,
+            "mini_batch_num_tokens": self.mini_batch_num_tokens,
+            **config,
+        }
+
+    @property
+    def citation(self) -> str:
+        return """
+@misc{gao2021scaling,
+    title={Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup},
+    author={Luyu Gao and Yunyi Zhang and Jiawei Han and Jamie Callan},
+    year={2021},
+    eprint={2101.06983},
+    archivePrefix={arXiv},
+    primaryClass={cs.LG}
+}
+"""

@@ -1,0 +1,201 @@
+"""Drop-in for sentence-transformers' ``GISTEmbedLoss``, on the fused masked in-batch softmax."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from embedplug.functional.in_batch_negatives import MARGIN_STRATEGIES, gist_embed_loss
+from embedplug.losses.base import EmbeddingLoss
+from embedplug.ops.masked_infonce import fused_backend_info
+
+GIST_CITATION = """
+@misc{solatorio2024gistembed,
+    title={GISTEmbed: Guided In-sample Selection of Training Negatives for Text Embedding Fine-tuning},
+    author={Aivin V. Solatorio},
+    year={2024},
+    eprint={2402.16829},
+    archivePrefix={arXiv},
+    primaryClass={cs.LG}
+}
+"""
+
+
+class GuideMixin:
+    """The guide-model plumbing GISTEmbedLoss and CachedGISTEmbedLoss share: sentence-transformers'
+    tokenizer checks, re-tokenisation for a guide with another vocabulary or a shorter max length,
+    and the options of the false-negative filter."""
+
+    def _setup_guide(
+        self, model: nn.Module, guide: nn.Module | None, margin_strategy: str, margin: float
+    ) -> None:
+        from transformers import PreTrainedTokenizerBase
+
+        self.guide = guide
+        self.must_retokenize = False
+        if guide is not None:
+            if not hasattr(model, "tokenizer") or not hasattr(guide, "tokenizer"):
+                raise ValueError("Both the training model and the guiding model must have a tokenizer attribute.")
+            if not isinstance(model.tokenizer, PreTrainedTokenizerBase) or not isinstance(
+                guide.tokenizer, PreTrainedTokenizerBase
+            ):
+                raise ValueError(
+                    "Both the training model and the guiding model must use a PreTrainedTokenizer from transformers."
+                )
+            self.must_retokenize = (
+                model.tokenizer.get_vocab() != guide.tokenizer.get_vocab()
+                or guide.max_seq_length < model.max_seq_length
+            )
+            if self.must_retokenize:
+                self.tokenizer = model.tokenizer
+        if margin_strategy not in MARGIN_STRATEGIES:
+            raise ValueError("margin_strategy must be 'absolute' or 'relative'.")
+        self.margin_strategy = margin_strategy
+        self.margin = margin
+
+    def guide_features(self, sentence_feature: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The guide's input for one tokenised column: a shallow copy (the guide writes its outputs
+        into the dict it gets) or, when the vocabularies differ, the decoded texts re-tokenised."""
+        if not self.must_retokenize:
+            return dict(sentence_feature)
+        from sentence_transformers.util import batch_to_device
+
+        input_ids = sentence_feature["input_ids"]
+        if "cu_seq_lens_q" in sentence_feature:
+            flat_input_ids = input_ids[0].tolist()
+            bounds = sentence_feature["cu_seq_lens_q"].tolist()
+            input_ids = [flat_input_ids[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
+        decoded = self.tokenizer.batch_decode(input_ids, skip_special_tokens=True)
+        return batch_to_device(self.guide.preprocess(decoded), self.guide.device)
+
+    def _gist_from_columns(self, embeddings: Sequence[Tensor], guide_embeddings: Sequence[Tensor] | None) -> Tensor:
+        """Scalar loss from the student's [B, D] columns (anchor, positive, negatives...) and the
+        guide's (or None: self-guided), gathering the candidates across devices when asked."""
+        from sentence_transformers.util import all_gather_with_grad, get_rank
+
+        anchor, positive, *negatives = embeddings
+        guide_anchor = guide_positive = None
+        guide_negatives: list[Tensor] = []
+        if guide_embeddings is not None:
+            guide_anchor, guide_positive, *guide_negatives = guide_embeddings
+        offset = 0
+        if self.gather_across_devices and torch.distributed.is_available() and torch.distributed.is_initialized():
+            positive = all_gather_with_grad(positive)
+            negatives = [all_gather_with_grad(negative) for negative in negatives]
+            if guide_embeddings is not None:
+                guide_positive = all_gather_with_grad(guide_positive)
+                guide_negatives = [all_gather_with_grad(negative) for negative in guide_negatives]
+            offset = get_rank() * anchor.shape[0]
+        return gist_embed_loss(
+            anchor,
+            positive,
+            negatives,
+            guide_anchor=guide_anchor,
+            guide_positive=guide_positive,
+            guide_negatives=guide_negatives,
+            temperature=self.temperature,
+            margin_strategy=self.margin_strategy,
+            margin=self.margin,
+            contrast_anchors=self.contrast_anchors,
+            contrast_positives=self.contrast_positives,
+            offset=offset,
+        )
+
+    def backend_info(self, device_type: str = "cpu") -> dict:
+        """Which implementation this loss runs on ``device_type``: every option combination runs on
+        the fused ``masked_infonce`` kernel when the extension has one for the device."""
+        return fused_backend_info(device_type)
+
+    @property
+    def citation(self) -> str:
+        return GIST_CITATION
+
+
+class GISTEmbedLoss(GuideMixin, EmbeddingLoss):
+    """GISTEmbed (Solatorio 2024): in-batch negatives with false negatives filtered by a guide model.
+
+    Same constructor, attributes, config, citation, forward and numbers as
+    ``sentence_transformers.losses.GISTEmbedLoss`` (6.x), computed by the fused masked in-batch
+    softmax: every similarity block (anchor-positive, anchor-anchor, positive-positive,
+    anchor-negative, and the guide's) is produced tile by tile and folded into an online
+    log-sum-exp, so memory is O(N D) instead of sentence-transformers' O(N^2 D).
+
+    Beyond sentence-transformers: ``guide=None`` filters with the model's own detached
+    similarities (self-guided), with no second model and no second forward pass.
+
+    Args:
+        model: the SentenceTransformer being trained.
+        guide: the SentenceTransformer that selects the in-batch negatives (run under no_grad), or None.
+        temperature: logits are cosine similarity / temperature.
+        margin_strategy: "absolute" drops candidates whose guide similarity exceeds
+            ``positive_sim - margin``; "relative" those above ``positive_sim - |positive_sim| * margin``.
+        margin: the filter's margin.
+        contrast_anchors: add anchor-anchor pairs to the softmax.
+        contrast_positives: add positive-positive pairs to the softmax.
+        gather_across_devices: gather candidates from every rank (with gradients) before the loss.
+
+    Inputs: (anchor, positive) pairs or (anchor, positive, negative) triplets, no labels.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        guide: nn.Module | None,
+        temperature: float = 0.01,
+        margin_strategy: str = "absolute",
+        margin: float = 0.0,
+        contrast_anchors: bool = True,
+        contrast_positives: bool = True,
+        gather_across_devices: bool = False,
+    ) -> None:
+        super().__init__(model)
+        self._setup_guide(model, guide, margin_strategy, margin)
+        if self.must_retokenize:
+            from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+
+            if isinstance(self.model[0], StaticEmbedding):
+                raise ValueError(
+                    "If we must retokenize because the guide model has a different tokenizer, "
+                    "then the Sentence Transformer model must not be based on a StaticEmbedding."
+                )
+        self.temperature = temperature
+        self.similarity_fct = nn.CosineSimilarity(dim=-1)
+        self.contrast_anchors = contrast_anchors
+        self.contrast_positives = contrast_positives
+        self.gather_across_devices = gather_across_devices
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None) -> Tensor:
+        from sentence_transformers.base.losses.merged_forward import embed_columns
+
+        sentence_features = list(sentence_features)
+        if len(sentence_features) not in (2, 3):
+            raise ValueError(f"Expected 2 or 3 embeddings, got {len(sentence_features)}")
+        # The guide's inputs are taken before the model runs: it writes into the dicts it is given.
+        guide_features = [self.guide_features(features) for features in sentence_features] if self.guide is not None else None
+        embeddings = embed_columns(self.model, sentence_features)
+        guide_embeddings = None
+        if self.guide is not None:
+            with torch.no_grad():
+                guide_embeddings = embed_columns(self.guide, guide_features)
+        return self._gist_from_columns(embeddings, guide_embeddings)
+
+    def compute_loss_from_embeddings(
+        self, embeddings: list[Tensor], labels: Tensor | None = None, guide_embeddings: list[Tensor] | None = None
+    ) -> Tensor:
+        """Loss from precomputed columns: ``embeddings`` and ``guide_embeddings`` are lists of [B, D]
+        (anchor, positive, negatives...); without ``guide_embeddings`` the filter is self-guided."""
+        return self._gist_from_columns(embeddings, guide_embeddings)
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {
+            "guide": self.guide,
+            "temperature": self.temperature,
+            "margin_strategy": self.margin_strategy,
+            "margin": self.margin,
+            "contrast_anchors": self.contrast_anchors,
+            "contrast_positives": self.contrast_positives,
+            "gather_across_devices": self.gather_across_devices,
+        }

@@ -1,0 +1,154 @@
+"""GradCache (Gao et al. 2021) for the cached in-batch-negative losses.
+
+Three steps, as in sentence-transformers' ``CachedLossMixin``: (1) embed every mini-batch without
+gradients, remembering each forward pass's RNG state; (2) compute the loss on the whole batch
+from those embeddings and back-propagate it to them, caching their gradients; (3) in a backward
+hook on the returned loss, re-embed each mini-batch with gradients under the remembered RNG state
+(so dropout draws the same masks) and back-propagate the cached gradients through the model.
+With the fused kernel step (2) is O(N D) memory, so the batch is bounded by what the model can
+embed mini-batch by mini-batch, not by the N x N similarity matrices.
+
+sentence-transformers' helpers (RNG snapshots, token-budget mini-batches, the DDP-aware backward
+hook) are reused, imported lazily because sentence-transformers is an optional dependency.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def check_cacheable_model(model: Any, loss_name: str, uncached_name: str) -> None:
+    """sentence-transformers' refusal of StaticEmbedding models, whose inputs cannot be split into mini-batches."""
+    from sentence_transformers.base.losses.gradcache import has_static_embedding_input
+
+    if has_static_embedding_input(model):
+        raise ValueError(
+            f"{loss_name} is not compatible with a SentenceTransformer model based on a StaticEmbedding. "
+            f"Consider using {uncached_name} instead."
+        )
+
+
+def validate_mini_batch_num_tokens(mini_batch_num_tokens: int | None) -> None:
+    from sentence_transformers.base.losses.gradcache import _validate_mini_batch_num_tokens
+
+    _validate_mini_batch_num_tokens(mini_batch_num_tokens)
+
+
+class GradCacheMixin:
+    """The GradCache forward pass. Subclasses hold ``model``, ``mini_batch_size``,
+    ``mini_batch_num_tokens`` and ``show_progress_bar``, implement ``calculate_loss(reps, extra,
+    with_backward=...)`` and may override :meth:`embed_guide` to embed a guide model alongside."""
+
+    uses_gradient_cache = True
+
+    def embed_guide(self, minibatch_features: dict[str, Tensor]) -> Tensor | None:
+        """The guide model's [mini-batch, Dg] embeddings of a mini-batch, or None without a guide."""
+        return None
+
+    def embed_minibatch(
+        self,
+        sentence_feature: dict[str, Tensor],
+        begin: int,
+        end: int,
+        with_grad: bool,
+        copy_random_state: bool,
+        random_state: Any = None,
+    ) -> tuple[Tensor, Tensor | None, Any]:
+        """Embeds rows ``begin:end``: (student [b, D], guide [b, Dg] or None, RNG snapshot or None).
+
+        The guide runs only in the gradient-free pass: the replay needs the student's embeddings alone.
+        """
+        from sentence_transformers.base.losses.gradcache import RandContext, _create_minibatch
+
+        grad_context = nullcontext if with_grad else torch.no_grad
+        random_state_context = nullcontext() if random_state is None else random_state
+        minibatch = _create_minibatch(sentence_feature, begin, end)
+        guide_reps = None
+        with random_state_context:
+            with grad_context():
+                random_state = RandContext(*minibatch.values()) if copy_random_state else None
+                reps = self.model(minibatch)["sentence_embedding"]
+            if not with_grad:
+                with torch.no_grad():
+                    guide_reps = self.embed_guide(minibatch)
+        return reps, guide_reps, random_state
+
+    def embed_minibatch_iter(
+        self,
+        sentence_feature: dict[str, Tensor],
+        with_grad: bool,
+        copy_random_state: bool,
+        random_states: list[Any] | None = None,
+        ranges: list[tuple[int, int]] | None = None,
+    ) -> Iterator[tuple[Tensor, Tensor | None, Any]]:
+        """Yields :meth:`embed_minibatch` for every mini-batch (sentence-transformers' hook contract)."""
+        import tqdm
+        from sentence_transformers.base.losses.gradcache import _minibatch_ranges
+
+        if ranges is None:
+            ranges = _minibatch_ranges(sentence_feature, self.mini_batch_size, self.mini_batch_num_tokens)
+        for index, (begin, end) in enumerate(
+            tqdm.tqdm(ranges, desc="Embed mini-batches", disable=not self.show_progress_bar)
+        ):
+            yield self.embed_minibatch(
+                sentence_feature=sentence_feature,
+                begin=begin,
+                end=end,
+                with_grad=with_grad,
+                copy_random_state=copy_random_state,
+                random_state=None if random_states is None else random_states[index],
+            )
+
+    def forward_cached(self, sentence_features: Iterable[dict[str, Tensor]], extra: Any = None) -> Tensor:
+        """Steps (1)-(3). ``extra`` is handed to ``calculate_loss`` after the embeddings (the labels);
+        a guided subclass gets the guide's embeddings there instead (``extra="guide"``)."""
+        from sentence_transformers.base.losses.gradcache import _backward_hook, _minibatch_ranges
+
+        sentence_features = list(sentence_features)
+        grad_enabled = torch.is_grad_enabled()
+        # Boundaries first: modules may edit the features in place, and the replay must reuse them.
+        ranges = [
+            _minibatch_ranges(features, self.mini_batch_size, self.mini_batch_num_tokens)
+            for features in sentence_features
+        ]
+        reps, guide_reps, random_states = [], [], []
+        for features, column_ranges in zip(sentence_features, ranges):
+            column_reps, column_guide, column_states = [], [], []
+            for reps_mb, guide_mb, state in self.embed_minibatch_iter(
+                features, with_grad=False, copy_random_state=grad_enabled, ranges=column_ranges
+            ):
+                column_reps.append(reps_mb.detach().requires_grad_(grad_enabled))
+                column_guide.append(guide_mb)
+                column_states.append(state)
+            reps.append(column_reps)
+            guide_reps.append(column_guide)
+            random_states.append(column_states)
+        if extra == "guide":
+            extra = None if guide_reps[0][0] is None else guide_reps
+        if not grad_enabled:
+            return self.calculate_loss(reps, extra)
+        loss = self.calculate_loss(reps, extra, with_backward=True).detach().requires_grad_()
+        cache = [[rep.grad for rep in column] for column in reps]
+        unused = [str(index) for index, column in enumerate(cache) if any(grad is None for grad in column)]
+        if unused:
+            raise ValueError(
+                f"The loss computation of {type(self).__name__} did not use input column(s) {', '.join(unused)}: "
+                "their embeddings received no gradient; remove the unused column(s) from the dataset."
+            )
+        loss.register_hook(
+            partial(
+                _backward_hook,
+                sentence_features=sentence_features,
+                loss_obj=self,
+                cache=cache,
+                random_states=random_states,
+                ranges=ranges,
+            )
+        )
+        return loss

@@ -1,0 +1,206 @@
+"""Drop-in for sentence-transformers' ``MultipleNegativesRankingLoss``, on the fused masked in-batch softmax."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from embedplug.functional.in_batch_negatives import (
+    DIRECTIONS,
+    HARDNESS_MODES,
+    PARTITION_MODES,
+    mnrl_runs_fused,
+    multiple_negatives_ranking_loss,
+)
+from embedplug.losses.base import EmbeddingLoss
+from embedplug.ops.masked_infonce import fused_backend_info
+from embedplug.reference.multiple_negatives_ranking import multiple_negatives_ranking_loss as reference_mnrl
+
+logger = logging.getLogger(__name__)
+
+
+def _cos_sim() -> Callable[[Tensor, Tensor], Tensor]:
+    from sentence_transformers.util import cos_sim
+
+    return cos_sim
+
+
+def _distributed_world_size() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
+class MultipleNegativesRankingMixin:
+    """Options, validation, config, citation and the loss computation MultipleNegativesRankingLoss and
+    CachedMultipleNegativesRankingLoss share."""
+
+    def _setup_options(
+        self,
+        scale: float,
+        similarity_fct: Callable[[Tensor, Tensor], Tensor] | None,
+        gather_across_devices: bool,
+        directions: tuple[str, ...],
+        partition_mode: str,
+        hardness_mode: str | None,
+        hardness_strength: float,
+    ) -> None:
+        if not scale > 0:
+            raise ValueError("Scale must be a positive value.")
+        if not directions:
+            raise ValueError("At least one direction must be specified.")
+        if not set(directions).issubset(DIRECTIONS):
+            raise ValueError(f"Invalid directions: {set(directions) - set(DIRECTIONS)}. Valid: {set(DIRECTIONS)}")
+        if "query_to_doc" not in directions:
+            raise ValueError("'query_to_doc' direction is required (contains the positive pair).")
+        if partition_mode not in PARTITION_MODES:
+            raise ValueError(f"partition_mode must be 'joint' or 'per_direction', got {partition_mode}")
+        if partition_mode == "per_direction" and set(directions) & {"query_to_query", "doc_to_doc"}:
+            raise ValueError(
+                "partition_mode='per_direction' requires every direction's candidate pool to include the positive "
+                "pair. 'query_to_query' and 'doc_to_doc' only contain same-type similarities and never include the "
+                "positive, making the per-direction loss ill-defined. Use partition_mode='joint' instead."
+            )
+        if hardness_mode not in HARDNESS_MODES:
+            raise ValueError(f"hardness_mode must be one of {set(HARDNESS_MODES)}, got {hardness_mode!r}")
+        if hardness_strength < 0.0:
+            raise ValueError("hardness_strength must be non-negative.")
+        if hardness_mode is not None and hardness_strength == 0.0:
+            logger.warning(
+                "hardness_mode=%r is set but hardness_strength=0.0, so hardness weighting has no effect.", hardness_mode
+            )
+        self.scale = scale
+        self.similarity_fct = _cos_sim() if similarity_fct is None else similarity_fct
+        self.gather_across_devices = gather_across_devices
+        self.directions = tuple(directions)
+        self.partition_mode = partition_mode
+        self.hardness_mode = hardness_mode
+        self.hardness_strength = hardness_strength
+
+    def _gathers(self) -> bool:
+        return self.gather_across_devices and _distributed_world_size() > 1
+
+    def runs_fused(self) -> bool:
+        """Whether the current options run on the fused kernel (see :meth:`backend_info`)."""
+        return not self._gathers() and mnrl_runs_fused(
+            self.similarity_fct, self.directions, self.partition_mode, self.hardness_mode, self.hardness_strength
+        )
+
+    def backend_info(self, device_type: str = "cpu") -> dict:
+        """Which implementation this loss runs on ``device_type``, and why.
+
+        The fused kernel covers ``util.cos_sim`` and ``util.dot_score`` with one joint softmax over
+        any ``directions``. The reference (sentence-transformers' algorithm on materialised N x N
+        matrices) runs ``partition_mode="per_direction"`` with several directions, active hardness
+        weighting, any other similarity function, and the gathered multi-process batch.
+        """
+        if not self.runs_fused():
+            return {
+                "implementation": "reference",
+                "reason": "pure-torch reference: per-direction partition, hardness weighting, a custom "
+                "similarity function or a gathered multi-process batch",
+            }
+        return fused_backend_info(device_type)
+
+    def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor | None = None) -> Tensor:
+        """``embeddings``: [queries [B, D], positives [B, D], negatives [B, D]...] -> scalar loss."""
+        if len(embeddings) < 2:
+            raise ValueError(f"Expected at least 2 embeddings, got {len(embeddings)}")
+        queries, *docs = embeddings
+        if self._gathers():
+            from sentence_transformers.util import all_gather_with_grad, get_rank
+
+            batch_size = queries.shape[0]
+            return reference_mnrl(
+                all_gather_with_grad(queries),
+                [all_gather_with_grad(doc) for doc in docs],
+                self.similarity_fct,
+                self.scale,
+                self.directions,
+                self.partition_mode,
+                self.hardness_mode,
+                self.hardness_strength,
+                batch_size=batch_size,
+                offset=get_rank() * batch_size,
+            )
+        return multiple_negatives_ranking_loss(
+            queries,
+            docs[0],
+            docs[1:],
+            scale=self.scale,
+            similarity=self.similarity_fct,
+            directions=self.directions,
+            partition_mode=self.partition_mode,
+            hardness_mode=self.hardness_mode,
+            hardness_strength=self.hardness_strength,
+        )
+
+    def get_config_dict(self) -> dict[str, Any]:
+        from sentence_transformers.util import similarity_fct_name
+
+        return {
+            "scale": self.scale,
+            "similarity_fct": similarity_fct_name(self.similarity_fct),
+            "gather_across_devices": self.gather_across_devices,
+            "directions": self.directions,
+            "partition_mode": self.partition_mode,
+            "hardness_mode": self.hardness_mode,
+            "hardness_strength": self.hardness_strength,
+        }
+
+    @property
+    def temperature(self) -> float:
+        return 1.0 / self.scale
+
+    @property
+    def citation(self) -> str:
+        # sentence-transformers picks the citation by the variant the options describe.
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss as STLoss
+
+        return STLoss.citation.fget(self)
+
+
+class MultipleNegativesRankingLoss(MultipleNegativesRankingMixin, EmbeddingLoss):
+    """InfoNCE with in-batch negatives (MultipleNegativesRankingLoss), on the fused kernel.
+
+    Same constructor, attributes, config, citation, forward and numbers as
+    ``sentence_transformers.losses.MultipleNegativesRankingLoss`` (6.2), including ``directions``
+    (query_to_doc, query_to_query, doc_to_query, doc_to_doc), ``partition_mode`` and hardness
+    weighting. :meth:`backend_info` says which option combinations run fused.
+
+    Args:
+        model: the SentenceTransformer being trained.
+        scale: logits are ``scale * similarity`` (scale = 1 / temperature).
+        similarity_fct: ``util.cos_sim`` (default) or ``util.dot_score`` run fused; any other
+            ([R, D], [C, D]) -> [R, C] callable runs on the reference.
+        gather_across_devices: gather anchors and candidates from every rank before the loss.
+        directions, partition_mode, hardness_mode, hardness_strength: as in sentence-transformers.
+
+    Inputs: (anchor, positive) pairs, (anchor, positive, negative) triplets or
+    (anchor, positive, negative_1, ..., negative_n) tuples, no labels.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        scale: float = 20.0,
+        similarity_fct: Callable[[Tensor, Tensor], Tensor] | None = None,
+        gather_across_devices: bool = False,
+        directions: tuple[str, ...] = ("query_to_doc",),
+        partition_mode: str = "joint",
+        hardness_mode: str | None = None,
+        hardness_strength: float = 0.0,
+    ) -> None:
+        super().__init__(model)
+        self._setup_options(
+            scale, similarity_fct, gather_across_devices, directions, partition_mode, hardness_mode, hardness_strength
+        )
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None) -> Tensor:
+        from sentence_transformers.base.losses.merged_forward import embed_columns
+
+        return self.compute_loss_from_embeddings(embed_columns(self.model, sentence_features), labels)
