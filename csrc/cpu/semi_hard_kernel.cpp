@@ -175,46 +175,11 @@ std::tuple<at::Tensor, at::Tensor> semi_hard_triplet_loss_forward_cpu(const at::
   return {loss_sums, unit_grad};
 }
 
-at::Tensor semi_hard_triplet_loss_backward_cpu(const at::Tensor& grad_sums, const at::Tensor& embeddings,
-                                               const at::Tensor& labels, const at::Tensor& unit_grad,
-                                               c10::string_view distance, double margin) {
-  check_embeddings_and_labels(embeddings, labels);
-  TORCH_CHECK(grad_sums.dim() == 1 && grad_sums.size(0) == embeddings.size(0), "embedplug: grad_sums must be [N]");
-  if (unit_grad.numel() > 0) {
-    TORCH_CHECK(unit_grad.sizes() == embeddings.sizes(), "embedplug: unit_grad must be empty or [N, D]");
-    // The loss's own gradient is uniform over anchors: the forward already did the work.
-    if (uniform_gradient(grad_sums)) return unit_grad * grad_sums[0].to(unit_grad.scalar_type());
-  }
-  const DistanceKind kind = parse_distance(std::string_view(distance.data(), distance.size()));
-  const int64_t n = embeddings.size(0);
-  const auto labels_contiguous = labels.contiguous();
-  const int64_t* label_ptr = labels_contiguous.data_ptr<int64_t>();
-  const ClassMembers classes(label_ptr, n);
-  at::Tensor grad;
-  AT_DISPATCH_FLOATING_TYPES(embeddings.scalar_type(), "semi_hard_triplet_loss_backward_cpu", [&] {
-    const auto grad_per_anchor = grad_sums.detach().to(embeddings.scalar_type()).contiguous();
-    const scalar_t* grad_ptr = grad_per_anchor.data_ptr<scalar_t>();
-    const SemiHardAnchor<scalar_t> prototype{label_ptr, &classes, n, static_cast<scalar_t>(margin)};
-    grad = pair_weight_gradient<scalar_t>(
-        embeddings.detach(), kind, row_block_size(n),
-        [&](int64_t row_begin, int64_t row_end, const scalar_t* distances, scalar_t* weights) {
-          SemiHardAnchor<scalar_t> anchor = prototype;
-          std::fill(weights, weights + (row_end - row_begin) * n, scalar_t(0));
-          for (int64_t a = row_begin; a < row_end; ++a) {
-            if (grad_ptr[a] == scalar_t(0)) continue;
-            const int64_t offset = (a - row_begin) * n;
-            anchor.process(distances + offset, a, grad_ptr[a], weights + offset);
-          }
-        });
-  });
-  return grad;
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(embedplug, CPU, m) {
   m.impl("semi_hard_triplet_loss_forward", &semi_hard_triplet_loss_forward_cpu);
-  m.impl("_semi_hard_triplet_loss_backward", &semi_hard_triplet_loss_backward_cpu);
+  m.impl("_semi_hard_triplet_loss_backward", &per_anchor_loss_backward<SemiHardAnchor>);
 }
 
 }  // namespace cpu
