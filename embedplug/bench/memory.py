@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import gc
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +20,30 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in {_STATUS}")
 
 
+_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+@functools.cache
+def _libc():
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    libc = ctypes.CDLL(name)
+    # Blocks of 64 KiB and more get their own mapping and go back to the OS when freed; otherwise
+    # an implementation measured after another would reuse the heap the first one left behind
+    # and look free of cost.
+    if hasattr(libc, "mallopt"):
+        libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
+    return libc
+
+
+def _release_free_memory() -> None:
+    gc.collect()
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
 def memory_measurable() -> bool:
     return _STATUS.exists() and _CLEAR_REFS.exists()
 
@@ -30,7 +57,7 @@ def peak_extra_memory_bytes(fn: Callable[[], object]) -> int | None:
     """
     if not memory_measurable():
         return None
-    gc.collect()
+    _release_free_memory()
     try:
         _CLEAR_REFS.write_text("5")
     except OSError:
