@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor, nn
 
 from embedplug.functional.batch_all import batch_all_triplet_loss
-from embedplug.losses.base import EmbeddingLoss
-from embedplug.losses.batch_hard_triplet import HERMANS_2017_CITATION
+from embedplug.losses.base import LabelledBatchLoss
 from embedplug.losses.distance_functions import BatchHardTripletLossDistanceFunction
 from embedplug.losses.triplet_masks import TripletMasksMixin
 
 
-class BatchAllTripletLoss(TripletMasksMixin, EmbeddingLoss):
+class BatchAllTripletLoss(TripletMasksMixin, LabelledBatchLoss):
     """Every valid (anchor, positive, negative) triplet in the batch, averaged over the active ones.
 
     Same constructor, attributes, forward and numbers as
@@ -41,12 +40,8 @@ class BatchAllTripletLoss(TripletMasksMixin, EmbeddingLoss):
         self.triplet_margin = margin
         self.distance_metric = distance_metric
 
-    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
-        return self.compute_loss_from_embeddings([self.embed(sentence_features[0])], labels)
-
-    def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor) -> Tensor:
-        """``embeddings[0]`` [N, D], ``labels`` [N] -> scalar loss."""
-        return self.batch_all_triplet_loss(labels, embeddings[0])
+    def labelled_batch_loss(self, labels: Tensor, embeddings: Tensor) -> Tensor:
+        return self.batch_all_triplet_loss(labels, embeddings)
 
     def batch_all_triplet_loss(self, labels: Tensor, embeddings: Tensor) -> Tensor:
         """ST's method name and argument order: ``labels`` [N], ``embeddings`` [N, D] -> scalar."""
@@ -54,10 +49,6 @@ class BatchAllTripletLoss(TripletMasksMixin, EmbeddingLoss):
 
     def get_config_dict(self) -> dict[str, Any]:
         return {
-            "distance_metric": getattr(self.distance_metric, "__name__", str(self.distance_metric)),
+            "distance_metric": self.distance_metric_name(),
             "margin": self.triplet_margin,
         }
-
-    @property
-    def citation(self) -> str:
-        return HERMANS_2017_CITATION

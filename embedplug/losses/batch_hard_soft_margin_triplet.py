@@ -31,13 +31,12 @@ class BatchHardSoftMarginTripletLoss(BatchHardTripletLoss):
     ) -> None:
         super().__init__(model, distance_metric=distance_metric)
 
-    def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor) -> Tensor:
-        """``embeddings[0]`` [N, D], ``labels`` [N] -> scalar loss."""
-        return self.batch_hard_triplet_soft_margin_loss(labels, embeddings[0])
+    def labelled_batch_loss(self, labels: Tensor, embeddings: Tensor) -> Tensor:
+        return self.batch_hard_triplet_soft_margin_loss(labels, embeddings)
 
     def batch_hard_triplet_soft_margin_loss(self, labels: Tensor, embeddings: Tensor) -> Tensor:
         """ST's method name and argument order: ``labels`` [N], ``embeddings`` [N, D] -> scalar."""
         return batch_hard_soft_margin_triplet_loss(embeddings, labels, distance=self.distance_metric)
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {"distance_metric": getattr(self.distance_metric, "__name__", str(self.distance_metric))}
+        return {"distance_metric": self.distance_metric_name()}

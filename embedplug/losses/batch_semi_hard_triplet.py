@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor, nn
 
 from embedplug.functional.semi_hard import batch_semi_hard_triplet_loss
-from embedplug.losses.base import EmbeddingLoss
-from embedplug.losses.batch_hard_triplet import HERMANS_2017_CITATION
+from embedplug.losses.base import LabelledBatchLoss
 from embedplug.losses.distance_functions import BatchHardTripletLossDistanceFunction
 from embedplug.reference.semi_hard import _masked_maximum
 
 
-class BatchSemiHardTripletLoss(EmbeddingLoss):
+class BatchSemiHardTripletLoss(LabelledBatchLoss):
     """For each anchor-positive pair, the nearest negative farther than the positive (FaceNet's semi-hard).
 
     Same constructor, attributes, forward and numbers as
@@ -40,12 +39,8 @@ class BatchSemiHardTripletLoss(EmbeddingLoss):
         self.margin = margin
         self.distance_metric = distance_metric
 
-    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
-        return self.compute_loss_from_embeddings([self.embed(sentence_features[0])], labels)
-
-    def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor) -> Tensor:
-        """``embeddings[0]`` [N, D], ``labels`` [N] -> scalar loss."""
-        return self.batch_semi_hard_triplet_loss(labels, embeddings[0])
+    def labelled_batch_loss(self, labels: Tensor, embeddings: Tensor) -> Tensor:
+        return self.batch_semi_hard_triplet_loss(labels, embeddings)
 
     def batch_semi_hard_triplet_loss(self, labels: Tensor, embeddings: Tensor) -> Tensor:
         """ST's method name and argument order: ``labels`` [N], ``embeddings`` [N, D] -> scalar."""
@@ -60,10 +55,6 @@ class BatchSemiHardTripletLoss(EmbeddingLoss):
 
     def get_config_dict(self) -> dict[str, Any]:
         return {
-            "distance_metric": getattr(self.distance_metric, "__name__", str(self.distance_metric)),
+            "distance_metric": self.distance_metric_name(),
             "margin": self.margin,
         }
-
-    @property
-    def citation(self) -> str:
-        return HERMANS_2017_CITATION

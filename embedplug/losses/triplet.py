@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from embedplug.functional import triplet as triplet_functional
 from embedplug.losses.base import EmbeddingLoss
-from embedplug.losses.batch_hard_triplet import HERMANS_2017_CITATION
+from embedplug.losses.base import HERMANS_2017_CITATION
 
 
 class TripletDistanceMetric:
