@@ -57,3 +57,18 @@ def bundled_model_path() -> pathlib.Path:
 
 def assert_close_relative(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-7) -> None:
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, equal_nan=True)
+
+
+def assert_compiles_like_eager(loss_fn) -> None:
+    """``torch.compile(fullgraph=True)`` of a labelled batch loss gives eager's value and gradient."""
+    torch._dynamo.reset()
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
+    generator = torch.Generator().manual_seed(5)
+    embeddings = torch.randn(64, 16, generator=generator, requires_grad=True)
+    labels = torch.arange(64) // 4
+    eager = loss_fn(embeddings, labels)
+    (eager_grad,) = torch.autograd.grad(eager, embeddings)
+    result = compiled(embeddings, labels)
+    (compiled_grad,) = torch.autograd.grad(result, embeddings)
+    torch.testing.assert_close(result, eager)
+    torch.testing.assert_close(compiled_grad, eager_grad)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from _support import KERNEL_DISTANCES, label_structures, requires_cuda, requires_extension
+from _support import KERNEL_DISTANCES, assert_compiles_like_eager, label_structures, requires_cuda, requires_extension
 
 from embedplug import _extension
 from embedplug.ops import batch_hard_mining
@@ -73,17 +73,7 @@ def test_opcheck(distance):
 def test_torch_compile_fullgraph_matches_eager():
     from embedplug.functional import batch_hard_triplet_loss
 
-    torch._dynamo.reset()
-    compiled = torch.compile(batch_hard_triplet_loss, fullgraph=True, backend="aot_eager")
-    generator = torch.Generator().manual_seed(5)
-    embeddings = torch.randn(64, 16, generator=generator, requires_grad=True)
-    labels = torch.arange(64) // 4
-    eager = batch_hard_triplet_loss(embeddings, labels)
-    (eager_grad,) = torch.autograd.grad(eager, embeddings)
-    result = compiled(embeddings, labels)
-    (compiled_grad,) = torch.autograd.grad(result, embeddings)
-    torch.testing.assert_close(result, eager)
-    torch.testing.assert_close(compiled_grad, eager_grad)
+    assert_compiles_like_eager(batch_hard_triplet_loss)
 
 
 @requires_extension
