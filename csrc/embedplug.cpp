@@ -58,6 +58,13 @@ TORCH_LIBRARY(embedplug, m) {
       "masked_infonce(Tensor anchors, Tensor candidates, Tensor? guide_anchors, Tensor? guide_candidates, "
       "float scale, str margin_strategy, float margin, bool anchor_anchor, bool positive_anchor, "
       "int positive_candidate_columns, bool exclude_self) -> (Tensor, Tensor)");
+  // The mean over rows of masked_infonce's loss (same options), with its gradient computed in the
+  // same pass when compute_grad: returns (loss [], grad_anchors [N, D], grad_candidates [M, D]), the
+  // gradients of the mean ([0, D] each without compute_grad).
+  m.def(
+      "masked_infonce_mean(Tensor anchors, Tensor candidates, Tensor? guide_anchors, Tensor? guide_candidates, "
+      "float scale, str margin_strategy, float margin, bool anchor_anchor, bool positive_anchor, "
+      "int positive_candidate_columns, bool exclude_self, bool compute_grad) -> (Tensor, Tensor, Tensor)");
   // Recomputes the tiles and returns (grad_anchors [N, D], grad_candidates [M, D]) for grad_loss [N].
   m.def(
       "_masked_infonce_backward(Tensor grad_loss, Tensor anchors, Tensor candidates, Tensor? guide_anchors, "

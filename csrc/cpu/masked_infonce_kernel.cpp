@@ -22,214 +22,14 @@
 
 #include <optional>
 
-#include "cpu/pairwise_tiles.h"
+#include "cpu/masked_infonce_common.h"
 
 namespace embedplug {
 namespace cpu {
 namespace {
 
-// 256 x 256 fp32 logit tiles (256 KiB) stay in L2 through the epilogue.
-constexpr int64_t kTileSize = 256;
+using namespace infonce;
 
-enum class MarginStrategy { kNone, kAbsolute, kRelative };
-
-MarginStrategy parse_margin_strategy(c10::string_view name) {
-  const std::string_view view(name.data(), name.size());
-  if (view == "none") return MarginStrategy::kNone;
-  if (view == "absolute") return MarginStrategy::kAbsolute;
-  if (view == "relative") return MarginStrategy::kRelative;
-  TORCH_CHECK(false, "embedplug: unknown margin_strategy '", std::string(view),
-              "'; expected one of 'none', 'absolute', 'relative'");
-}
-
-// One block of the softmax: rows are anchors (or positives), columns the first num_columns rows of
-// anchors (or candidates).
-struct SoftmaxBlock {
-  bool rows_are_positives;
-  bool columns_are_anchors;
-  int64_t num_columns;
-  // Column i of row i is the pair (a_i, p_i): the guide never drops it.
-  bool column_i_is_target_pair;
-  // exclude_self drops the row's own columns: j == i on anchors, j == i (mod N) on candidates.
-  bool excludes_self;
-};
-
-struct InfoNCEOptions {
-  double scale;
-  MarginStrategy strategy;
-  double margin;
-  bool anchor_anchor;
-  bool positive_anchor;
-  int64_t positive_candidate_columns;
-  bool exclude_self;
-};
-
-std::vector<SoftmaxBlock> softmax_blocks(const InfoNCEOptions& options, int64_t n, int64_t m) {
-  std::vector<SoftmaxBlock> blocks;
-  blocks.push_back({false, false, m, true, false});
-  if (options.anchor_anchor) blocks.push_back({false, true, n, false, options.exclude_self});
-  if (options.positive_anchor) blocks.push_back({true, true, n, true, false});
-  if (options.positive_candidate_columns > 0) {
-    blocks.push_back({true, false, options.positive_candidate_columns, false, options.exclude_self});
-  }
-  return blocks;
-}
-
-// The inputs as contiguous detached matrices: the tile GEMMs run on worker threads, which do not
-// inherit autograd guards, and the op carries its own backward.
-struct InfoNCEInputs {
-  at::Tensor anchors, candidates;              // student [N, D], [M, D]
-  at::Tensor guide_anchors, guide_candidates;  // [N, Dg], [M, Dg]; the student's when self-guided
-  bool guided = false;
-  bool self_guided = false;
-  int64_t n = 0, m = 0;
-};
-
-void check_inputs(const at::Tensor& anchors, const at::Tensor& candidates,
-                  const std::optional<at::Tensor>& guide_anchors,
-                  const std::optional<at::Tensor>& guide_candidates, const InfoNCEOptions& options) {
-  TORCH_CHECK(anchors.dim() == 2 && candidates.dim() == 2,
-              "embedplug: anchors and candidates must be 2-D [N, D] and [M, D], got ", anchors.sizes(),
-              " and ", candidates.sizes());
-  TORCH_CHECK(anchors.scalar_type() == at::kFloat || anchors.scalar_type() == at::kDouble,
-              "embedplug: the CPU kernel takes float32 or float64 embeddings, got ", anchors.scalar_type());
-  TORCH_CHECK(candidates.scalar_type() == anchors.scalar_type(),
-              "embedplug: anchors and candidates must have the same dtype");
-  const int64_t n = anchors.size(0);
-  const int64_t m = candidates.size(0);
-  TORCH_CHECK(n > 0, "embedplug: empty batch (N = 0)");
-  TORCH_CHECK(anchors.size(1) == candidates.size(1), "embedplug: anchors and candidates must have the same width D");
-  TORCH_CHECK(m >= n && m % n == 0,
-              "embedplug: candidates must be the N positives followed by whole columns of N negatives (M a "
-              "multiple of N = ", n, "), got M = ", m);
-  TORCH_CHECK(guide_anchors.has_value() == guide_candidates.has_value(),
-              "embedplug: give both guide_anchors and guide_candidates, or neither");
-  if (guide_anchors.has_value()) {
-    TORCH_CHECK(options.strategy != MarginStrategy::kNone,
-                "embedplug: guide embeddings given but margin_strategy is 'none'");
-    TORCH_CHECK(guide_anchors->dim() == 2 && guide_candidates->dim() == 2 && guide_anchors->size(0) == n &&
-                    guide_candidates->size(0) == m && guide_anchors->size(1) == guide_candidates->size(1),
-                "embedplug: guide embeddings must be [N, Dg] and [M, Dg] like the student's, got ",
-                guide_anchors->sizes(), " and ", guide_candidates->sizes());
-    TORCH_CHECK(guide_anchors->scalar_type() == anchors.scalar_type() &&
-                    guide_candidates->scalar_type() == anchors.scalar_type(),
-                "embedplug: guide embeddings must have the student's dtype");
-  }
-  TORCH_CHECK(options.positive_candidate_columns >= 0 && options.positive_candidate_columns <= m,
-              "embedplug: positive_candidate_columns must be in [0, M = ", m, "], got ",
-              options.positive_candidate_columns);
-  TORCH_CHECK(std::isfinite(options.scale) && options.scale > 0, "embedplug: scale must be a positive number");
-}
-
-InfoNCEInputs prepare_inputs(const at::Tensor& anchors, const at::Tensor& candidates,
-                             const std::optional<at::Tensor>& guide_anchors,
-                             const std::optional<at::Tensor>& guide_candidates, const InfoNCEOptions& options) {
-  InfoNCEInputs inputs;
-  inputs.anchors = anchors.detach().contiguous();
-  inputs.candidates = candidates.detach().contiguous();
-  inputs.n = anchors.size(0);
-  inputs.m = candidates.size(0);
-  inputs.guided = options.strategy != MarginStrategy::kNone;
-  inputs.self_guided = inputs.guided && !guide_anchors.has_value();
-  if (inputs.self_guided) {
-    inputs.guide_anchors = inputs.anchors;
-    inputs.guide_candidates = inputs.candidates;
-  } else if (inputs.guided) {
-    inputs.guide_anchors = guide_anchors->detach().contiguous();
-    inputs.guide_candidates = guide_candidates->detach().contiguous();
-  }
-  return inputs;
-}
-
-// The guide similarity used wherever a decision is a near tie: a plain sequential dot product, the
-// same function for the thresholds t_i. It is symmetric and deterministic, so identical rows (an
-// anchor equal to its positive, duplicates in the batch) compare exactly as sentence-transformers
-// compares them, whereas two GEMM calls may round the same pair differently.
-template <typename scalar_t>
-inline scalar_t exact_dot(const scalar_t* x, const scalar_t* y, int64_t dim) {
-  scalar_t sum = 0;
-  for (int64_t k = 0; k < dim; ++k) sum += x[k] * y[k];
-  return sum;
-}
-
-// Per-row thresholds and per-row guide norms (which bound the GEMM rounding error).
-template <typename scalar_t>
-struct GuideState {
-  std::vector<scalar_t> threshold;         // [N]
-  std::vector<scalar_t> anchor_norm;       // [N]
-  std::vector<scalar_t> candidate_norm;    // [M]
-  scalar_t max_anchor_norm = 0, max_candidate_norm = 0;
-  scalar_t relative_tolerance = 0;
-  int64_t dim = 0;
-  const scalar_t* anchors = nullptr;
-  const scalar_t* candidates = nullptr;
-};
-
-template <typename scalar_t>
-std::vector<scalar_t> row_norms(const at::Tensor& rows) {
-  const int64_t count = rows.size(0), dim = rows.size(1);
-  const scalar_t* data = rows.data_ptr<scalar_t>();
-  std::vector<scalar_t> norms(count);
-  at::parallel_for(0, count, 1024, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) norms[r] = std::sqrt(exact_dot(data + r * dim, data + r * dim, dim));
-  });
-  return norms;
-}
-
-template <typename scalar_t>
-GuideState<scalar_t> make_guide_state(const InfoNCEInputs& inputs, const InfoNCEOptions& options) {
-  GuideState<scalar_t> guide;
-  if (!inputs.guided) return guide;
-  guide.dim = inputs.guide_anchors.size(1);
-  guide.anchors = inputs.guide_anchors.data_ptr<scalar_t>();
-  guide.candidates = inputs.guide_candidates.data_ptr<scalar_t>();
-  guide.anchor_norm = row_norms<scalar_t>(inputs.guide_anchors);
-  guide.candidate_norm = row_norms<scalar_t>(inputs.guide_candidates);
-  guide.max_anchor_norm = *std::max_element(guide.anchor_norm.begin(), guide.anchor_norm.end());
-  guide.max_candidate_norm = *std::max_element(guide.candidate_norm.begin(), guide.candidate_norm.end());
-  // A blocked GEMM's error on <x, y> is below dim * unit_roundoff * |x| |y|; 4x that is a safe band
-  // outside which the GEMM value decides a comparison the exact dot would decide the same way.
-  guide.relative_tolerance =
-      scalar_t(2) * static_cast<scalar_t>(guide.dim) * std::numeric_limits<scalar_t>::epsilon();
-  guide.threshold.resize(inputs.n);
-  const scalar_t margin = static_cast<scalar_t>(options.margin);
-  for (int64_t i = 0; i < inputs.n; ++i) {
-    const scalar_t target = exact_dot(guide.anchors + i * guide.dim, guide.candidates + i * guide.dim, guide.dim);
-    guide.threshold[i] = options.strategy == MarginStrategy::kAbsolute ? target - margin
-                                                                        : target - std::abs(target) * margin;
-  }
-  return guide;
-}
-
-// Everything the epilogue needs to decide which entries of a block stay in the softmax.
-template <typename scalar_t>
-struct EntryFilter {
-  const SoftmaxBlock& block;
-  const GuideState<scalar_t>& guide;
-  bool guided;
-  int64_t n;
-
-  // The guide's verdict on entry (row i, column j) from the exact dot product, for entries whose
-  // GEMM value lies within the rounding band of the threshold.
-  bool guide_keeps_exact(int64_t i, int64_t j) const {
-    const scalar_t* row = (block.rows_are_positives ? guide.candidates : guide.anchors) + i * guide.dim;
-    const scalar_t* column = (block.columns_are_anchors ? guide.anchors : guide.candidates) + j * guide.dim;
-    return !(exact_dot(row, column, guide.dim) > guide.threshold[i]);
-  }
-
-  // Band around row i's threshold that covers every column of the block (largest column norm).
-  scalar_t row_band(int64_t i) const {
-    const scalar_t row_norm = block.rows_are_positives ? guide.candidate_norm[i] : guide.anchor_norm[i];
-    const scalar_t column_norm = block.columns_are_anchors ? guide.max_anchor_norm : guide.max_candidate_norm;
-    return guide.relative_tolerance * row_norm * column_norm;
-  }
-};
-
-// Calls visit(block, filter, row_begin, rows, column_begin, cols, student_tile, guide_tile, thread_id)
-// for every (row tile, block, column tile), in parallel over row tiles (each row tile is owned by one
-// thread), then row_tile_done(row_begin, rows). student_tile is the [rows x cols] GEMM of the block's
-// student rows and columns, writable; guide_tile the guide's (the student tile itself when
-// self-guided, nullptr when unguided).
 template <typename scalar_t, typename Visit, typename RowTileDone>
 void for_each_softmax_tile(const InfoNCEInputs& inputs, const std::vector<SoftmaxBlock>& blocks,
                            const GuideState<scalar_t>& guide, Visit&& visit, RowTileDone&& row_tile_done) {
@@ -278,83 +78,6 @@ void for_each_softmax_tile(const InfoNCEInputs& inputs, const std::vector<Softma
 }
 
 // Online log-sum-exp of one row: running maximum and the sum of exp(logit - maximum).
-template <typename scalar_t>
-struct RunningLogSumExp {
-  scalar_t maximum = -std::numeric_limits<scalar_t>::infinity();
-  scalar_t sum = 0;
-  bool saw_nan = false;
-
-  scalar_t value() const {
-    if (saw_nan) return std::numeric_limits<scalar_t>::quiet_NaN();
-    return maximum + std::log(sum);
-  }
-};
-
-// Writes the tile's logits (scale * similarity, -inf where the entry is dropped) over the
-// similarity tile. The hot loop only compares the guide value with per-row bounds; the rare entries
-// inside the rounding band, the protected target pair and the self columns are fixed up per row.
-// Self-guided, the guide tile is the similarity tile: each value is read before it is overwritten.
-template <typename scalar_t>
-inline void write_masked_logits(const EntryFilter<scalar_t>& filter, scalar_t scale, int64_t row_begin,
-                                int64_t rows, int64_t column_begin, int64_t cols, scalar_t* tile,
-                                const scalar_t* guide_tile) {
-  constexpr scalar_t dropped = -std::numeric_limits<scalar_t>::infinity();
-  const SoftmaxBlock& block = filter.block;
-  const int64_t column_end = column_begin + cols;
-  std::vector<int64_t> near_threshold;
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t i = row_begin + r;
-    scalar_t* logits = tile + r * cols;
-    const bool target_in_tile = block.column_i_is_target_pair && i >= column_begin && i < column_end;
-    const scalar_t target_similarity = target_in_tile ? logits[i - column_begin] : scalar_t(0);
-    if (!filter.guided) {
-      for (int64_t c = 0; c < cols; ++c) logits[c] *= scale;
-    } else {
-      const scalar_t* guide_row = guide_tile + r * cols;
-      const scalar_t threshold = filter.guide.threshold[i];
-      const scalar_t band = filter.row_band(i);
-      const scalar_t upper = threshold + band, lower = threshold - band;
-      // Which entries the guide drops is data-dependent (about half of them at margin 0), so the
-      // hot loop is a branch-free select; the rare entries inside the band are decided afterwards.
-      near_threshold.clear();
-      for (int64_t c = 0; c < cols; ++c) {
-        const scalar_t guide_value = guide_row[c];
-        if (guide_value > lower && guide_value <= upper) near_threshold.push_back(c);
-        logits[c] = guide_value > upper ? dropped : scale * logits[c];
-      }
-      for (const int64_t c : near_threshold) {
-        if (!filter.guide_keeps_exact(i, column_begin + c)) logits[c] = dropped;
-      }
-      if (target_in_tile) logits[i - column_begin] = scale * target_similarity;
-    }
-    if (block.excludes_self) {
-      // Own columns: j == i among anchors, j == i (mod N) among candidates.
-      const int64_t stride = block.columns_are_anchors ? block.num_columns : filter.n;
-      const int64_t first = i + ((column_begin - i + stride - 1) / stride) * stride;
-      for (int64_t j = std::max(first, i); j < column_end; j += stride) {
-        if (j >= column_begin) logits[j - column_begin] = dropped;
-      }
-    }
-  }
-}
-
-// exp over a tile of shifted logits (all <= 0 up to rounding, -inf where dropped), in place.
-// ATen's vectorised exp leaves its fast path for inputs whose result underflows (-inf included,
-// and every logit far below the row maximum at GIST's scale of 100), which made it ~50x slower;
-// those entries are exactly 0 instead, which they are to working precision next to a row sum >= 1.
-template <typename scalar_t>
-at::Tensor& exp_without_underflow(at::Tensor& tile) {
-  // Smallest argument whose exp is still a normal number.
-  const double cutoff = std::is_same_v<scalar_t, float> ? -87.0 : -708.0;
-  const auto underflows = tile < cutoff;
-  return tile.clamp_min_(cutoff).exp_().masked_fill_(underflows, 0);
-}
-
-InfoNCEOptions make_options(double scale, c10::string_view margin_strategy, double margin, bool anchor_anchor,
-                            bool positive_anchor, int64_t positive_candidate_columns, bool exclude_self) {
-  return {scale, parse_margin_strategy(margin_strategy), margin, anchor_anchor, positive_anchor,
-          positive_candidate_columns, exclude_self};
-}
 
 std::tuple<at::Tensor, at::Tensor> masked_infonce_cpu(
     const at::Tensor& anchors, const at::Tensor& candidates, const std::optional<at::Tensor>& guide_anchors,
@@ -380,7 +103,7 @@ std::tuple<at::Tensor, at::Tensor> masked_infonce_cpu(
         inputs, blocks, guide,
         [&](const SoftmaxBlock& block, const EntryFilter<scalar_t>& filter, int64_t row_begin, int64_t rows,
             int64_t column_begin, int64_t cols, scalar_t* tile, const scalar_t* guide_tile, int) {
-          write_masked_logits(filter, tile_scale, row_begin, rows, column_begin, cols, tile, guide_tile);
+          write_masked_logits(filter, tile_scale, row_begin, rows, column_begin, cols, tile, guide_tile, cols, cols);
           // The loss's target logit is the very value that enters the log-sum-exp.
           if (!block.rows_are_positives && !block.columns_are_anchors) {
             for (int64_t i = std::max(row_begin, column_begin); i < std::min(row_begin + rows, column_begin + cols); ++i) {
@@ -453,7 +176,7 @@ std::tuple<at::Tensor, at::Tensor> masked_infonce_backward_cpu(
             int64_t column_begin, int64_t cols, scalar_t* tile, const scalar_t* guide_tile, int thread_id) {
           // d loss_i / d sim_ij = weight_i * scale * softmax_ij, softmax_ij = exp(logit_ij - lse_i),
           // written over the similarity tile (dropped entries: exp(-inf) = 0).
-          write_masked_logits(filter, tile_scale, row_begin, rows, column_begin, cols, tile, guide_tile);
+          write_masked_logits(filter, tile_scale, row_begin, rows, column_begin, cols, tile, guide_tile, cols, cols);
           auto tile_view = at::from_blob(tile, {rows, cols}, inputs.anchors.options());
           exp_without_underflow<scalar_t>(tile_view.sub_(lse_tensor.narrow(0, row_begin, rows).unsqueeze(1)))
               .mul_(row_weights.narrow(0, row_begin, rows).unsqueeze(1));

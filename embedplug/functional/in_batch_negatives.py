@@ -1,6 +1,6 @@
 """In-batch-negative contrastive losses on raw embeddings: GISTEmbed and MultipleNegativesRanking.
 
-Both run on ``embedplug::masked_infonce``: cosine normalisation happens here in differentiable
+Both run on ``embedplug::masked_infonce_mean``: cosine normalisation happens here in differentiable
 torch (O(N D)), the op works on dot products and never materialises an N x N matrix.
 """
 
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from embedplug._validation import check_embeddings
-from embedplug.ops import masked_infonce
+from embedplug.ops import masked_infonce_mean
 from embedplug.reference.multiple_negatives_ranking import multiple_negatives_ranking_loss as reference_mnrl
 
 # nn.CosineSimilarity's eps, which GISTEmbedLoss uses: x.y / (max(|x|, eps) max(|y|, eps)).
@@ -103,7 +103,7 @@ def gist_embed_loss(
         with torch.no_grad():
             guide_anchors = _unit_rows(guide_anchor.detach(), COSINE_SIMILARITY_EPS)
             guide_candidates = _unit_rows(candidates_of(guide_positive, list(guide_negatives)).detach(), COSINE_SIMILARITY_EPS)
-    loss, _ = masked_infonce(
+    return masked_infonce_mean(
         student_anchor,
         student_candidates,
         guide_anchors,
@@ -115,7 +115,6 @@ def gist_embed_loss(
         positive_candidate_columns=world_rows if contrast_positives else 0,
         exclude_self=False,
     )
-    return loss.mean()
 
 
 def _similarity_name(similarity: str | Callable) -> str | None:
@@ -197,7 +196,7 @@ def multiple_negatives_ranking_loss(
     if name == "cosine":
         # util.cos_sim normalises with F.normalize (eps 1e-12).
         anchor, candidates = F.normalize(anchor, p=2, dim=1), F.normalize(candidates, p=2, dim=1)
-    loss, _ = masked_infonce(
+    return masked_infonce_mean(
         anchor,
         candidates,
         scale=scale,
@@ -206,4 +205,3 @@ def multiple_negatives_ranking_loss(
         positive_candidate_columns=candidates.shape[0] if "doc_to_doc" in directions else 0,
         exclude_self=True,
     )
-    return loss.mean()

@@ -8,9 +8,11 @@ from embedplug import _extension
 from embedplug.reference import masked_infonce as reference
 
 OP_NAME = "masked_infonce"
-_extension.REPORTED_OPS.append(OP_NAME)
+MEAN_OP_NAME = "masked_infonce_mean"
+_extension.REPORTED_OPS.extend([OP_NAME, MEAN_OP_NAME])
 
 _FUSED_DEVICE_TYPES = frozenset(d for d in ("cpu", "cuda") if _extension.has_kernel(OP_NAME, d))
+_FUSED_MEAN_DEVICE_TYPES = frozenset(d for d in ("cpu", "cuda") if _extension.has_kernel(MEAN_OP_NAME, d))
 
 if _extension.STATUS.loaded:
 
@@ -39,6 +41,38 @@ if _extension.STATUS.loaded:
         return (grad_anchors, grad_candidates, None, None) + (None,) * len(ctx.options)
 
     torch.library.register_autograd("embedplug::masked_infonce", _backward, setup_context=_setup_context)
+
+    @torch.library.register_fake("embedplug::masked_infonce_mean")
+    def _masked_infonce_mean_fake(anchors, candidates, guide_anchors, guide_candidates, *options):
+        compute_grad = options[-1]
+        rows_anchors, rows_candidates = (anchors.shape[0], candidates.shape[0]) if compute_grad else (0, 0)
+        return (
+            anchors.new_empty(()),
+            anchors.new_empty((rows_anchors, anchors.shape[1])),
+            candidates.new_empty((rows_candidates, candidates.shape[1])),
+        )
+
+    def _setup_mean_context(ctx, inputs, output):
+        _loss, grad_anchors, grad_candidates = output
+        ctx.compute_grad = inputs[-1]
+        ctx.save_for_backward(grad_anchors, grad_candidates)
+        ctx.mark_non_differentiable(grad_anchors, grad_candidates)
+
+    def _mean_backward(ctx, grad_loss, _grad_anchors, _grad_candidates):
+        if not ctx.compute_grad:
+            raise RuntimeError(
+                "embedplug::masked_infonce_mean was called with compute_grad=False, so it has no gradient; "
+                "call embedplug.ops.masked_infonce_mean, which sets it when an input requires grad"
+            )
+        if torch.is_grad_enabled():
+            # The saved gradient is a constant here; a second derivative would silently be wrong.
+            raise RuntimeError("embedplug::masked_infonce_mean does not support double backward (create_graph=True)")
+        grad_anchors, grad_candidates = ctx.saved_tensors
+        return (grad_loss * grad_anchors, grad_loss * grad_candidates, None, None) + (None,) * 8
+
+    torch.library.register_autograd(
+        "embedplug::masked_infonce_mean", _mean_backward, setup_context=_setup_mean_context
+    )
 
 
 def masked_infonce(
@@ -77,11 +111,25 @@ def masked_infonce(
             and candidates.
         log_normalizer: [N] the per-row log-sum-exp (non-differentiable).
     """
+    arguments = _arguments(
+        anchors, candidates, guide_anchors, guide_candidates, scale, margin_strategy, margin, anchor_anchor,
+        positive_anchor, positive_candidate_columns, exclude_self,
+    )
+    if arguments[0].device.type in _FUSED_DEVICE_TYPES:
+        return torch.ops.embedplug.masked_infonce(*arguments)
+    return reference.masked_infonce(*arguments)
+
+
+def _arguments(
+    anchors, candidates, guide_anchors, guide_candidates, scale, margin_strategy, margin, anchor_anchor,
+    positive_anchor, positive_candidate_columns, exclude_self,
+) -> tuple:
+    """The op's positional arguments; half precision runs in float32 (autograd casts the gradient back)."""
     if anchors.dtype in (torch.float16, torch.bfloat16):
         anchors, candidates = anchors.float(), candidates.float()
     if guide_anchors is not None:
         guide_anchors, guide_candidates = guide_anchors.to(anchors.dtype), guide_candidates.to(anchors.dtype)
-    arguments = (
+    return (
         anchors,
         candidates,
         guide_anchors,
@@ -94,11 +142,43 @@ def masked_infonce(
         int(positive_candidate_columns),
         bool(exclude_self),
     )
-    if anchors.device.type in _FUSED_DEVICE_TYPES:
-        return torch.ops.embedplug.masked_infonce(*arguments)
-    return reference.masked_infonce(*arguments)
 
 
 def fused_backend_info(device_type: str) -> dict:
-    """``{"implementation": "fused"|"reference", "reason": ...}`` for this op on ``device_type``."""
-    return _extension._op_backend(OP_NAME, device_type)
+    """``{"implementation": "fused"|"reference", "reason": ...}`` of the mean op the losses call, on ``device_type``."""
+    return _extension._op_backend(MEAN_OP_NAME, device_type)
+
+
+def masked_infonce_mean(
+    anchors: torch.Tensor,
+    candidates: torch.Tensor,
+    guide_anchors: torch.Tensor | None = None,
+    guide_candidates: torch.Tensor | None = None,
+    *,
+    scale: float,
+    margin_strategy: str = "none",
+    margin: float = 0.0,
+    anchor_anchor: bool = False,
+    positive_anchor: bool = False,
+    positive_candidate_columns: int = 0,
+    exclude_self: bool = True,
+) -> torch.Tensor:
+    """``masked_infonce(...)[0].mean()`` in one fused pass that also computes its gradient.
+
+    Same arguments as :func:`masked_infonce`. The fused kernel computes d mean / d inputs while the
+    softmax strips are at hand (3 GEMMs per student block instead of 4, guide blocks once instead of
+    twice) when ``anchors`` or ``candidates`` requires grad under grad mode; backward then only scales
+    the saved gradients. Double backward is not supported.
+
+    Returns:
+        Scalar mean loss, differentiable w.r.t. anchors and candidates.
+    """
+    arguments = _arguments(
+        anchors, candidates, guide_anchors, guide_candidates, scale, margin_strategy, margin, anchor_anchor,
+        positive_anchor, positive_candidate_columns, exclude_self,
+    )
+    if arguments[0].device.type in _FUSED_MEAN_DEVICE_TYPES:
+        compute_grad = torch.is_grad_enabled() and (anchors.requires_grad or candidates.requires_grad)
+        loss, _, _ = torch.ops.embedplug.masked_infonce_mean(*arguments, compute_grad)
+        return loss
+    return reference.masked_infonce(*arguments)[0].mean()

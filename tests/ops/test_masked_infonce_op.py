@@ -1,4 +1,5 @@
-"""embedplug::masked_infonce: fused kernel vs the pure-torch reference, gradients, opcheck, compile, edge cases."""
+"""embedplug::masked_infonce and ::masked_infonce_mean: fused kernels vs the pure-torch reference, gradients,
+opcheck, compile, edge cases."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from embedplug import _extension
-from embedplug.ops import masked_infonce
+from embedplug.ops import masked_infonce, masked_infonce_mean
 from embedplug.reference.masked_infonce import masked_infonce as reference_infonce
 
 fused_op = torch.ops.embedplug.masked_infonce if hasattr(torch.ops.embedplug, "masked_infonce") else None
+fused_mean_op = torch.ops.embedplug.masked_infonce_mean if hasattr(torch.ops.embedplug, "masked_infonce_mean") else None
 
 # (margin_strategy, margin, anchor_anchor, positive_anchor, positive-candidate block, exclude_self, guide)
 # with the positive-candidate block as "none", "positives" (K = N, GIST) or "all" (K = M, MNRL doc_to_doc).
@@ -279,6 +281,128 @@ def test_forced_fallback_reports_reference_and_gives_same_numbers():
     assert results["0"]["impl"] == ("fused" if _extension.STATUS.loaded else "reference")
     assert results["0"]["loss"] == pytest.approx(results["1"]["loss"], rel=1e-5)
     assert results["0"]["grad"] == pytest.approx(results["1"]["grad"], rel=1e-4)
+
+
+def assert_mean_matches_reference(arguments, rtol, atol):
+    """The mean op (gradient computed in its forward) against autograd through the reference."""
+    anchors, candidates = (t.detach().requires_grad_() for t in arguments[:2])
+    arguments = (anchors, candidates, *arguments[2:])
+    loss, grad_anchors, grad_candidates = fused_mean_op(*arguments, True)
+    expected = reference_infonce(*arguments)[0].mean()
+    torch.testing.assert_close(loss, expected, rtol=rtol, atol=atol, equal_nan=True)
+    for fused_grad, reference_grad in zip((grad_anchors, grad_candidates), torch.autograd.grad(expected, (anchors, candidates))):
+        gradient_atol = max(atol, rtol * reference_grad.abs().nan_to_num().max().item())
+        torch.testing.assert_close(fused_grad, reference_grad, rtol=rtol, atol=gradient_atol, equal_nan=True)
+
+
+@requires_extension
+@pytest.mark.parametrize("option_set", list(OPTION_SETS))
+@pytest.mark.parametrize("n", [1, 2, 7, 127, 128, 129, 300])
+def test_mean_op_matches_reference_float64(option_set, n):
+    # 128-row strips: 127, 128 and 129 rows end a strip early, exactly and one row into the next.
+    inputs = make_inputs(n, 2, 12, torch.float64, torch.Generator().manual_seed(n))
+    assert_mean_matches_reference(op_arguments(option_set, *inputs), rtol=1e-10, atol=1e-12)
+
+
+@requires_extension
+@pytest.mark.parametrize("option_set", list(OPTION_SETS))
+def test_mean_op_matches_reference_float32(option_set):
+    inputs = make_inputs(300, 3, 32, torch.float32, torch.Generator().manual_seed(11))
+    assert_mean_matches_reference(op_arguments(option_set, *inputs, scale=50.0), rtol=1e-5, atol=1e-6)
+
+
+@requires_extension
+@pytest.mark.parametrize("option_set", ["mnrl_all_directions", "gist_default"])
+def test_mean_op_with_more_than_32k_columns_uses_short_strips_and_matches(option_set):
+    # 100 rows x 330 columns of candidates: over 32K columns per row, so 64-row strips.
+    inputs = make_inputs(100, 330, 4, torch.float64, torch.Generator().manual_seed(12), guide_dim=3)
+    assert_mean_matches_reference(op_arguments(option_set, *inputs), rtol=1e-10, atol=1e-12)
+
+
+@requires_extension
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 40),
+    columns=st.integers(1, 3),
+    dim=st.integers(1, 9),
+    option_set=st.sampled_from(list(OPTION_SETS)),
+    scale=st.floats(0.5, 100.0),
+    seed=st.integers(0, 2**16),
+)
+def test_mean_op_matches_reference_property(n, columns, dim, option_set, scale, seed):
+    inputs = make_inputs(n, columns, dim, torch.float64, torch.Generator().manual_seed(seed))
+    assert_mean_matches_reference(op_arguments(option_set, *inputs, scale=scale), rtol=1e-9, atol=1e-11)
+
+
+@requires_extension
+def test_mean_op_without_grad_gives_the_same_loss_and_no_gradient():
+    inputs = make_inputs(50, 2, 8, torch.float32, torch.Generator().manual_seed(13))
+    arguments = op_arguments("gist_margin", *inputs)
+    loss, grad_anchors, grad_candidates = fused_mean_op(*arguments, False)
+    with_grad, _, _ = fused_mean_op(*arguments, True)
+    assert torch.equal(loss, with_grad)
+    assert grad_anchors.shape == (0, 8) and grad_candidates.shape == (0, 8)
+    with torch.no_grad():
+        assert torch.equal(masked_infonce_mean(*inputs[:2], *arguments[2:4], **_keyword_options(arguments)), loss)
+
+
+@requires_extension
+@pytest.mark.parametrize("option_set", ["mnrl_all_directions", "gist_margin", "self_guided"])
+def test_mean_gradcheck_float64(option_set):
+    anchors, candidates, guide_anchors, guide_candidates = make_inputs(9, 2, 5, torch.float64, torch.Generator().manual_seed(3))
+    arguments = op_arguments(option_set, anchors, candidates, guide_anchors, guide_candidates, scale=3.0)
+    if option_set == "self_guided":
+        arguments = arguments[:6] + (1.5,) + arguments[7:]  # no mask decision near its threshold
+
+    def loss_of(a, c):
+        return masked_infonce_mean(a, c, *arguments[2:4], **_keyword_options(arguments))
+
+    assert torch.autograd.gradcheck(loss_of, (anchors.requires_grad_(), candidates.requires_grad_()), eps=1e-6, atol=1e-6)
+
+
+@requires_extension
+@pytest.mark.parametrize("option_set", ["mnrl", "gist_default", "self_guided"])
+@pytest.mark.parametrize("compute_grad", [True, False])
+def test_mean_opcheck(option_set, compute_grad):
+    anchors, candidates, guide_anchors, guide_candidates = make_inputs(20, 2, 8, torch.float32, torch.Generator().manual_seed(4))
+    arguments = op_arguments(option_set, anchors.requires_grad_(compute_grad), candidates.requires_grad_(compute_grad), guide_anchors, guide_candidates)
+    torch.library.opcheck(fused_mean_op.default, (*arguments, compute_grad))
+
+
+@requires_extension
+def test_mean_op_refuses_double_backward_and_backward_without_its_gradient():
+    inputs = make_inputs(10, 1, 4, torch.float64, torch.Generator().manual_seed(14))
+    anchors, candidates = (t.requires_grad_() for t in inputs[:2])
+    loss = masked_infonce_mean(anchors, candidates, scale=5.0)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(loss, anchors, create_graph=True)
+    loss, _, _ = fused_mean_op(anchors, candidates, None, None, 5.0, "none", 0.0, False, False, 0, True, False)
+    with pytest.raises(RuntimeError, match="compute_grad=False"):
+        loss.backward()
+
+
+@requires_extension
+def test_mean_op_nan_input_gives_nan_loss_and_gradient_like_the_reference():
+    anchors = F.normalize(torch.randn(10, 4, generator=torch.Generator().manual_seed(15)), dim=1)
+    candidates = F.normalize(torch.randn(10, 4, generator=torch.Generator().manual_seed(16)), dim=1)
+    anchors[3, 1] = float("nan")
+    arguments = (anchors, candidates, None, None, 20.0, "none", 0.0, False, False, 0, True)
+    assert torch.isnan(fused_mean_op(*arguments, False)[0])
+    assert_mean_matches_reference(arguments, rtol=1e-5, atol=1e-6)
+
+
+def test_mean_dispatch_upcasts_half_precision_and_returns_half_gradients():
+    generator = torch.Generator().manual_seed(17)
+    anchors = torch.randn(16, 8, generator=generator).half().requires_grad_()
+    candidates = torch.randn(16, 8, generator=generator).half().requires_grad_()
+    loss = masked_infonce_mean(anchors, candidates, scale=5.0)
+    loss.backward()
+    assert loss.dtype == torch.float32 and anchors.grad.dtype == torch.float16
+    a32, c32 = (t.detach().float().requires_grad_() for t in (anchors, candidates))
+    expected = reference_infonce(a32, c32, None, None, 5.0, "none", 0.0, False, False, 0, True)[0].mean()
+    expected.backward()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(anchors.grad, a32.grad.half())
 
 
 @requires_cuda
