@@ -196,7 +196,11 @@ void for_each_distance_row_block(const GemmOperand& operand, DistanceKind kind, 
 // and C^T . X_block for every column, the latter into a per-thread [N x D] accumulator (rows of
 // other blocks are written by other threads). Cost: the distance GEMM plus two GEMMs of the same
 // size, i.e. 3 N^2 D multiply-adds in total; memory: the block buffers plus one N x D accumulator
-// per thread. NaN weights (poisoned rows) propagate through the GEMMs on purpose.
+// per thread. NaN weights (poisoned rows) propagate through the GEMMs on purpose. A block whose
+// weights are sparse (at most 1 in kDenseWeightRatio nonzero, as semi-hard's always are with small
+// classes) is applied pair by pair instead: the distance GEMM is then the only N^2 D work.
+constexpr int64_t kDenseWeightRatio = 32;
+
 template <typename scalar_t, typename FillWeights>
 at::Tensor pair_weight_gradient(const at::Tensor& embeddings, DistanceKind kind, int64_t block,
                                 FillWeights&& fill_weights) {
@@ -225,6 +229,7 @@ at::Tensor pair_weight_gradient(const at::Tensor& embeddings, DistanceKind kind,
     }
     auto& self_coefficient = self_coefficients[thread_id];
     fill_weights(row_begin, row_end, distances, weights.data());
+    int64_t nonzero = 0;
     for (int64_t a = row_begin; a < row_end; ++a) {
       scalar_t* c = weights.data() + (a - row_begin) * n;
       const scalar_t* d = distances + (a - row_begin) * n;
@@ -243,15 +248,37 @@ at::Tensor pair_weight_gradient(const at::Tensor& embeddings, DistanceKind kind,
           coefficient = self_term = d[j] > scalar_t(0) ? w / d[j] : (std::isnan(w) ? w : scalar_t(0));
         }
         c[j] = coefficient;
+        nonzero += coefficient != scalar_t(0);
         row_sum += self_term;
         self_coefficient[j] += self_term;
       }
       self_coefficient[a] += row_sum;
     }
-    auto coefficients = at::from_blob(weights.data(), {rows, n}, x.options());
     auto& accumulator = accumulators[thread_id];
-    accumulator.narrow(0, row_begin, rows).addmm_(coefficients, base);
-    accumulator.addmm_(coefficients.t(), base.narrow(0, row_begin, rows));
+    if (nonzero * kDenseWeightRatio <= rows * n) {
+      // Sparse weights (semi-hard: two columns per positive pair) cost O(nonzero * D) applied
+      // pair by pair, against 2 rows * N * D for the GEMMs. NaN coefficients are nonzero and
+      // still reach both rows.
+      scalar_t* accumulated = accumulator.data_ptr<scalar_t>();
+      const scalar_t* base_rows = base.data_ptr<scalar_t>();
+      for (int64_t a = row_begin; a < row_end; ++a) {
+        const scalar_t* c = weights.data() + (a - row_begin) * n;
+        scalar_t* row_out = accumulated + a * dim;
+        const scalar_t* row_in = base_rows + a * dim;
+        for (int64_t j = 0; j < n; ++j) {
+          const scalar_t coefficient = c[j];
+          if (coefficient == scalar_t(0)) continue;
+          scalar_t* column_out = accumulated + j * dim;
+          const scalar_t* column_in = base_rows + j * dim;
+          for (int64_t k = 0; k < dim; ++k) row_out[k] += coefficient * column_in[k];
+          for (int64_t k = 0; k < dim; ++k) column_out[k] += coefficient * row_in[k];
+        }
+      }
+    } else {
+      auto coefficients = at::from_blob(weights.data(), {rows, n}, x.options());
+      accumulator.narrow(0, row_begin, rows).addmm_(coefficients, base);
+      accumulator.addmm_(coefficients.t(), base.narrow(0, row_begin, rows));
+    }
   });
 
   // grad = self_coefficient * base - accumulated, then the cosine chain rule through normalize.
