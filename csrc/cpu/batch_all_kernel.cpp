@@ -138,6 +138,133 @@ struct BatchAllAnchor {
   }
 };
 
+// The distances d(j, p) from every sample j to its k-th positive p (index order), stored by k:
+// distance[k * N + j], -inf where j has fewer than k + 1 positives (never counted as kept), so that
+// the loops over a row's columns j vectorise. Each class's Gram matrix is one small GEMM; it may
+// round differently from the row-block GEMM, which the caller corrects for.
+template <typename scalar_t>
+struct PositiveDistanceTable {
+  int64_t max_positives = 0;
+  std::vector<scalar_t> distance;
+
+  PositiveDistanceTable(const GemmOperand& operand, DistanceKind kind, const ClassMembers& classes, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) max_positives = std::max(max_positives, classes.class_size(i) - 1);
+    distance.assign(static_cast<size_t>(max_positives * n), -std::numeric_limits<scalar_t>::infinity());
+    const scalar_t* squared_norms =
+        operand.squared_norms.defined() ? operand.squared_norms.template data_ptr<scalar_t>() : nullptr;
+    std::vector<int64_t> class_starts;
+    for (int64_t i = 0; i < n; i = classes.class_end[classes.members[i]]) class_starts.push_back(i);
+    const auto members = at::from_blob(const_cast<int64_t*>(classes.members.data()), {n}, at::kLong);
+    at::parallel_for(0, static_cast<int64_t>(class_starts.size()), 64, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        const int64_t first = class_starts[c];
+        const int64_t size = classes.class_end[classes.members[first]] - first;
+        if (size < 2) continue;
+        const auto rows = operand.rows.index_select(0, members.narrow(0, first, size));
+        const auto gram = at::mm(rows, rows.t()).contiguous();
+        const scalar_t* dots = gram.template data_ptr<scalar_t>();
+        for (int64_t r = 0; r < size; ++r) {
+          const int64_t j = classes.members[first + r];
+          int64_t k = 0;
+          for (int64_t q = 0; q < size; ++q) {
+            if (q == r) continue;
+            const int64_t p = classes.members[first + q];
+            const scalar_t dot = dots[r * size + q];
+            scalar_t value;
+            if (kind == DistanceKind::kCosine) {
+              value = scalar_t(1) - dot;
+            } else {
+              const scalar_t squared = (squared_norms[p] - scalar_t(2) * dot) + squared_norms[j];
+              value = squared < scalar_t(0) ? scalar_t(0) : squared;
+              if (kind == DistanceKind::kEuclidean) value = std::sqrt(value);
+            }
+            distance[(k++) * n + j] = value;
+          }
+        }
+      }
+    });
+  }
+};
+
+// The forward's unit gradient with one gradient GEMM instead of two (symmetric_pair_weight_gradient),
+// when every class is small: row a then also carries W[j, a] = -#{p in P_j : t(d_jp, d_ja) >= 0}
+// for every anchor j it is a negative of, from j's positive distances (PositiveDistanceTable), and
+// hands W[a, p] to each positive's row as a deferred weight. The table rounds some distances
+// differently from the row-block GEMM; row j, which has the GEMM's values, corrects the few counts
+// where that changes a decision (deferred too), so the gradient is the two-GEMM path's exactly
+// (given the GEMM's d(a, j) = d(j, a)). Returns false, leaving the gradient to
+// pair_weight_gradient, with a larger class (whose table would grow like N^2 / classes) or a
+// non-finite distance (whose NaN must reach every row, as it does through the two GEMMs).
+template <typename scalar_t, typename Record>
+bool symmetric_unit_gradient(const at::Tensor& x, DistanceKind kind, const int64_t* labels,
+                             const ClassMembers& classes, const BatchAllAnchor<scalar_t>& prototype, Record&& record,
+                             at::Tensor& unit_grad) {
+  const int64_t n = x.size(0);
+  for (int64_t i = 0; i < n; ++i) {
+    if (classes.class_size(i) - 1 > kSmallClassPositives) return false;
+  }
+  const int64_t block = row_block_size(n);
+  const auto contiguous = x.contiguous();
+  const GemmOperand operand = prepare_row_block_operand(contiguous, kind, block);
+  const PositiveDistanceTable<scalar_t> table(operand, kind, classes, n);
+  const scalar_t margin = prototype.margin;
+  return symmetric_pair_weight_gradient<scalar_t>(
+      contiguous, operand, kind, block,
+      [&](int64_t row_begin, int64_t row_end, const scalar_t* distances, scalar_t* weights,
+          std::vector<DeferredPairWeight<scalar_t>>& deferred) {
+        BatchAllAnchor<scalar_t> anchor = prototype;
+        std::vector<int64_t> members;
+        std::vector<scalar_t> own_weights;
+        for (int64_t a = row_begin; a < row_end; ++a) {
+          const scalar_t* row = distances + (a - row_begin) * n;
+          scalar_t* w = weights + (a - row_begin) * n;
+          if (has_non_finite(row, n)) return false;
+          std::fill(w, w + n, scalar_t(0));
+          record(a, anchor.process(row, a, scalar_t(1), w));
+          // W[j, a] for every column j, then the same-label columns (a itself and its positives,
+          // for which a is no negative) put back to the row's own weights.
+          members.assign(classes.members.begin() + classes.class_begin[a],
+                         classes.members.begin() + classes.class_end[a]);
+          own_weights.clear();
+          for (const int64_t j : members) own_weights.push_back(w[j]);
+          for (int64_t k = 0; k < table.max_positives; ++k) {
+            const scalar_t* positive_distance = table.distance.data() + k * n;
+            for (int64_t j = 0; j < n; ++j) {
+              w[j] -= triplet_value(positive_distance[j], row[j], margin) >= scalar_t(0) ? scalar_t(1) : scalar_t(0);
+            }
+          }
+          for (size_t i = 0; i < members.size(); ++i) w[members[i]] = own_weights[i];
+          // W[a, p] belongs to positive p's row too.
+          int64_t k = 0;
+          for (const int64_t p : members) {
+            if (p == a) continue;
+            deferred.push_back({p, a, w[p], row[p]});
+            // Other rows counted a's triplets (a, p, j) with the table's d(a, p); where it differs
+            // from this row's own value, a decision can differ for d(a, j) between the two. Such
+            // columns are found with a vectorisable scan; their counts are corrected to this
+            // row's (ST's) decision.
+            const scalar_t exact = row[p], tabled = table.distance[(k++) * n + a];
+            if (exact == tabled) continue;
+            const scalar_t low = std::min(exact, tabled), high = std::max(exact, tabled);
+            bool any_differs = false;
+            for (int64_t j = 0; j < n; ++j) {
+              any_differs |= (triplet_value(low, row[j], margin) < scalar_t(0)) &
+                             (triplet_value(high, row[j], margin) >= scalar_t(0));
+            }
+            if (!any_differs) continue;
+            for (int64_t j = 0; j < n; ++j) {
+              if (labels[j] == labels[a]) continue;
+              const bool kept_exact = triplet_value(exact, row[j], margin) >= scalar_t(0);
+              const bool kept_table = triplet_value(tabled, row[j], margin) >= scalar_t(0);
+              if (kept_exact != kept_table) deferred.push_back({j, a, kept_exact ? scalar_t(-1) : scalar_t(1), row[j]});
+            }
+          }
+        }
+        return true;
+      },
+      unit_grad);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_all_triplet_loss_forward_cpu(
     const at::Tensor& embeddings, const at::Tensor& labels, c10::string_view distance, double margin,
     bool compute_grad) {
@@ -160,6 +287,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_all_triplet_loss_forward_cp
     };
     // Detached: worker threads do not inherit autograd guards, and the op has its own backward.
     const auto x = embeddings.detach();
+    if (compute_grad && symmetric_unit_gradient<scalar_t>(x, kind, label_ptr, classes, prototype, record, unit_grad)) {
+      return;
+    }
     if (compute_grad) {
       unit_grad = pair_weight_gradient<scalar_t>(
           x, kind, row_block_size(n), [&](int64_t row_begin, int64_t row_end, const scalar_t* distances, scalar_t* weights) {

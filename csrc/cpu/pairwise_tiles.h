@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <limits>
 #include <string_view>
@@ -183,6 +184,29 @@ void for_each_distance_row_block(const GemmOperand& operand, DistanceKind kind, 
   });
 }
 
+// The GEMM coefficient of weight w on a pair at distance d, and the term it adds to the row's own
+// coefficient (see pair_weight_gradient).
+template <typename scalar_t>
+inline scalar_t pair_coefficient(DistanceKind kind, scalar_t w, scalar_t d, scalar_t& self_term) {
+  if (kind == DistanceKind::kCosine) {
+    self_term = w == scalar_t(0) ? scalar_t(0) : w * (scalar_t(1) - d);
+    return w;
+  }
+  if (kind == DistanceKind::kSquaredEuclidean) return self_term = scalar_t(2) * w;
+  // A zero distance has zero gradient in ST; a NaN weight must still reach the output.
+  return self_term = d > scalar_t(0) ? w / d : (std::isnan(w) ? w : scalar_t(0));
+}
+
+// grad = self_coefficient * base - pair_total, then the cosine chain rule through normalize.
+inline at::Tensor finish_pair_gradient(const at::Tensor& x, const at::Tensor& base, DistanceKind kind,
+                                       const at::Tensor& self_total, const at::Tensor& pair_total) {
+  if (kind != DistanceKind::kCosine) return self_total.unsqueeze(1) * base - pair_total;
+  const auto norms = x.norm(2, 1);
+  // Below eps, normalize divides by the constant eps: no projection term.
+  const auto projected = (norms >= kNormalizeEps).to(x.scalar_type());
+  return (projected * self_total).unsqueeze(1).mul(base).sub(pair_total).div(norms.clamp_min(kNormalizeEps).unsqueeze(1));
+}
+
 // Gradient of sum_{a, j} W[a, j] * d(a, j) with respect to the embeddings, for per-pair weights W
 // that are produced one block of anchor rows at a time and never stored whole.
 //
@@ -235,18 +259,8 @@ at::Tensor pair_weight_gradient(const at::Tensor& embeddings, DistanceKind kind,
       const scalar_t* d = distances + (a - row_begin) * n;
       scalar_t row_sum = 0;
       for (int64_t j = 0; j < n; ++j) {
-        const scalar_t w = c[j];
-        scalar_t coefficient;
         scalar_t self_term;
-        if (kind == DistanceKind::kCosine) {
-          coefficient = w;
-          self_term = w == scalar_t(0) ? scalar_t(0) : w * (scalar_t(1) - d[j]);
-        } else if (kind == DistanceKind::kSquaredEuclidean) {
-          coefficient = self_term = scalar_t(2) * w;
-        } else {
-          // A zero distance has zero gradient in ST; a NaN weight must still reach the output.
-          coefficient = self_term = d[j] > scalar_t(0) ? w / d[j] : (std::isnan(w) ? w : scalar_t(0));
-        }
+        const scalar_t coefficient = pair_coefficient(kind, c[j], d[j], self_term);
         c[j] = coefficient;
         nonzero += coefficient != scalar_t(0);
         row_sum += self_term;
@@ -281,7 +295,6 @@ at::Tensor pair_weight_gradient(const at::Tensor& embeddings, DistanceKind kind,
     }
   });
 
-  // grad = self_coefficient * base - accumulated, then the cosine chain rule through normalize.
   auto self_total = at::zeros({n}, x.options());
   auto pair_total = at::zeros({n, dim}, x.options());
   for (int t = 0; t < num_threads; ++t) {
@@ -289,11 +302,80 @@ at::Tensor pair_weight_gradient(const at::Tensor& embeddings, DistanceKind kind,
     pair_total.add_(accumulators[t]);
     self_total.add_(at::from_blob(self_coefficients[t].data(), {n}, x.options()));
   }
-  if (kind != DistanceKind::kCosine) return self_total.unsqueeze(1) * base - pair_total;
-  const auto norms = x.norm(2, 1);
-  // Below eps, normalize divides by the constant eps: no projection term.
-  const auto projected = (norms >= kNormalizeEps).to(x.scalar_type());
-  return (projected * self_total).unsqueeze(1).mul(base).sub(pair_total).div(norms.clamp_min(kNormalizeEps).unsqueeze(1));
+  return finish_pair_gradient(x, base, kind, self_total, pair_total);
+}
+
+// A weight W[row, column] that a row-block pass learns while it holds the column's row, not the
+// row's own: applied to the row's gradient after all blocks.
+template <typename scalar_t>
+struct DeferredPairWeight {
+  int64_t row, column;
+  scalar_t weight, distance;
+};
+
+// Gradient of sum_{a, j} W[a, j] * d(a, j), as pair_weight_gradient, for losses that can also
+// write the transposed weights of a block of rows: `fill_symmetric(row_begin, row_end, distances,
+// weights, deferred)` writes S[a, j] = W[a, j] + W[j, a] for the block's rows a and every column
+// j, except that a W[j, a] it cannot know from row a's distances is left out and appended, when
+// row j's block produces it, to `deferred` as {a, j, W[j, a], d(j, a)}. d(a, j) = d(j, a), so row a's
+// gradient is then S[a, :] applied to the rows of X: ONE GEMM per block (rows x N x D) instead of
+// two, and no per-thread N x D accumulator. Cost: 2 N^2 D multiply-adds in all, the distance GEMM
+// included. Returns false (and no gradient) when fill_symmetric returns false for any block.
+// `operand` is prepare_row_block_operand(x, kind, block), which the caller may also need.
+template <typename scalar_t, typename FillSymmetric>
+bool symmetric_pair_weight_gradient(const at::Tensor& x, const GemmOperand& operand, DistanceKind kind,
+                                    int64_t block, FillSymmetric&& fill_symmetric, at::Tensor& gradient) {
+  const int64_t n = x.size(0);
+  const int64_t dim = x.size(1);
+  const at::Tensor& base = operand.rows;
+  const int num_threads = at::get_num_threads();
+  std::vector<std::vector<DeferredPairWeight<scalar_t>>> deferred(num_threads);
+  std::vector<std::vector<scalar_t>> weight_buffers(num_threads);
+  auto self_total = at::zeros({n}, x.options());
+  auto pair_total = at::empty({n, dim}, x.options());
+  scalar_t* self_coefficient = self_total.data_ptr<scalar_t>();
+  std::atomic<bool> usable{true};
+
+  for_each_distance_row_block<scalar_t>(operand, kind, block, [&](int64_t row_begin, int64_t row_end,
+                                                                 const scalar_t* distances, int thread_id) {
+    if (!usable.load(std::memory_order_relaxed)) return;
+    const int64_t rows = row_end - row_begin;
+    auto& weights = weight_buffers[thread_id];
+    weights.resize(static_cast<size_t>(rows * n));
+    if (!fill_symmetric(row_begin, row_end, distances, weights.data(), deferred[thread_id])) {
+      usable.store(false, std::memory_order_relaxed);
+      return;
+    }
+    for (int64_t a = row_begin; a < row_end; ++a) {
+      scalar_t* c = weights.data() + (a - row_begin) * n;
+      const scalar_t* d = distances + (a - row_begin) * n;
+      scalar_t row_sum = 0;
+      for (int64_t j = 0; j < n; ++j) {
+        scalar_t self_term;
+        c[j] = pair_coefficient(kind, c[j], d[j], self_term);
+        row_sum += self_term;
+      }
+      self_coefficient[a] = row_sum;
+    }
+    auto rows_out = pair_total.narrow(0, row_begin, rows);
+    at::mm_out(rows_out, at::from_blob(weights.data(), {rows, n}, x.options()), base);
+  });
+  if (!usable.load()) return false;
+
+  const scalar_t* base_rows = base.data_ptr<scalar_t>();
+  scalar_t* pair_rows = pair_total.data_ptr<scalar_t>();
+  for (const auto& entries : deferred) {
+    for (const auto& entry : entries) {
+      scalar_t self_term;
+      const scalar_t coefficient = pair_coefficient(kind, entry.weight, entry.distance, self_term);
+      self_coefficient[entry.row] += self_term;
+      scalar_t* out = pair_rows + entry.row * dim;
+      const scalar_t* in = base_rows + entry.column * dim;
+      for (int64_t k = 0; k < dim; ++k) out[k] += coefficient * in[k];
+    }
+  }
+  gradient = finish_pair_gradient(x, base, kind, self_total, pair_total);
+  return true;
 }
 
 // Samples grouped by label, so an anchor finds its positives without scanning the row:
