@@ -27,6 +27,10 @@ class CachedMultipleNegativesRankingLoss(GradCacheMixin, MultipleNegativesRankin
         mini_batch_size: rows per embedding forward pass.
         mini_batch_num_tokens: token budget per mini-batch instead of a fixed row count.
         show_progress_bar: tqdm bars over the mini-batches.
+        sort_mini_batches_by_length: embed each column's texts in order of length (embedplug only;
+            the loss does not depend on the order), so that mini-batches hold similar lengths and
+            carry little padding: fewer tokens per step on a CPU. Off by default, as in
+            sentence-transformers, whose mini-batches (and so dropout draws) follow batch order.
     """
 
     def __init__(
@@ -42,6 +46,7 @@ class CachedMultipleNegativesRankingLoss(GradCacheMixin, MultipleNegativesRankin
         show_progress_bar: bool = False,
         hardness_mode: str | None = None,
         hardness_strength: float = 0.0,
+        sort_mini_batches_by_length: bool = False,
     ) -> None:
         super().__init__(model)
         check_cacheable_model(model, "CachedMultipleNegativesRankingLoss", "MultipleNegativesRankingLoss")
@@ -52,6 +57,7 @@ class CachedMultipleNegativesRankingLoss(GradCacheMixin, MultipleNegativesRankin
         self.mini_batch_size = mini_batch_size
         self.mini_batch_num_tokens = mini_batch_num_tokens
         self.show_progress_bar = show_progress_bar
+        self.sort_mini_batches_by_length = sort_mini_batches_by_length
 
     def calculate_loss(
         self, reps: list[list[Tensor]], labels: Tensor | None = None, *, with_backward: bool = False
@@ -70,13 +76,17 @@ class CachedMultipleNegativesRankingLoss(GradCacheMixin, MultipleNegativesRankin
     def get_config_dict(self) -> dict:
         # sentence-transformers' key order, which model cards print.
         config = super().get_config_dict()
-        return {
+        ordered = {
             "scale": config.pop("scale"),
             "similarity_fct": config.pop("similarity_fct"),
             "mini_batch_size": self.mini_batch_size,
             "mini_batch_num_tokens": self.mini_batch_num_tokens,
             **config,
         }
+        # Only when on, so that the default config (and model card) is sentence-transformers' own.
+        if self.sort_mini_batches_by_length:
+            ordered["sort_mini_batches_by_length"] = True
+        return ordered
 
     @property
     def citation(self) -> str:

@@ -112,6 +112,17 @@ class GradCacheMixin:
 
         sentence_features = list(sentence_features)
         grad_enabled = torch.is_grad_enabled()
+        # Each column embedded in order of length (when asked), so that mini-batches hold texts of
+        # similar length and sentence-transformers' trimming of shared trailing padding removes
+        # most of it; the loss sees every column back in batch order.
+        orders = [
+            length_order(features) if getattr(self, "sort_mini_batches_by_length", False) else None
+            for features in sentence_features
+        ]
+        sentence_features = [
+            features if order is None else permute_rows(features, order)
+            for features, order in zip(sentence_features, orders)
+        ]
         # Boundaries first: modules may edit the features in place, and the replay must reuse them.
         ranges = [
             _minibatch_ranges(features, self.mini_batch_size, self.mini_batch_num_tokens)
@@ -130,10 +141,13 @@ class GradCacheMixin:
             guide_reps.append(column_guide)
             random_states.append(column_states)
         if extra == "guide":
-            extra = None if guide_reps[0][0] is None else guide_reps
+            extra = None if guide_reps[0][0] is None else [
+                restore_order(column, order) for column, order in zip(guide_reps, orders)
+            ]
+        batch_order_reps = [restore_order(column, order) for column, order in zip(reps, orders)]
         if not grad_enabled:
-            return self.calculate_loss(reps, extra)
-        loss = self.calculate_loss(reps, extra, with_backward=True).detach().requires_grad_()
+            return self.calculate_loss(batch_order_reps, extra)
+        loss = self.calculate_loss(batch_order_reps, extra, with_backward=True).detach().requires_grad_()
         cache = [[rep.grad for rep in column] for column in reps]
         unused = [str(index) for index, column in enumerate(cache) if any(grad is None for grad in column)]
         if unused:
@@ -152,3 +166,31 @@ class GradCacheMixin:
             )
         )
         return loss
+
+
+def length_order(features: dict[str, Any]) -> Tensor | None:
+    """Row order by number of attended tokens (stable), or None when the rows cannot be reordered
+    as a whole (no 2-D attention mask, flattened inputs, or per-item tensors of another length)."""
+    mask = features.get("attention_mask")
+    if not isinstance(mask, Tensor) or mask.ndim != 2 or "cu_seq_lens_q" in features:
+        return None
+    rows = mask.shape[0]
+    if any(isinstance(value, Tensor) and (value.ndim == 0 or value.shape[0] != rows) for value in features.values()):
+        return None
+    return torch.argsort(mask.sum(dim=1), stable=True)
+
+
+def permute_rows(features: dict[str, Any], order: Tensor) -> dict[str, Any]:
+    """The tokenized column with its rows in ``order`` (non-tensor entries unchanged)."""
+    return {key: value[order] if isinstance(value, Tensor) else value for key, value in features.items()}
+
+
+def restore_order(column: list[Tensor], order: Tensor | None) -> list[Tensor]:
+    """Mini-batch embeddings of a column embedded in ``order``, as one tensor in batch order
+    (gradients reach the mini-batch tensors); unchanged when the column was not reordered."""
+    if order is None:
+        return column
+    embeddings = torch.cat(column)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device)
+    return [embeddings[inverse.to(embeddings.device)]]
