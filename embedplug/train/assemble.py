@@ -51,9 +51,10 @@ def _device() -> str:
 
 
 def load_guide(config: TrainConfig, model):
-    """The GIST guide: ``model`` itself for ``path = "self"``, else a frozen model from a folder."""
+    """The GIST guide: None for ``path = "self"`` (the loss then guides with the model's own detached
+    embeddings of the batch, with no second forward pass), else a frozen model from a folder."""
     if config.guide.path == GUIDE_IS_MODEL:
-        return model
+        return None
     guide = load_model(config.guide.path, config.model.max_seq_length, "guide.path", config)
     guide.eval()
     guide.requires_grad_(False)  # the guide only ranks negatives; it is never trained

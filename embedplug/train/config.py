@@ -50,7 +50,7 @@ class ModelSection:
 
 @dataclasses.dataclass
 class GuideSection:
-    path: str = ""  # empty: a frozen copy of the bundled all-MiniLM-L6-v2; "self": the model being trained
+    path: str = ""  # empty: a frozen copy of the bundled all-MiniLM-L6-v2; "self": the model's own embeddings
 
 
 @dataclasses.dataclass

@@ -146,3 +146,12 @@ def test_invalid_toml_and_unsupported_suffix(tmp_path):
         load_config(write(tmp_path, "{}", "config.json"))
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_self_guide_means_no_guide_model(tmp_path):
+    from embedplug.train.assemble import load_guide
+
+    path = tmp_path / "config.toml"
+    path.write_text('[data]\ntask = "reverse-dictionary"\n[guide]\npath = "self"\n')
+    # No second model and no second forward pass: the GIST losses filter with the model's own embeddings.
+    assert load_guide(load_config(path), model=object()) is None

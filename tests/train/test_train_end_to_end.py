@@ -34,7 +34,12 @@ def test_supersense_run_writes_model_metrics_and_reports_the_backend(tmp_path, m
     assert any((output_dir / MODEL_DIR).rglob("*.safetensors"))
 
 
-def test_gist_run_with_a_guide(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "guide_path, loss_options",
+    [("", "{mini_batch_size=4}"), ("self", "{mini_batch_size=4, margin=-0.1, sort_mini_batches_by_length=true}")],
+    ids=["frozen_guide", "self_guided_sorted"],
+)
+def test_gist_run_with_a_guide(tmp_path, monkeypatch, capsys, guide_path, loss_options):
     import embedplug
     from embedplug.registry import UnknownNameError
 
@@ -46,7 +51,8 @@ def test_gist_run_with_a_guide(tmp_path, monkeypatch, capsys):
     overrides = [
         "data.task=reverse-dictionary",
         "loss.name=CachedGISTEmbedLoss",
-        "loss.options={mini_batch_size=4}",
+        f"loss.options={loss_options}",
+        f"guide.path='{guide_path}'",
         "sampler.name=''",
         "sampler.options={}",
     ]
