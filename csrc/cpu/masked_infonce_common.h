@@ -290,10 +290,27 @@ at::Tensor& exp_without_underflow(at::Tensor& tile) {
   return tile.clamp_min_(cutoff).exp_().masked_fill_(underflows, 0);
 }
 
-inline InfoNCEOptions make_options(double scale, c10::string_view margin_strategy, double margin, bool anchor_anchor,
-                            bool positive_anchor, int64_t positive_candidate_columns, bool exclude_self) {
-  return {scale, parse_margin_strategy(margin_strategy), margin, anchor_anchor, positive_anchor,
-          positive_candidate_columns, exclude_self};
+// What every masked InfoNCE op starts from: its checked options, its inputs as contiguous detached
+// matrices and the softmax blocks a row runs over.
+struct InfoNCEProblem {
+  InfoNCEOptions options;
+  InfoNCEInputs inputs;
+  std::vector<SoftmaxBlock> blocks;
+};
+
+inline InfoNCEProblem make_problem(const at::Tensor& anchors, const at::Tensor& candidates,
+                                   const std::optional<at::Tensor>& guide_anchors,
+                                   const std::optional<at::Tensor>& guide_candidates, double scale,
+                                   c10::string_view margin_strategy, double margin, bool anchor_anchor,
+                                   bool positive_anchor, int64_t positive_candidate_columns, bool exclude_self) {
+  InfoNCEProblem problem;
+  problem.options = {scale, parse_margin_strategy(margin_strategy), margin, anchor_anchor, positive_anchor,
+                     positive_candidate_columns, exclude_self};
+  check_inputs(anchors, candidates, guide_anchors, guide_candidates, problem.options);
+  TORCH_CHECK(anchors.device().is_cpu(), "embedplug: the CPU masked InfoNCE kernels got a non-CPU tensor");
+  problem.inputs = prepare_inputs(anchors, candidates, guide_anchors, guide_candidates, problem.options);
+  problem.blocks = softmax_blocks(problem.options, problem.inputs.n, problem.inputs.m);
+  return problem;
 }
 
 

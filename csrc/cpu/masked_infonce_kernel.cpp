@@ -84,12 +84,9 @@ std::tuple<at::Tensor, at::Tensor> masked_infonce_cpu(
     const std::optional<at::Tensor>& guide_candidates, double scale, c10::string_view margin_strategy,
     double margin, bool anchor_anchor, bool positive_anchor, int64_t positive_candidate_columns,
     bool exclude_self) {
-  const InfoNCEOptions options = make_options(scale, margin_strategy, margin, anchor_anchor, positive_anchor,
-                                              positive_candidate_columns, exclude_self);
-  check_inputs(anchors, candidates, guide_anchors, guide_candidates, options);
-  TORCH_CHECK(anchors.device().is_cpu(), "embedplug: masked_infonce_cpu got a non-CPU tensor");
-  const InfoNCEInputs inputs = prepare_inputs(anchors, candidates, guide_anchors, guide_candidates, options);
-  const auto blocks = softmax_blocks(options, inputs.n, inputs.m);
+  const auto [options, inputs, blocks] =
+      make_problem(anchors, candidates, guide_anchors, guide_candidates, scale, margin_strategy, margin,
+                   anchor_anchor, positive_anchor, positive_candidate_columns, exclude_self);
   auto loss = at::empty({inputs.n}, anchors.options());
   auto log_normalizer = at::empty({inputs.n}, anchors.options());
   AT_DISPATCH_FLOATING_TYPES(anchors.scalar_type(), "masked_infonce_cpu", [&] {
@@ -149,15 +146,13 @@ std::tuple<at::Tensor, at::Tensor> masked_infonce_backward_cpu(
     const std::optional<at::Tensor>& guide_anchors, const std::optional<at::Tensor>& guide_candidates,
     const at::Tensor& log_normalizer, double scale, c10::string_view margin_strategy, double margin,
     bool anchor_anchor, bool positive_anchor, int64_t positive_candidate_columns, bool exclude_self) {
-  const InfoNCEOptions options = make_options(scale, margin_strategy, margin, anchor_anchor, positive_anchor,
-                                              positive_candidate_columns, exclude_self);
-  check_inputs(anchors, candidates, guide_anchors, guide_candidates, options);
-  const int64_t n = anchors.size(0);
+  const auto [options, inputs, blocks] =
+      make_problem(anchors, candidates, guide_anchors, guide_candidates, scale, margin_strategy, margin,
+                   anchor_anchor, positive_anchor, positive_candidate_columns, exclude_self);
+  const int64_t n = inputs.n;
   TORCH_CHECK(grad_loss.dim() == 1 && grad_loss.size(0) == n && log_normalizer.dim() == 1 &&
                   log_normalizer.size(0) == n,
               "embedplug: grad_loss and log_normalizer must be [N]");
-  const InfoNCEInputs inputs = prepare_inputs(anchors, candidates, guide_anchors, guide_candidates, options);
-  const auto blocks = softmax_blocks(options, inputs.n, inputs.m);
   const int64_t dim = inputs.anchors.size(1);
   const int num_threads = at::get_num_threads();
   // Per-thread [N + M, D] gradient accumulators: anchor rows first, then candidate rows. Column

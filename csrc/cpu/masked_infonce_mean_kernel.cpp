@@ -171,12 +171,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_infonce_mean_cpu(
     const std::optional<at::Tensor>& guide_candidates, double scale, c10::string_view margin_strategy,
     double margin, bool anchor_anchor, bool positive_anchor, int64_t positive_candidate_columns, bool exclude_self,
     bool compute_grad) {
-  const InfoNCEOptions options = make_options(scale, margin_strategy, margin, anchor_anchor, positive_anchor,
-                                              positive_candidate_columns, exclude_self);
-  check_inputs(anchors, candidates, guide_anchors, guide_candidates, options);
-  TORCH_CHECK(anchors.device().is_cpu(), "embedplug: masked_infonce_mean_cpu got a non-CPU tensor");
-  const InfoNCEInputs inputs = prepare_inputs(anchors, candidates, guide_anchors, guide_candidates, options);
-  const auto blocks = softmax_blocks(options, inputs.n, inputs.m);
+  const auto [options, inputs, blocks] =
+      make_problem(anchors, candidates, guide_anchors, guide_candidates, scale, margin_strategy, margin,
+                   anchor_anchor, positive_anchor, positive_candidate_columns, exclude_self);
   at::Tensor loss, grad_anchors, grad_candidates;
   AT_DISPATCH_FLOATING_TYPES(anchors.scalar_type(), "masked_infonce_mean_cpu", [&] {
     auto result = mean_infonce_strips<scalar_t>(inputs, blocks, options, compute_grad);

@@ -98,7 +98,9 @@ def test_fused_matches_reference_float32(option_set):
 )
 def test_fused_matches_reference_property(n, columns, dim, option_set, scale, seed):
     inputs = make_inputs(n, columns, dim, torch.float64, torch.Generator().manual_seed(seed))
-    assert_fused_matches_reference(op_arguments(option_set, *inputs, scale=scale), rtol=1e-9, atol=1e-9)
+    arguments = op_arguments(option_set, *inputs, scale=scale)
+    assert_fused_matches_reference(arguments, rtol=1e-9, atol=1e-9)
+    assert_mean_matches_reference(arguments, rtol=1e-9, atol=1e-11)
 
 
 @requires_extension
@@ -317,21 +319,6 @@ def test_mean_op_with_more_than_32k_columns_uses_short_strips_and_matches(option
     # 100 rows x 330 columns of candidates: over 32K columns per row, so 64-row strips.
     inputs = make_inputs(100, 330, 4, torch.float64, torch.Generator().manual_seed(12), guide_dim=3)
     assert_mean_matches_reference(op_arguments(option_set, *inputs), rtol=1e-10, atol=1e-12)
-
-
-@requires_extension
-@settings(max_examples=25, deadline=None)
-@given(
-    n=st.integers(1, 40),
-    columns=st.integers(1, 3),
-    dim=st.integers(1, 9),
-    option_set=st.sampled_from(list(OPTION_SETS)),
-    scale=st.floats(0.5, 100.0),
-    seed=st.integers(0, 2**16),
-)
-def test_mean_op_matches_reference_property(n, columns, dim, option_set, scale, seed):
-    inputs = make_inputs(n, columns, dim, torch.float64, torch.Generator().manual_seed(seed))
-    assert_mean_matches_reference(op_arguments(option_set, *inputs, scale=scale), rtol=1e-9, atol=1e-11)
 
 
 @requires_extension
