@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 import torch
 from _support import KERNEL_DISTANCES, label_structures, st_distance_function
 
-import embedplug
-from embedplug.functional import batch_hard_soft_margin_triplet_loss
 from embedplug.losses import BatchHardSoftMarginTripletLoss, BatchHardTripletLoss
 
 st_losses = pytest.importorskip("sentence_transformers.sentence_transformer.losses")
@@ -57,49 +53,9 @@ def test_parity_with_exact_ties():
         )
 
 
-def test_custom_distance_callable_runs_reference_path():
-    def manhattan(embeddings):
-        return torch.cdist(embeddings, embeddings, p=1)
-
-    generator = torch.Generator().manual_seed(3)
-    embeddings = torch.randn(50, 8, generator=generator)
-    labels = torch.arange(50) // 5
-    torch.testing.assert_close(
-        our_loss_and_grad(embeddings, labels, manhattan), st_loss_and_grad(embeddings, labels, manhattan)
-    )
-
-
-@pytest.mark.parametrize("bad_value", [float("nan"), float("inf")])
-def test_non_finite_embeddings_give_nan_like_sentence_transformers(bad_value):
-    embeddings = torch.randn(12, 4)
-    embeddings[5, 2] = bad_value
-    labels = torch.arange(12) // 3
-    expected_loss, expected_grad = st_loss_and_grad(embeddings, labels, STDistance.euclidean_distance)
-    loss, grad = our_loss_and_grad(embeddings, labels, STDistance.euclidean_distance)
-    assert torch.isnan(expected_loss) and torch.isnan(loss)
-    assert torch.isnan(expected_grad).any() and torch.isnan(grad).any()
-
-
-def test_bad_input_gets_a_clear_error():
-    with pytest.raises(ValueError, match="expects 4 labels"):
-        batch_hard_soft_margin_triplet_loss(torch.randn(4, 3), torch.zeros(5, dtype=torch.long))
-    with pytest.raises(TypeError, match="integer tensor"):
-        batch_hard_soft_margin_triplet_loss(torch.randn(4, 3), torch.zeros(4))
-
-
-def test_constructor_attributes_config_and_citation_match():
-    ours_signature = inspect.signature(BatchHardSoftMarginTripletLoss.__init__).parameters
-    theirs_signature = inspect.signature(STLoss.__init__).parameters
-    assert list(ours_signature) == list(theirs_signature)
-    assert ours_signature["distance_metric"].default.__name__ == theirs_signature["distance_metric"].default.__name__
+def test_loss_specific_attributes_match():
+    # Signature, config and citation: test_labelled_losses_contract.py.
     model = torch.nn.Linear(2, 2)
     ours, theirs = BatchHardSoftMarginTripletLoss(model), STLoss(model)
-    assert ours.get_config_dict() == theirs.get_config_dict()
-    assert ours.citation == theirs.citation
     assert ours.triplet_margin == theirs.triplet_margin == 5
     assert isinstance(ours, BatchHardTripletLoss)
-    assert ours.model is model and ours.sentence_embedder is model
-
-
-def test_registered_as_builtin_plugin():
-    assert embedplug.get_loss("BatchHardSoftMarginTripletLoss") is BatchHardSoftMarginTripletLoss

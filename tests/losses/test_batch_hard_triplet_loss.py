@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import functools
-import inspect
 
 import pytest
 import torch
 from _support import KERNEL_DISTANCES, bundled_model_path, label_structures, st_distance_function
 
-import embedplug
 from embedplug.functional import batch_hard_triplet_loss
 from embedplug.losses import BatchHardTripletLoss, BatchHardTripletLossDistanceFunction
 
@@ -80,92 +78,20 @@ def test_our_distance_functions_run_the_kernel_and_match():
         torch.testing.assert_close(ours(embeddings), theirs(embeddings), rtol=1e-5, atol=1e-5)
 
 
-def test_custom_distance_callable_runs_reference_path():
-    def manhattan(embeddings):
-        return torch.cdist(embeddings, embeddings, p=1)
-
-    generator = torch.Generator().manual_seed(3)
-    embeddings = torch.randn(50, 8, generator=generator)
-    labels = torch.arange(50) // 5
-    torch.testing.assert_close(
-        our_loss_and_grad(embeddings, labels, manhattan), st_loss_and_grad(embeddings, labels, manhattan)
-    )
-
-
-@pytest.mark.parametrize("bad_value", [float("nan"), float("inf")])
-def test_non_finite_embeddings_give_nan_like_sentence_transformers(bad_value):
-    embeddings = torch.randn(12, 4)
-    embeddings[5, 2] = bad_value
-    labels = torch.arange(12) // 3
-    for distance in ("euclidean", "cosine"):
-        metric = st_distance_function(distance)
-        expected_loss, expected_grad = st_loss_and_grad(embeddings, labels, metric)
-        loss, grad = our_loss_and_grad(embeddings, labels, metric)
-        assert torch.isnan(expected_loss) and torch.isnan(loss)
-        assert torch.isnan(expected_grad).any() and torch.isnan(grad).any()
-
-
-def test_half_precision_follows_float32():
-    generator = torch.Generator().manual_seed(4)
-    embeddings = torch.randn(64, 16, generator=generator)
-    labels = torch.arange(64) // 4
-    half = embeddings.half().requires_grad_()
-    loss = batch_hard_triplet_loss(half, labels)
-    loss.backward()
-    assert half.grad.dtype == torch.float16
-    expected_loss, _ = st_loss_and_grad(half.detach(), labels, STDistance.euclidean_distance)
-    torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize(
-    "embeddings, labels, error, match",
-    [
-        (torch.randn(4, 3, 2), torch.zeros(4, dtype=torch.long), ValueError, "2-D"),
-        (torch.ones(4, 3, dtype=torch.long), torch.zeros(4, dtype=torch.long), TypeError, "floating-point"),
-        (torch.randn(4, 3), torch.zeros(5, dtype=torch.long), ValueError, "expects 4 labels"),
-        (torch.randn(4, 3), torch.zeros(4), TypeError, "integer tensor"),
-        (torch.randn(0, 3), torch.zeros(0, dtype=torch.long), ValueError, "empty batch"),
-        (torch.randn(4, 3), torch.zeros(4, dtype=torch.long, device="meta"), ValueError, "same device|move them"),
-        (torch.randn(4, 3), [0, 0, 1, 1], TypeError, "torch.Tensor"),
-    ],
-)
-def test_bad_input_gets_a_clear_error(embeddings, labels, error, match):
-    with pytest.raises(error, match=match):
-        batch_hard_triplet_loss(embeddings, labels)
-
-
 def test_unknown_distance_name_is_a_clear_error():
     with pytest.raises(ValueError, match="expected one of"):
         batch_hard_triplet_loss(torch.randn(4, 3), torch.zeros(4, dtype=torch.long), distance="manhattan")
 
 
-def test_labels_of_shape_n_by_1_are_accepted_like_sentence_transformers():
-    embeddings = torch.randn(8, 4)
-    labels = (torch.arange(8) // 2).unsqueeze(1)
-    expected, _ = st_loss_and_grad(embeddings, labels, STDistance.euclidean_distance)
-    torch.testing.assert_close(batch_hard_triplet_loss(embeddings, labels), expected)
-
-
-def test_constructor_attributes_config_and_citation_match():
-    ours_signature = inspect.signature(BatchHardTripletLoss.__init__).parameters
-    theirs_signature = inspect.signature(STBatchHardTripletLoss.__init__).parameters
-    assert list(ours_signature) == list(theirs_signature)
-    assert ours_signature["margin"].default == theirs_signature["margin"].default
-    assert ours_signature["distance_metric"].default.__name__ == theirs_signature["distance_metric"].default.__name__
+def test_loss_specific_attributes_match():
+    # Signature, config and citation: test_labelled_losses_contract.py.
     model = torch.nn.Linear(2, 2)
     ours, theirs = BatchHardTripletLoss(model), STBatchHardTripletLoss(model)
-    assert ours.get_config_dict() == theirs.get_config_dict()
-    assert ours.citation == theirs.citation
     assert ours.triplet_margin == theirs.triplet_margin
-    assert ours.model is model and ours.sentence_embedder is model
     replacement = torch.nn.Linear(2, 2)
     ours.sentence_embedder = replacement
     assert ours.model is replacement and [name for name, _ in ours.named_children()] == ["model"]
     assert ours.get_triplet_mask(torch.tensor([0, 0, 1])).equal(theirs.get_triplet_mask(torch.tensor([0, 0, 1])))
-
-
-def test_registered_as_builtin_plugin():
-    assert embedplug.get_loss("BatchHardTripletLoss") is BatchHardTripletLoss
 
 
 @pytest.mark.slow

@@ -1,0 +1,163 @@
+"""What every labelled batch loss owes a sentence-transformers user, checked once for all four:
+BatchHardTripletLoss, BatchHardSoftMarginTripletLoss, BatchSemiHardTripletLoss, BatchAllTripletLoss.
+
+Each is compared with sentence-transformers' class of the same name: signature, config, citation,
+``forward``, the reference path for other distance callables, non-finite inputs, half precision,
+``[N, 1]`` labels and the errors for bad input. Loss-specific behaviour (mining rules, ties, parity
+over label structures) lives in each loss's own test file.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pytest
+import torch
+from _support import st_distance_function
+
+import embedplug
+from embedplug import functional, losses
+
+st_losses = pytest.importorskip("sentence_transformers.sentence_transformer.losses")
+STDistance = st_losses.BatchHardTripletLossDistanceFunction
+
+
+@dataclass(frozen=True)
+class LabelledLoss:
+    name: str
+    functional: Callable[..., torch.Tensor]
+    options: dict[str, Any]  # constructor options other than the defaults, for both classes
+
+    @property
+    def ours(self) -> type:
+        return getattr(losses, self.name)
+
+    @property
+    def theirs(self) -> type:
+        return getattr(st_losses, self.name)
+
+
+LOSSES = [
+    LabelledLoss("BatchHardTripletLoss", functional.batch_hard_triplet_loss, {"margin": 0.25}),
+    LabelledLoss("BatchHardSoftMarginTripletLoss", functional.batch_hard_soft_margin_triplet_loss, {}),
+    LabelledLoss("BatchSemiHardTripletLoss", functional.batch_semi_hard_triplet_loss, {"margin": 0.25}),
+    LabelledLoss("BatchAllTripletLoss", functional.batch_all_triplet_loss, {"margin": 0.25}),
+]
+each_loss = pytest.mark.parametrize("loss", LOSSES, ids=[loss.name for loss in LOSSES])
+
+
+def loss_and_grad(loss_class, embeddings, labels, distance_metric=STDistance.euclidean_distance):
+    x = embeddings.detach().clone().requires_grad_()
+    loss = loss_class(None, distance_metric=distance_metric).compute_loss_from_embeddings([x], labels)
+    loss.backward()
+    return loss.detach(), x.grad
+
+
+@each_loss
+def test_constructor_config_and_citation_match(loss):
+    ours_signature = inspect.signature(loss.ours.__init__).parameters
+    theirs_signature = inspect.signature(loss.theirs.__init__).parameters
+    assert list(ours_signature) == list(theirs_signature)
+    for name, parameter in theirs_signature.items():
+        if name == "distance_metric":
+            assert ours_signature[name].default.__name__ == parameter.default.__name__
+        elif name not in ("self", "model"):
+            assert ours_signature[name].default == parameter.default, name
+    model = torch.nn.Linear(2, 2)
+    ours, theirs = loss.ours(model, **loss.options), loss.theirs(model, **loss.options)
+    assert ours.get_config_dict() == theirs.get_config_dict()
+    assert ours.citation == theirs.citation
+    assert ours.model is model and ours.sentence_embedder is model
+
+
+@each_loss
+def test_forward_embeds_the_first_column_with_the_model(loss):
+    model = torch.nn.Linear(3, 4)
+
+    class Embedder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = model
+
+        def forward(self, features):
+            return {"sentence_embedding": self.linear(features["x"])}
+
+    features = {"x": torch.randn(10, 3)}
+    labels = torch.arange(10) // 2
+    options = {"margin": 1.0} if "margin" in loss.options else {}
+    expected = loss.theirs(Embedder(), **options)([features], labels)
+    torch.testing.assert_close(loss.ours(Embedder(), **options)([features], labels), expected)
+
+
+@each_loss
+def test_custom_distance_callable_runs_reference_path(loss):
+    def manhattan(embeddings):
+        return torch.cdist(embeddings, embeddings, p=1)
+
+    generator = torch.Generator().manual_seed(3)
+    embeddings = torch.randn(50, 8, generator=generator)
+    labels = torch.arange(50) // 5
+    torch.testing.assert_close(
+        loss_and_grad(loss.ours, embeddings, labels, manhattan), loss_and_grad(loss.theirs, embeddings, labels, manhattan)
+    )
+
+
+@each_loss
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_non_finite_embeddings_give_nan_like_sentence_transformers(loss, bad_value, distance):
+    embeddings = torch.randn(12, 4)
+    embeddings[5, 2] = bad_value
+    labels = torch.arange(12) // 3
+    metric = st_distance_function(distance)
+    expected_loss, expected_grad = loss_and_grad(loss.theirs, embeddings, labels, metric)
+    ours_loss, ours_grad = loss_and_grad(loss.ours, embeddings, labels, metric)
+    assert torch.isnan(expected_loss) and torch.isnan(ours_loss)
+    assert torch.isnan(expected_grad).any() and torch.isnan(ours_grad).any()
+
+
+@each_loss
+def test_half_precision_follows_float32(loss):
+    generator = torch.Generator().manual_seed(4)
+    embeddings = torch.randn(64, 16, generator=generator)
+    labels = torch.arange(64) // 4
+    half = embeddings.half().requires_grad_()
+    value = loss.functional(half, labels)
+    value.backward()
+    assert value.dtype == torch.float32 and half.grad.dtype == torch.float16
+    expected_loss, _ = loss_and_grad(loss.theirs, half.detach(), labels)
+    torch.testing.assert_close(value, expected_loss, rtol=1e-5, atol=1e-6)
+
+
+@each_loss
+def test_labels_of_shape_n_by_1_are_accepted_like_sentence_transformers(loss):
+    embeddings = torch.randn(8, 4)
+    labels = (torch.arange(8) // 2).unsqueeze(1)
+    expected, _ = loss_and_grad(loss.theirs, embeddings, labels)
+    torch.testing.assert_close(loss.functional(embeddings, labels), expected)
+
+
+@each_loss
+@pytest.mark.parametrize(
+    "embeddings, labels, error, match",
+    [
+        (torch.randn(4, 3, 2), torch.zeros(4, dtype=torch.long), ValueError, "2-D"),
+        (torch.ones(4, 3, dtype=torch.long), torch.zeros(4, dtype=torch.long), TypeError, "floating-point"),
+        (torch.randn(4, 3), torch.zeros(5, dtype=torch.long), ValueError, "expects 4 labels"),
+        (torch.randn(4, 3), torch.zeros(4), TypeError, "integer tensor"),
+        (torch.randn(0, 3), torch.zeros(0, dtype=torch.long), ValueError, "empty batch"),
+        (torch.randn(4, 3), [0, 0, 1, 1], TypeError, "torch.Tensor"),
+        (torch.randn(4, 3), torch.zeros(4, dtype=torch.long, device="meta"), ValueError, "same device|move them"),
+    ],
+    ids=["3-D", "integer embeddings", "label count", "float labels", "empty", "list labels", "device"],
+)
+def test_bad_input_gets_a_clear_error(loss, embeddings, labels, error, match):
+    with pytest.raises(error, match=match):
+        loss.functional(embeddings, labels)
+
+
+@each_loss
+def test_registered_as_builtin_plugin(loss):
+    assert embedplug.get_loss(loss.name) is loss.ours
