@@ -197,6 +197,20 @@ inline scalar_t pair_coefficient(DistanceKind kind, scalar_t w, scalar_t d, scal
   return self_term = d > scalar_t(0) ? w / d : (std::isnan(w) ? w : scalar_t(0));
 }
 
+// Turns row a's weights W[a, :] into GEMM coefficients in place and returns the row's own
+// coefficient (the sum of its self terms); column_term(j, coefficient, self_term) sees every entry.
+template <typename scalar_t, typename ColumnTerm>
+inline scalar_t row_coefficients(DistanceKind kind, scalar_t* c, const scalar_t* d, int64_t n, ColumnTerm&& column_term) {
+  scalar_t row_sum = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    scalar_t self_term;
+    c[j] = pair_coefficient(kind, c[j], d[j], self_term);
+    row_sum += self_term;
+    column_term(j, c[j], self_term);
+  }
+  return row_sum;
+}
+
 // grad = self_coefficient * base - pair_total, then the cosine chain rule through normalize.
 inline at::Tensor finish_pair_gradient(const at::Tensor& x, const at::Tensor& base, DistanceKind kind,
                                        const at::Tensor& self_total, const at::Tensor& pair_total) {
@@ -255,18 +269,11 @@ at::Tensor pair_weight_gradient(const at::Tensor& embeddings, DistanceKind kind,
     fill_weights(row_begin, row_end, distances, weights.data());
     int64_t nonzero = 0;
     for (int64_t a = row_begin; a < row_end; ++a) {
-      scalar_t* c = weights.data() + (a - row_begin) * n;
-      const scalar_t* d = distances + (a - row_begin) * n;
-      scalar_t row_sum = 0;
-      for (int64_t j = 0; j < n; ++j) {
-        scalar_t self_term;
-        const scalar_t coefficient = pair_coefficient(kind, c[j], d[j], self_term);
-        c[j] = coefficient;
-        nonzero += coefficient != scalar_t(0);
-        row_sum += self_term;
-        self_coefficient[j] += self_term;
-      }
-      self_coefficient[a] += row_sum;
+      self_coefficient[a] += row_coefficients(kind, weights.data() + (a - row_begin) * n, distances + (a - row_begin) * n,
+                                              n, [&](int64_t j, scalar_t coefficient, scalar_t self_term) {
+                                                nonzero += coefficient != scalar_t(0);
+                                                self_coefficient[j] += self_term;
+                                              });
     }
     auto& accumulator = accumulators[thread_id];
     if (nonzero * kDenseWeightRatio <= rows * n) {
@@ -347,15 +354,8 @@ bool symmetric_pair_weight_gradient(const at::Tensor& x, const GemmOperand& oper
       return;
     }
     for (int64_t a = row_begin; a < row_end; ++a) {
-      scalar_t* c = weights.data() + (a - row_begin) * n;
-      const scalar_t* d = distances + (a - row_begin) * n;
-      scalar_t row_sum = 0;
-      for (int64_t j = 0; j < n; ++j) {
-        scalar_t self_term;
-        c[j] = pair_coefficient(kind, c[j], d[j], self_term);
-        row_sum += self_term;
-      }
-      self_coefficient[a] = row_sum;
+      self_coefficient[a] = row_coefficients(kind, weights.data() + (a - row_begin) * n, distances + (a - row_begin) * n,
+                                             n, [](int64_t, scalar_t, scalar_t) {});
     }
     auto rows_out = pair_total.narrow(0, row_begin, rows);
     at::mm_out(rows_out, at::from_blob(weights.data(), {rows, n}, x.options()), base);
