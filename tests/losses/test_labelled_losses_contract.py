@@ -1,10 +1,11 @@
 """What every labelled batch loss owes a sentence-transformers user, checked once for all four:
 BatchHardTripletLoss, BatchHardSoftMarginTripletLoss, BatchSemiHardTripletLoss, BatchAllTripletLoss.
 
-Each is compared with sentence-transformers' class of the same name: signature, config, citation,
-``forward``, the reference path for other distance callables, non-finite inputs, half precision,
-``[N, 1]`` labels and the errors for bad input. Loss-specific behaviour (mining rules, ties, parity
-over label structures) lives in each loss's own test file.
+Each is compared with sentence-transformers' class of the same name: loss and gradients over random
+label structures and exact ties (each loss with its own sizes, margins and tolerances), signature,
+config, citation, ``forward``, the reference path for other distance callables, non-finite inputs,
+half precision, ``[N, 1]`` labels and the errors for bad input. Behaviour only one loss has lives in
+that loss's own test file.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Callable
 
 import pytest
 import torch
-from _support import st_distance_function
+from _support import KERNEL_DISTANCES, label_structures, loss_and_grad, st_distance_function
 
 import embedplug
 from embedplug import functional, losses
@@ -29,6 +30,13 @@ class LabelledLoss:
     name: str
     functional: Callable[..., torch.Tensor]
     options: dict[str, Any]  # constructor options other than the defaults, for both classes
+    parity_sizes: tuple[int, ...] = (1, 2, 5, 64, 300)
+    parity_margins: tuple[float, ...] = ()  # () for a loss without a margin
+    # Classes of 30: more positives than the direct-compare path takes (sort + binary search).
+    large_classes: bool = False
+    tie_margins: tuple[float, ...] = ()
+    tie_distances: tuple[str, ...] = tuple(KERNEL_DISTANCES)
+    cosine_grad_atol: float = 1e-6
 
     @property
     def ours(self) -> type:
@@ -40,19 +48,81 @@ class LabelledLoss:
 
 
 LOSSES = [
-    LabelledLoss("BatchHardTripletLoss", functional.batch_hard_triplet_loss, {"margin": 0.25}),
-    LabelledLoss("BatchHardSoftMarginTripletLoss", functional.batch_hard_soft_margin_triplet_loss, {}),
-    LabelledLoss("BatchSemiHardTripletLoss", functional.batch_semi_hard_triplet_loss, {"margin": 0.25}),
-    LabelledLoss("BatchAllTripletLoss", functional.batch_all_triplet_loss, {"margin": 0.25}),
+    LabelledLoss("BatchHardTripletLoss", functional.batch_hard_triplet_loss, {"margin": 0.25}, parity_margins=(0.5,)),
+    LabelledLoss(
+        "BatchHardSoftMarginTripletLoss",
+        functional.batch_hard_soft_margin_triplet_loss,
+        {},
+        # Without a true negative ST's "hardest negative" is d(a, a) + rowmax, and for cosine d(a, a)
+        # is rounding noise, whose gradient both sides reproduce only to ~1e-6 absolute; so cosine is
+        # compared more loosely, and not at exact ties.
+        tie_distances=("euclidean", "squared_euclidean"),
+        cosine_grad_atol=1e-5,
+    ),
+    LabelledLoss(
+        "BatchSemiHardTripletLoss",
+        functional.batch_semi_hard_triplet_loss,
+        {"margin": 0.25},
+        parity_margins=(0.5, 5.0),
+        large_classes=True,
+        tie_margins=(0, 1, 2),
+    ),
+    LabelledLoss(
+        "BatchAllTripletLoss",
+        functional.batch_all_triplet_loss,
+        {"margin": 0.25},
+        # ST's batch-all block is (pairs x N): 300 rows with classes of 30 would be slow for the test.
+        parity_sizes=(1, 2, 5, 64, 160),
+        parity_margins=(0.5, 5.0),
+        large_classes=True,
+        tie_margins=(0, 1, 2),
+    ),
 ]
 each_loss = pytest.mark.parametrize("loss", LOSSES, ids=[loss.name for loss in LOSSES])
 
 
-def loss_and_grad(loss_class, embeddings, labels, distance_metric=STDistance.euclidean_distance):
-    x = embeddings.detach().clone().requires_grad_()
-    loss = loss_class(None, distance_metric=distance_metric).compute_loss_from_embeddings([x], labels)
-    loss.backward()
-    return loss.detach(), x.grad
+def margins(values: tuple[float, ...]) -> list[dict[str, float]]:
+    """Constructor options for each margin; one call with the defaults for a loss without one."""
+    return [{"margin": value} for value in values] or [{}]
+
+
+@pytest.mark.parametrize(
+    "loss, n",
+    [(loss, n) for loss in LOSSES for n in loss.parity_sizes],
+    ids=[f"{loss.name}-{n}" for loss in LOSSES for n in loss.parity_sizes],
+)
+@pytest.mark.parametrize("distance", KERNEL_DISTANCES)
+def test_parity_with_sentence_transformers(loss, n, distance):
+    generator = torch.Generator().manual_seed(10 + n)
+    metric = st_distance_function(distance)
+    structures = label_structures(n, generator)
+    if loss.large_classes:
+        structures["classes_of_30"] = torch.arange(n) // 30
+    grad_atol = loss.cosine_grad_atol if distance == "cosine" else 1e-6
+    for name, labels in structures.items():
+        embeddings = torch.randn(n, 32, generator=generator)
+        for options in margins(loss.parity_margins):
+            expected_loss, expected_grad = loss_and_grad(loss.theirs, embeddings, labels, metric, **options)
+            ours_loss, ours_grad = loss_and_grad(loss.ours, embeddings, labels, metric, **options)
+            torch.testing.assert_close(ours_loss, expected_loss, rtol=1e-5, atol=1e-6, msg=f"{name} {options}")
+            torch.testing.assert_close(ours_grad, expected_grad, rtol=1e-5, atol=grad_atol, msg=f"{name} {options}")
+
+
+@each_loss
+def test_parity_with_exact_ties(loss):
+    # Small integers (and integer margins): distances are exact, so ties are real. The first index
+    # must win as in torch.max / a stable sort, and triplets exactly at loss 0 keep ST's gradient
+    # (kept by batch-all, half by semi-hard's torch.maximum) and stay out of batch-all's denominator.
+    generator = torch.Generator().manual_seed(0)
+    embeddings = torch.randint(-2, 3, (40, 3), generator=generator).float()
+    labels = torch.randint(0, 5, (40,), generator=generator)
+    for distance in loss.tie_distances:
+        metric = st_distance_function(distance)
+        for options in margins(loss.tie_margins):
+            expected_loss, expected_grad = loss_and_grad(loss.theirs, embeddings, labels, metric, **options)
+            ours_loss, ours_grad = loss_and_grad(loss.ours, embeddings, labels, metric, **options)
+            torch.testing.assert_close(ours_loss, expected_loss, rtol=1e-5, atol=1e-6, msg=f"{distance} {options}")
+            torch.testing.assert_close(ours_grad, expected_grad, rtol=1e-5, atol=1e-5, msg=f"{distance} {options}")
 
 
 @each_loss
@@ -127,7 +197,7 @@ def test_half_precision_follows_float32(loss):
     value = loss.functional(half, labels)
     value.backward()
     assert value.dtype == torch.float32 and half.grad.dtype == torch.float16
-    expected_loss, _ = loss_and_grad(loss.theirs, half.detach(), labels)
+    expected_loss, _ = loss_and_grad(loss.theirs, half.detach(), labels, STDistance.euclidean_distance)
     torch.testing.assert_close(value, expected_loss, rtol=1e-5, atol=1e-6)
 
 
@@ -135,7 +205,7 @@ def test_half_precision_follows_float32(loss):
 def test_labels_of_shape_n_by_1_are_accepted_like_sentence_transformers(loss):
     embeddings = torch.randn(8, 4)
     labels = (torch.arange(8) // 2).unsqueeze(1)
-    expected, _ = loss_and_grad(loss.theirs, embeddings, labels)
+    expected, _ = loss_and_grad(loss.theirs, embeddings, labels, STDistance.euclidean_distance)
     torch.testing.assert_close(loss.functional(embeddings, labels), expected)
 
 
