@@ -46,6 +46,8 @@ class GradCacheMixin:
     with_backward=...)`` and may override :meth:`embed_guide` to embed a guide model alongside."""
 
     uses_gradient_cache = True
+    # Subclasses that take the option set it per instance.
+    sort_mini_batches_by_length = False
 
     def embed_guide(self, minibatch_features: dict[str, Tensor]) -> Tensor | None:
         """The guide model's [mini-batch, Dg] embeddings of a mini-batch, or None without a guide."""
@@ -116,7 +118,7 @@ class GradCacheMixin:
         # similar length and sentence-transformers' trimming of shared trailing padding removes
         # most of it; the loss sees every column back in batch order.
         orders = [
-            length_order(features) if getattr(self, "sort_mini_batches_by_length", False) else None
+            length_order(features) if self.sort_mini_batches_by_length else None
             for features in sentence_features
         ]
         sentence_features = [
