@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: test demo bench setup ext system-deps clean
+.PHONY: test demo bench setup ext system-deps clean cuda-build gpu-wheels
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,5 +44,47 @@ bench: ext
 demo: ext system-deps
 	HF_HUB_OFFLINE=1 $(BIN)/embedplug train configs/demo-reverse-dictionary.toml --overwrite
 
+# CUDA build check (no GPU needed): a second environment with a CUDA 13.0 build of torch (from local
+# disk, ~5.5 GB), the extension compiled with nvcc for sm_80 and sm_90 into $(CUDA_BUILD_DIR) (never in
+# place, where it would replace the CPU build), imported, and every op of csrc/embedplug.cpp checked
+# for a registered CPU and CUDA kernel.
+CUDA_VENV ?= .venv-cuda
+CUDA_TORCH_VERSION ?= 2.14.1
+CUDA_HOME ?= /usr/local/cuda
+CUDA_ARCH_LIST ?= 8.0;9.0
+CUDA_BUILD_DIR ?= build-cuda
+
+$(CUDA_VENV)/.deps-installed:
+	$(PYTHON) -m venv $(CUDA_VENV)
+	$(CUDA_VENV)/bin/python -m pip install --quiet --upgrade pip "setuptools>=64" wheel ninja
+	$(CUDA_VENV)/bin/python -m pip install --quiet "torch==$(CUDA_TORCH_VERSION)" numpy
+	touch $@
+
+# CPATH: the cuBLAS/cuSPARSE headers ATen's CUDA headers include come with torch's pip packages.
+cuda-build: $(CUDA_VENV)/.deps-installed
+	@test -x "$(CUDA_HOME)/bin/nvcc" || { echo "cuda-build: no nvcc under CUDA_HOME=$(CUDA_HOME)"; exit 1; }
+	CPATH="$$($(CUDA_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"] + "/nvidia/cu13/include")')" \
+	  CUDA_HOME="$(CUDA_HOME)" FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$(CUDA_ARCH_LIST)" \
+	  $(CUDA_VENV)/bin/python setup.py build_ext --build-lib $(CUDA_BUILD_DIR)/lib --build-temp $(CUDA_BUILD_DIR)/temp
+	$(CUDA_VENV)/bin/python scripts/check_kernels.py --library "$$(ls $(CUDA_BUILD_DIR)/lib/embedplug/_C*.so)" \
+	  --dispatch-key CPU --dispatch-key CUDA
+
+# Wheels the GPU check installs on a machine without network (scripts/gpu-check.sh): the test packages
+# and the pinned sentence-transformers with their pure-Python dependencies, at the versions tested here,
+# for that machine's Python 3.12. torch, numpy and scipy are the GPU machine's own.
+GPU_WHEELS ?= gpu-wheels
+GPU_PYTHON_VERSION ?= 3.12
+GPU_WHEEL_PACKAGES := sentence-transformers transformers huggingface[-_]hub tokenizers safetensors hf-xet httpx2 \
+  httpcore2 h11 anyio idna click typer shellingham rich markdown-it-py mdurl pygments regex pyyaml tqdm filelock \
+  fsspec packaging typing[-_]extensions typing-inspection annotated-doc pytest iniconfig pluggy hypothesis \
+  sortedcontainers expecttest
+gpu-wheels: setup
+	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	$(BIN)/python -m pip freeze | grep -i -E "^($(shell echo $(GPU_WHEEL_PACKAGES) | tr ' ' '|'))==" > $(GPU_WHEELS)/requirements.txt
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PYTHON_VERSION) \
+	  --implementation cp --abi cp$(subst .,,$(GPU_PYTHON_VERSION)) --platform manylinux_2_28_x86_64 \
+	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d $(GPU_WHEELS) -r $(GPU_WHEELS)/requirements.txt
+	@echo "$$(ls $(GPU_WHEELS)/*.whl | wc -l) wheels in $(GPU_WHEELS)/ ($$(du -sh $(GPU_WHEELS) | cut -f1))"
+
 clean:
-	rm -rf build embedplug/_C*.so
+	rm -rf build $(CUDA_BUILD_DIR) embedplug/_C*.so
