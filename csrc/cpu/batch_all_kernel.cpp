@@ -33,13 +33,6 @@ namespace {
 // Above this many positives a sort plus binary searches beats comparing each negative with every
 // positive (log2 of a few thousand negatives is ~12).
 constexpr int64_t kSmallClassPositives = 16;
-// ST counts a triplet as active when its loss exceeds this.
-constexpr double kActiveTripletThreshold = 1e-16;
-
-template <typename scalar_t>
-inline scalar_t triplet_value(scalar_t positive, scalar_t negative, scalar_t margin) {
-  return (positive - negative) + margin;  // ST's evaluation order
-}
 
 // Per-thread scratch and the per-anchor computation shared by the forward and the backward.
 template <typename scalar_t>
@@ -67,29 +60,28 @@ struct BatchAllAnchor {
     const int64_t num_positives = static_cast<int64_t>(positives.size());
     positive_distance.resize(num_positives);
     for (int64_t k = 0; k < num_positives; ++k) positive_distance[k] = row[positives[k]];
-    const scalar_t threshold = static_cast<scalar_t>(kActiveTripletThreshold);
     double sum = 0;
     int64_t count = 0;
 
     if (num_positives <= kSmallClassPositives) {
       kept_per_positive.assign(num_positives, 0);
       for (int64_t j = 0; j < n; ++j) {
-        if (labels[j] == label) continue;
+        if (!is_negative_pair(label, labels[j])) continue;
         const scalar_t negative = row[j];
         int64_t kept_here = 0;
         for (int64_t k = 0; k < num_positives; ++k) {
           const scalar_t t = triplet_value(positive_distance[k], negative, margin);
-          const bool kept = t >= scalar_t(0);
-          sum += kept ? t : scalar_t(0);
-          count += t > threshold;
+          const bool kept = triplet_kept(t);
+          sum += triplet_hinge(t);
+          count += triplet_active(t);
           kept_here += kept;
           kept_per_positive[k] += kept;
         }
-        if (weights) weights[j] = -grad * static_cast<scalar_t>(kept_here);
+        if (weights) weights[j] = batch_all_negative_weight(grad, kept_here);
       }
       if (weights) {
         for (int64_t k = 0; k < num_positives; ++k) {
-          weights[positives[k]] = grad * static_cast<scalar_t>(kept_per_positive[k]);
+          weights[positives[k]] = batch_all_positive_weight(grad, kept_per_positive[k]);
         }
       }
       return {sum, count};
@@ -97,7 +89,7 @@ struct BatchAllAnchor {
 
     sorted_negatives.clear();
     for (int64_t j = 0; j < n; ++j) {
-      if (labels[j] != label) sorted_negatives.push_back(row[j]);
+      if (is_negative_pair(label, labels[j])) sorted_negatives.push_back(row[j]);
     }
     std::sort(sorted_negatives.begin(), sorted_negatives.end());
     prefix.resize(sorted_negatives.size() + 1);
@@ -107,31 +99,31 @@ struct BatchAllAnchor {
       const scalar_t positive = positive_distance[k];
       const auto kept = std::partition_point(sorted_negatives.begin(), sorted_negatives.end(),
                                              [&](scalar_t negative) {
-                                               return triplet_value(positive, negative, margin) >= scalar_t(0);
+                                               return triplet_kept(triplet_value(positive, negative, margin));
                                              }) -
                         sorted_negatives.begin();
       const auto active = std::partition_point(sorted_negatives.begin(), sorted_negatives.begin() + kept,
                                                [&](scalar_t negative) {
-                                                 return triplet_value(positive, negative, margin) > threshold;
+                                                 return triplet_active(triplet_value(positive, negative, margin));
                                                }) -
                           sorted_negatives.begin();
       sum += static_cast<double>(kept) * (static_cast<double>(positive) + static_cast<double>(margin)) - prefix[kept];
       count += active;
-      if (weights) weights[positives[k]] = grad * static_cast<scalar_t>(kept);
+      if (weights) weights[positives[k]] = batch_all_positive_weight(grad, static_cast<int64_t>(kept));
     }
     if (weights) {
       sorted_positives.assign(positive_distance.begin(), positive_distance.end());
       std::sort(sorted_positives.begin(), sorted_positives.end());
       for (int64_t j = 0; j < n; ++j) {
-        if (labels[j] == label) continue;
+        if (!is_negative_pair(label, labels[j])) continue;
         const scalar_t negative = row[j];
         // Positives too close to keep the triplet form a prefix of the ascending positives.
         const auto dropped = std::partition_point(sorted_positives.begin(), sorted_positives.end(),
                                                   [&](scalar_t positive) {
-                                                    return triplet_value(positive, negative, margin) < scalar_t(0);
+                                                    return !triplet_kept(triplet_value(positive, negative, margin));
                                                   }) -
                              sorted_positives.begin();
-        weights[j] = -grad * static_cast<scalar_t>(num_positives - dropped);
+        weights[j] = batch_all_negative_weight(grad, static_cast<int64_t>(num_positives - dropped));
       }
     }
     return {sum, count};
@@ -170,15 +162,8 @@ struct PositiveDistanceTable {
             if (q == r) continue;
             const int64_t p = classes.members[first + q];
             const scalar_t dot = dots[r * size + q];
-            scalar_t value;
-            if (kind == DistanceKind::kCosine) {
-              value = scalar_t(1) - dot;
-            } else {
-              const scalar_t squared = (squared_norms[p] - scalar_t(2) * dot) + squared_norms[j];
-              value = squared < scalar_t(0) ? scalar_t(0) : squared;
-              if (kind == DistanceKind::kEuclidean) value = std::sqrt(value);
-            }
-            distance[(k++) * n + j] = value;
+            distance[(k++) * n + j] = squared_norms ? finish_distance(kind, dot, squared_norms[j], squared_norms[p])
+                                                    : finish_distance(kind, dot, scalar_t(0), scalar_t(0));
           }
         }
       }
@@ -230,7 +215,7 @@ bool symmetric_unit_gradient(const at::Tensor& x, DistanceKind kind, const int64
           for (int64_t k = 0; k < table.max_positives; ++k) {
             const scalar_t* positive_distance = table.distance.data() + k * n;
             for (int64_t j = 0; j < n; ++j) {
-              w[j] -= triplet_value(positive_distance[j], row[j], margin) >= scalar_t(0) ? scalar_t(1) : scalar_t(0);
+              w[j] -= triplet_kept(triplet_value(positive_distance[j], row[j], margin)) ? scalar_t(1) : scalar_t(0);
             }
           }
           for (size_t i = 0; i < members.size(); ++i) w[members[i]] = own_weights[i];
@@ -248,14 +233,14 @@ bool symmetric_unit_gradient(const at::Tensor& x, DistanceKind kind, const int64
             const scalar_t low = std::min(exact, tabled), high = std::max(exact, tabled);
             bool any_differs = false;
             for (int64_t j = 0; j < n; ++j) {
-              any_differs |= (triplet_value(low, row[j], margin) < scalar_t(0)) &
-                             (triplet_value(high, row[j], margin) >= scalar_t(0));
+              any_differs |= !triplet_kept(triplet_value(low, row[j], margin)) &
+                             triplet_kept(triplet_value(high, row[j], margin));
             }
             if (!any_differs) continue;
             for (int64_t j = 0; j < n; ++j) {
-              if (labels[j] == labels[a]) continue;
-              const bool kept_exact = triplet_value(exact, row[j], margin) >= scalar_t(0);
-              const bool kept_table = triplet_value(tabled, row[j], margin) >= scalar_t(0);
+              if (!is_negative_pair(labels[a], labels[j])) continue;
+              const bool kept_exact = triplet_kept(triplet_value(exact, row[j], margin));
+              const bool kept_table = triplet_kept(triplet_value(tabled, row[j], margin));
               if (kept_exact != kept_table) deferred.push_back({j, a, kept_exact ? scalar_t(-1) : scalar_t(1), row[j]});
             }
           }
@@ -268,7 +253,7 @@ bool symmetric_unit_gradient(const at::Tensor& x, DistanceKind kind, const int64
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_all_triplet_loss_forward_cpu(
     const at::Tensor& embeddings, const at::Tensor& labels, c10::string_view distance, double margin,
     bool compute_grad) {
-  check_embeddings_and_labels(embeddings, labels);
+  check_cpu_embeddings_and_labels(embeddings, labels);
   const DistanceKind kind = parse_distance(std::string_view(distance.data(), distance.size()));
   const int64_t n = embeddings.size(0);
   auto loss_sums = at::empty({n}, embeddings.options());

@@ -23,49 +23,8 @@ namespace {
 // gain little GEMM efficiency at D in the hundreds.
 constexpr int64_t kTileSize = 256;
 
-template <typename scalar_t>
-struct BatchHardRowState {
-  ArgExtreme<scalar_t> hardest_positive = empty_argmax<scalar_t>();
-  ArgExtreme<scalar_t> nearest_negative = empty_argmin<scalar_t>();
-  ArgExtreme<scalar_t> nearest_same_label = empty_argmin<scalar_t>();
-  ArgExtreme<scalar_t> row_max = empty_argmax<scalar_t>();
-  bool non_finite = false;
-
-  inline void update(scalar_t distance, int64_t column, bool same_label, bool is_anchor) {
-    // ST turns any NaN/Inf in a row into a NaN loss (0 * inf, inf - inf); remember it.
-    non_finite |= !std::isfinite(distance);
-    keep_max(row_max, distance, column);
-    if (same_label) {
-      keep_min(nearest_same_label, distance, column);
-      if (!is_anchor) keep_max(hardest_positive, distance, column);
-    } else {
-      keep_min(nearest_negative, distance, column);
-    }
-  }
-
-  void merge(const BatchHardRowState& other) {
-    non_finite |= other.non_finite;
-    keep_max(row_max, other.row_max.value, other.row_max.index);
-    keep_min(nearest_same_label, other.nearest_same_label.value, other.nearest_same_label.index);
-    keep_max(hardest_positive, other.hardest_positive.value, other.hardest_positive.index);
-    keep_min(nearest_negative, other.nearest_negative.value, other.nearest_negative.index);
-  }
-};
-
 void check_mining_inputs(const at::Tensor& embeddings, const at::Tensor& labels) {
-  TORCH_CHECK(embeddings.dim() == 2, "embedplug: embeddings must be 2-D [N, D], got ",
-              embeddings.dim(), "-D");
-  TORCH_CHECK(embeddings.scalar_type() == at::kFloat || embeddings.scalar_type() == at::kDouble,
-              "embedplug: the CPU kernel takes float32 or float64 embeddings, got ",
-              embeddings.scalar_type());
-  TORCH_CHECK(embeddings.size(0) > 0, "embedplug: empty batch (N = 0)");
-  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == embeddings.size(0),
-              "embedplug: labels must be 1-D with one label per embedding (", embeddings.size(0),
-              "), got shape ", labels.sizes());
-  TORCH_CHECK(labels.scalar_type() == at::kLong, "embedplug: labels must be int64, got ",
-              labels.scalar_type());
-  TORCH_CHECK(labels.device() == embeddings.device(),
-              "embedplug: labels and embeddings must be on the same device");
+  check_embeddings_and_labels(embeddings, labels, "CPU");
 }
 
 template <typename scalar_t>
@@ -78,7 +37,7 @@ void mine_batch_hard(const GemmOperand& operand, const int64_t* labels, Distance
   // One state vector per thread: tiles update rows they do not own, and merging afterwards is
   // cheaper and more deterministic than locking.
   std::vector<std::vector<BatchHardRowState<scalar_t>>> states(
-      num_threads, std::vector<BatchHardRowState<scalar_t>>(n));
+      num_threads, std::vector<BatchHardRowState<scalar_t>>(n, BatchHardRowState<scalar_t>::empty()));
 
   for_each_gram_tile<scalar_t>(operand.rows, kTileSize, [&](const TilePair& pair,
                                                             const scalar_t* gram, int thread_id) {
@@ -92,11 +51,9 @@ void mine_batch_hard(const GemmOperand& operand, const int64_t* labels, Distance
       BatchHardRowState<scalar_t> row = state[a];
       for (int64_t b = pair.col_begin; b < pair.col_end; ++b) {
         const scalar_t squared_norm_b = squared_norms ? squared_norms[b] : scalar_t(0);
-        scalar_t distance = finish_distance(kind, gram_row[b - pair.col_begin], squared_norm_a,
-                                            squared_norm_b);
-        // ST takes the norms from the Gram diagonal, which makes d(a, a) exactly 0.
-        if (a == b && kind != DistanceKind::kCosine) distance = scalar_t(0);
-        const bool same_label = labels[b] == label_a;
+        const scalar_t distance =
+            finish_distance_entry(kind, gram_row[b - pair.col_begin], squared_norm_a, squared_norm_b, a, b);
+        const bool same_label = !is_negative_pair(label_a, labels[b]);
         row.update(distance, b, same_label, a == b);
         if (!diagonal_tile) state[b].update(distance, a, same_label, false);
       }
@@ -108,41 +65,7 @@ void mine_batch_hard(const GemmOperand& operand, const int64_t* labels, Distance
     for (int64_t a = begin; a < end; ++a) {
       BatchHardRowState<scalar_t> row = states[0][a];
       for (int t = 1; t < num_threads; ++t) row.merge(states[t][a]);
-      scalar_t* distances = out_distances + 3 * a;
-      int64_t* indices = out_indices + 3 * a;
-      if (row.non_finite) {
-        const scalar_t nan = std::numeric_limits<scalar_t>::quiet_NaN();
-        distances[0] = distances[1] = distances[2] = nan;
-        indices[0] = indices[1] = a;  // lets the backward poison this anchor's gradient
-        indices[2] = -1;
-        continue;
-      }
-      // Non-positive columns contribute 0 to ST's masked max, so a hardest positive <= 0 (or none)
-      // yields 0 with no gradient path.
-      if (is_set(row.hardest_positive) && row.hardest_positive.value > scalar_t(0)) {
-        distances[0] = row.hardest_positive.value;
-        indices[0] = row.hardest_positive.index;
-      } else {
-        distances[0] = scalar_t(0);
-        indices[0] = -1;
-      }
-      const scalar_t same_label_candidate = row.nearest_same_label.value + row.row_max.value;
-      const bool negative_wins =
-          is_set(row.nearest_negative) &&
-          (row.nearest_negative.value < same_label_candidate ||
-           (row.nearest_negative.value == same_label_candidate &&
-            row.nearest_negative.index < row.nearest_same_label.index));
-      if (negative_wins) {
-        distances[1] = row.nearest_negative.value;
-        indices[1] = row.nearest_negative.index;
-        distances[2] = scalar_t(0);
-        indices[2] = -1;
-      } else {
-        distances[1] = row.nearest_same_label.value;
-        indices[1] = row.nearest_same_label.index;
-        distances[2] = row.row_max.value;
-        indices[2] = row.row_max.index;
-      }
+      resolve_batch_hard(row, a, out_distances + 3 * a, out_indices + 3 * a);
     }
   });
 }
@@ -178,26 +101,20 @@ void scatter_pair_gradient(DistanceKind kind, const scalar_t* x, const scalar_t*
   scalar_t* ga = grad_x + a * dim;
   scalar_t* gb = grad_x + b * dim;
   if (kind == DistanceKind::kCosine) {
-    // d = 1 - <u_a, u_b>, u = x / max(||x||, eps); below eps the norm is a constant.
     const scalar_t* ua = unit_rows + a * dim;
     const scalar_t* ub = unit_rows + b * dim;
     scalar_t cosine = 0;
     for (int64_t t = 0; t < dim; ++t) cosine += ua[t] * ub[t];
-    const scalar_t eps = static_cast<scalar_t>(kNormalizeEps);
-    const bool a_projected = norms[a] >= eps;
-    const bool b_projected = norms[b] >= eps;
-    const scalar_t scale_a = -grad / std::max(norms[a], eps);
-    const scalar_t scale_b = -grad / std::max(norms[b], eps);
+    const scalar_t scale_a = cosine_pair_scale(grad, norms[a]);
+    const scalar_t scale_b = cosine_pair_scale(grad, norms[b]);
     for (int64_t t = 0; t < dim; ++t) {
-      ga[t] += scale_a * (a_projected ? ub[t] - cosine * ua[t] : ub[t]);
-      gb[t] += scale_b * (b_projected ? ua[t] - cosine * ub[t] : ua[t]);
+      ga[t] += cosine_pair_term(scale_a, norms[a], ua[t], ub[t], cosine);
+      gb[t] += cosine_pair_term(scale_b, norms[b], ub[t], ua[t], cosine);
     }
     return;
   }
-  // Euclidean kinds: a zero (or clamped) distance has zero gradient in ST.
-  if (distance == scalar_t(0)) return;
-  const scalar_t coefficient =
-      kind == DistanceKind::kSquaredEuclidean ? scalar_t(2) * grad : grad / distance;
+  const scalar_t coefficient = mined_pair_coefficient(kind, grad, distance);
+  if (coefficient == scalar_t(0)) return;
   for (int64_t t = 0; t < dim; ++t) {
     const scalar_t step = coefficient * (xa[t] - xb[t]);
     ga[t] += step;

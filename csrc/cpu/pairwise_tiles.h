@@ -15,53 +15,11 @@
 #include <string_view>
 #include <vector>
 
+#include "pairwise_common.h"
+#include "pairwise_rules.h"
+
 namespace embedplug {
 namespace cpu {
-
-enum class DistanceKind { kEuclidean, kSquaredEuclidean, kCosine };
-
-inline DistanceKind parse_distance(std::string_view name) {
-  if (name == "euclidean") return DistanceKind::kEuclidean;
-  if (name == "squared_euclidean") return DistanceKind::kSquaredEuclidean;
-  if (name == "cosine") return DistanceKind::kCosine;
-  TORCH_CHECK(false, "embedplug: unknown distance '", std::string(name),
-              "'; expected one of 'euclidean', 'squared_euclidean', 'cosine'");
-}
-
-// Rows that enter the GEMM plus the per-row squared norms the euclidean epilogue needs.
-// Cosine distance is computed on rows normalised exactly like torch.nn.functional.normalize
-// (x / max(||x||, 1e-12)), which is what sentence-transformers' cos_sim does.
-struct GemmOperand {
-  at::Tensor rows;           // [N, D] contiguous
-  at::Tensor squared_norms;  // [N], only filled for the euclidean kinds
-};
-
-inline constexpr double kNormalizeEps = 1e-12;
-
-inline GemmOperand prepare_operand(const at::Tensor& embeddings, DistanceKind kind) {
-  GemmOperand operand;
-  if (kind == DistanceKind::kCosine) {
-    auto norms = embeddings.norm(2, /*dim=*/1, /*keepdim=*/true).clamp_min(kNormalizeEps);
-    operand.rows = (embeddings / norms).contiguous();
-  } else {
-    operand.rows = embeddings.contiguous();
-    operand.squared_norms = operand.rows.mul(operand.rows).sum(1).contiguous();
-  }
-  return operand;
-}
-
-// Gram value -> distance, with sentence-transformers' conventions: squared distances are
-// clamped at 0 (rounding can make them negative) and sqrt(0) is 0 (ST masks it to avoid an
-// infinite gradient). NaN stays NaN so that bad input poisons the loss instead of vanishing.
-template <typename scalar_t>
-inline scalar_t finish_distance(DistanceKind kind, scalar_t gram, scalar_t squared_norm_row,
-                                scalar_t squared_norm_col) {
-  if (kind == DistanceKind::kCosine) return scalar_t(1) - gram;
-  scalar_t squared = (squared_norm_col - scalar_t(2) * gram) + squared_norm_row;
-  squared = squared < scalar_t(0) ? scalar_t(0) : squared;
-  if (kind == DistanceKind::kSquaredEuclidean) return squared;
-  return squared == scalar_t(0) ? scalar_t(0) : std::sqrt(squared);
-}
 
 struct TilePair {
   int64_t row_begin, row_end, col_begin, col_end;
@@ -115,25 +73,6 @@ inline int64_t row_block_size(int64_t n) {
   return std::clamp<int64_t>(per_thread, 64, 256);
 }
 
-// Operand for the row-block kernels. sentence-transformers takes squared norms from the diagonal
-// of its Gram matrix, and a BLAS dot product rounds differently from ATen's sum of squares; losses
-// that pick elements by comparing distances (semi-hard) would then flip near-ties against ST. The
-// diagonal of block x block Gram products reproduces ST's norms: BLAS computes an entry the same
-// way in a block as in the full product whenever it keeps its accumulation order over D.
-inline GemmOperand prepare_row_block_operand(const at::Tensor& embeddings, DistanceKind kind, int64_t block) {
-  GemmOperand operand = prepare_operand(embeddings, kind);
-  if (kind == DistanceKind::kCosine) return operand;
-  const int64_t n = operand.rows.size(0);
-  auto squared_norms = at::empty({n}, operand.rows.options());
-  for (int64_t begin = 0; begin < n; begin += block) {
-    const int64_t rows = std::min(block, n - begin);
-    const auto rows_block = operand.rows.narrow(0, begin, rows);
-    squared_norms.narrow(0, begin, rows).copy_(at::mm(rows_block, rows_block.t()).diagonal());
-  }
-  operand.squared_norms = squared_norms;
-  return operand;
-}
-
 // Row-block formulation, for losses whose per-anchor work needs the anchor's whole distance row
 // (sorting, counting against every positive). Runs `per_block(row_begin, row_end, distances,
 // thread_id)` for consecutive blocks of `block` anchors, in parallel over blocks; `distances` is a
@@ -162,39 +101,22 @@ void for_each_distance_row_block(const GemmOperand& operand, DistanceKind kind, 
       scalar_t* values = buffer.data();
       for (int64_t a = row_begin; a < row_end; ++a) {
         scalar_t* row = values + (a - row_begin) * n;
-        // finish_distance's formulas, one branch-free loop per kind so that the compiler
-        // vectorises them (sqrt(0) is 0, so the zero case needs no branch for the value).
+        // finish_distance_entry's steps (pairwise_rules.h), one branch-free loop per kind so
+        // that the compiler vectorises them.
         if (kind == DistanceKind::kCosine) {
-          for (int64_t j = 0; j < n; ++j) row[j] = scalar_t(1) - row[j];
+          for (int64_t j = 0; j < n; ++j) row[j] = cosine_distance(row[j]);
           continue;
         }
         const scalar_t squared_norm_a = squared_norms[a];
-        for (int64_t j = 0; j < n; ++j) {
-          const scalar_t squared = (squared_norms[j] - scalar_t(2) * row[j]) + squared_norm_a;
-          row[j] = squared < scalar_t(0) ? scalar_t(0) : squared;
-        }
+        for (int64_t j = 0; j < n; ++j) row[j] = clamped_squared_distance(row[j], squared_norm_a, squared_norms[j]);
         if (kind == DistanceKind::kEuclidean) {
-          for (int64_t j = 0; j < n; ++j) row[j] = std::sqrt(row[j]);
+          for (int64_t j = 0; j < n; ++j) row[j] = euclidean_from_squared(row[j]);
         }
-        // ST takes the norms from the Gram diagonal, which makes d(a, a) exactly 0.
-        row[a] = scalar_t(0);
+        if (self_distance_is_zero(kind)) row[a] = scalar_t(0);
       }
       per_block(row_begin, row_end, static_cast<const scalar_t*>(values), thread_id);
     }
   });
-}
-
-// The GEMM coefficient of weight w on a pair at distance d, and the term it adds to the row's own
-// coefficient (see pair_weight_gradient).
-template <typename scalar_t>
-inline scalar_t pair_coefficient(DistanceKind kind, scalar_t w, scalar_t d, scalar_t& self_term) {
-  if (kind == DistanceKind::kCosine) {
-    self_term = w == scalar_t(0) ? scalar_t(0) : w * (scalar_t(1) - d);
-    return w;
-  }
-  if (kind == DistanceKind::kSquaredEuclidean) return self_term = scalar_t(2) * w;
-  // A zero distance has zero gradient in ST; a NaN weight must still reach the output.
-  return self_term = d > scalar_t(0) ? w / d : (std::isnan(w) ? w : scalar_t(0));
 }
 
 // Turns row a's weights W[a, :] into GEMM coefficients in place and returns the row's own
@@ -203,22 +125,12 @@ template <typename scalar_t, typename ColumnTerm>
 inline scalar_t row_coefficients(DistanceKind kind, scalar_t* c, const scalar_t* d, int64_t n, ColumnTerm&& column_term) {
   scalar_t row_sum = 0;
   for (int64_t j = 0; j < n; ++j) {
-    scalar_t self_term;
-    c[j] = pair_coefficient(kind, c[j], d[j], self_term);
+    c[j] = pair_coefficient(kind, c[j], d[j]);
+    const scalar_t self_term = pair_self_term(kind, c[j], d[j]);
     row_sum += self_term;
     column_term(j, c[j], self_term);
   }
   return row_sum;
-}
-
-// grad = self_coefficient * base - pair_total, then the cosine chain rule through normalize.
-inline at::Tensor finish_pair_gradient(const at::Tensor& x, const at::Tensor& base, DistanceKind kind,
-                                       const at::Tensor& self_total, const at::Tensor& pair_total) {
-  if (kind != DistanceKind::kCosine) return self_total.unsqueeze(1) * base - pair_total;
-  const auto norms = x.norm(2, 1);
-  // Below eps, normalize divides by the constant eps: no projection term.
-  const auto projected = (norms >= kNormalizeEps).to(x.scalar_type());
-  return (projected * self_total).unsqueeze(1).mul(base).sub(pair_total).div(norms.clamp_min(kNormalizeEps).unsqueeze(1));
 }
 
 // Gradient of sum_{a, j} W[a, j] * d(a, j) with respect to the embeddings, for per-pair weights W
@@ -366,9 +278,8 @@ bool symmetric_pair_weight_gradient(const at::Tensor& x, const GemmOperand& oper
   scalar_t* pair_rows = pair_total.data_ptr<scalar_t>();
   for (const auto& entries : deferred) {
     for (const auto& entry : entries) {
-      scalar_t self_term;
-      const scalar_t coefficient = pair_coefficient(kind, entry.weight, entry.distance, self_term);
-      self_coefficient[entry.row] += self_term;
+      const scalar_t coefficient = pair_coefficient(kind, entry.weight, entry.distance);
+      self_coefficient[entry.row] += pair_self_term(kind, coefficient, entry.distance);
       scalar_t* out = pair_rows + entry.row * dim;
       const scalar_t* in = base_rows + entry.column * dim;
       for (int64_t k = 0; k < dim; ++k) out[k] += coefficient * in[k];
@@ -378,93 +289,18 @@ bool symmetric_pair_weight_gradient(const at::Tensor& x, const GemmOperand& oper
   return true;
 }
 
-// Samples grouped by label, so an anchor finds its positives without scanning the row:
-// members[class_begin[a] .. class_end[a]) are the samples sharing a's label, in index order.
-struct ClassMembers {
-  std::vector<int64_t> members, class_begin, class_end;
-
-  ClassMembers(const int64_t* labels, int64_t n) : members(n), class_begin(n), class_end(n) {
-    for (int64_t i = 0; i < n; ++i) members[i] = i;
-    std::stable_sort(members.begin(), members.end(), [&](int64_t x, int64_t y) { return labels[x] < labels[y]; });
-    for (int64_t begin = 0; begin < n;) {
-      int64_t end = begin + 1;
-      while (end < n && labels[members[end]] == labels[members[begin]]) ++end;
-      for (int64_t i = begin; i < end; ++i) {
-        class_begin[members[i]] = begin;
-        class_end[members[i]] = end;
-      }
-      begin = end;
-    }
-  }
-
-  int64_t class_size(int64_t sample) const { return class_end[sample] - class_begin[sample]; }
-  // The smallest index with this sample's label (the first same-label column of its row).
-  int64_t first_member(int64_t sample) const { return members[class_begin[sample]]; }
-  // Appends the sample's positives (same label, not itself) in index order.
-  void positives_of(int64_t sample, std::vector<int64_t>& out) const {
-    out.clear();
-    for (int64_t i = class_begin[sample]; i < class_end[sample]; ++i) {
-      if (members[i] != sample) out.push_back(members[i]);
-    }
-  }
-};
-
 // Whether a row holds NaN or +-Inf. A comparison per entry OR-ed into a flag vectorises; the
 // obvious early-exit loop does not.
 template <typename scalar_t>
 inline bool has_non_finite(const scalar_t* row, int64_t n) {
   bool non_finite = false;
-  for (int64_t j = 0; j < n; ++j) non_finite |= !(std::abs(row[j]) <= std::numeric_limits<scalar_t>::max());
+  for (int64_t j = 0; j < n; ++j) non_finite |= is_non_finite(row[j]);
   return non_finite;
 }
 
-// Whether every entry of a 1-D incoming gradient is the same (finite or not, NaN excluded): the
-// per-anchor losses are always reduced by a plain sum scaled once, which gives exactly that.
-inline bool uniform_gradient(const at::Tensor& grad) {
-  return grad.numel() > 0 && grad.eq(grad[0]).all().item<bool>();
-}
-
-// Input checks shared by the per-anchor loss kernels.
-inline void check_embeddings_and_labels(const at::Tensor& embeddings, const at::Tensor& labels) {
-  TORCH_CHECK(embeddings.dim() == 2, "embedplug: embeddings must be 2-D [N, D], got ", embeddings.dim(), "-D");
-  TORCH_CHECK(embeddings.scalar_type() == at::kFloat || embeddings.scalar_type() == at::kDouble,
-              "embedplug: the CPU kernel takes float32 or float64 embeddings, got ", embeddings.scalar_type());
-  TORCH_CHECK(embeddings.size(0) > 0, "embedplug: empty batch (N = 0)");
-  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == embeddings.size(0),
-              "embedplug: labels must be 1-D with one label per embedding (", embeddings.size(0), "), got shape ",
-              labels.sizes());
-  TORCH_CHECK(labels.scalar_type() == at::kLong, "embedplug: labels must be int64, got ", labels.scalar_type());
-  TORCH_CHECK(labels.device() == embeddings.device(), "embedplug: labels and embeddings must be on the same device");
+inline void check_cpu_embeddings_and_labels(const at::Tensor& embeddings, const at::Tensor& labels) {
+  check_embeddings_and_labels(embeddings, labels, "CPU");
   TORCH_CHECK(embeddings.device().is_cpu(), "embedplug: the CPU kernel got a non-CPU tensor");
-}
-
-// Running arg-max / arg-min with torch.max's tie rule (the smallest index wins), expressed as a
-// total order so that results merged from different threads do not depend on scheduling.
-template <typename scalar_t>
-struct ArgExtreme {
-  scalar_t value;
-  int64_t index;
-};
-
-template <typename scalar_t>
-inline ArgExtreme<scalar_t> empty_argmax() {
-  return {-std::numeric_limits<scalar_t>::infinity(), std::numeric_limits<int64_t>::max()};
-}
-template <typename scalar_t>
-inline ArgExtreme<scalar_t> empty_argmin() {
-  return {std::numeric_limits<scalar_t>::infinity(), std::numeric_limits<int64_t>::max()};
-}
-template <typename scalar_t>
-inline void keep_max(ArgExtreme<scalar_t>& best, scalar_t value, int64_t index) {
-  if (value > best.value || (value == best.value && index < best.index)) best = {value, index};
-}
-template <typename scalar_t>
-inline void keep_min(ArgExtreme<scalar_t>& best, scalar_t value, int64_t index) {
-  if (value < best.value || (value == best.value && index < best.index)) best = {value, index};
-}
-template <typename scalar_t>
-inline bool is_set(const ArgExtreme<scalar_t>& best) {
-  return best.index != std::numeric_limits<int64_t>::max();
 }
 
 // Backward shared by the per-anchor losses (batch-all, semi-hard): gradient of
@@ -476,7 +312,7 @@ template <template <typename> class Anchor>
 at::Tensor per_anchor_loss_backward(const at::Tensor& grad_sums, const at::Tensor& embeddings,
                                     const at::Tensor& labels, const at::Tensor& unit_grad,
                                     c10::string_view distance, double margin) {
-  check_embeddings_and_labels(embeddings, labels);
+  check_cpu_embeddings_and_labels(embeddings, labels);
   TORCH_CHECK(grad_sums.dim() == 1 && grad_sums.size(0) == embeddings.size(0), "embedplug: grad_sums must be [N]");
   if (unit_grad.numel() > 0) {
     TORCH_CHECK(unit_grad.sizes() == embeddings.sizes(), "embedplug: unit_grad must be empty or [N, D]");

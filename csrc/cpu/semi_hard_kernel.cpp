@@ -37,14 +37,6 @@ struct DistanceColumn {
   }
 };
 
-// d max(t, 0) / dt with torch.maximum's half-half split at t == 0 (NaN stays NaN).
-template <typename scalar_t>
-inline scalar_t hinge_slope(scalar_t t) {
-  if (t > scalar_t(0)) return scalar_t(1);
-  if (t == scalar_t(0)) return scalar_t(0.5);
-  return std::isnan(t) ? t : scalar_t(0);
-}
-
 // Per-thread scratch and the per-anchor computation shared by the forward and the backward.
 template <typename scalar_t>
 struct SemiHardAnchor {
@@ -81,7 +73,7 @@ struct SemiHardAnchor {
     ArgExtreme<scalar_t> negative_max = empty_argmax<scalar_t>();
     sorted_negatives.clear();
     for (int64_t j = 0; j < n; ++j) {
-      if (labels[j] == label) continue;
+      if (!is_negative_pair(label, labels[j])) continue;
       const scalar_t negative = row[j];
       keep_max(negative_max, negative - row_min.value, j);
       if (!small_class) {
@@ -90,7 +82,7 @@ struct SemiHardAnchor {
       }
       // Columns come in increasing order, so a strict < keeps the first of equal distances.
       for (int64_t k = 0; k < num_positives; ++k) {
-        if (negative > positive_distance[k] && negative < chosen_distance[k]) {
+        if (is_semi_hard_candidate(negative, positive_distance[k]) && negative < chosen_distance[k]) {
           chosen_distance[k] = negative;
           chosen_column[k] = j;
         }
@@ -101,33 +93,26 @@ struct SemiHardAnchor {
       for (int64_t k = 0; k < num_positives; ++k) {
         const auto above = std::upper_bound(
             sorted_negatives.begin(), sorted_negatives.end(), static_cast<double>(positive_distance[k]),
-            [](double value, const DistanceColumn& entry) { return value < entry.distance; });
+            [](double value, const DistanceColumn& entry) { return is_semi_hard_candidate(entry.distance, value); });
         if (above != sorted_negatives.end()) {
           chosen_distance[k] = row[above->column];
           chosen_column[k] = above->column;
         }
       }
     }
-    // ST's fallback value and the column its gradient reaches. Every same-label column scores
-    // exactly 0 in the masked maximum, the first of them being the class's smallest index.
-    scalar_t fallback_distance = row_min.value;
-    int64_t fallback_column = row_min.index;
-    if (is_set(negative_max)) {
-      fallback_distance = negative_max.value + row_min.value;
-      const bool negative_wins = negative_max.value > scalar_t(0) || negative_max.index < classes->first_member(a);
-      if (negative_wins) fallback_column = negative_max.index;
-    }
+    // ST's fallback value and the column its gradient reaches.
+    const SemiHardFallback<scalar_t> fallback = semi_hard_fallback(row_min, negative_max, classes->first_member(a));
 
     double sum = 0;
     for (int64_t k = 0; k < num_positives; ++k) {
       const bool found = chosen_column[k] >= 0;
-      const scalar_t negative = found ? chosen_distance[k] : fallback_distance;
-      const scalar_t t = (positive_distance[k] - negative) + margin;
-      sum += t > scalar_t(0) ? t : scalar_t(0);
+      const scalar_t negative = found ? chosen_distance[k] : fallback.distance;
+      const scalar_t t = triplet_value(positive_distance[k], negative, margin);
+      sum += triplet_hinge(t);
       if (weights) {
         const scalar_t weight = grad * hinge_slope(t);
         weights[positives[k]] += weight;
-        weights[found ? chosen_column[k] : fallback_column] -= weight;
+        weights[found ? chosen_column[k] : fallback.column] -= weight;
       }
     }
     return sum;
@@ -138,7 +123,7 @@ std::tuple<at::Tensor, at::Tensor> semi_hard_triplet_loss_forward_cpu(const at::
                                                                       const at::Tensor& labels,
                                                                       c10::string_view distance, double margin,
                                                                       bool compute_grad) {
-  check_embeddings_and_labels(embeddings, labels);
+  check_cpu_embeddings_and_labels(embeddings, labels);
   const DistanceKind kind = parse_distance(std::string_view(distance.data(), distance.size()));
   const int64_t n = embeddings.size(0);
   auto loss_sums = at::empty({n}, embeddings.options());
