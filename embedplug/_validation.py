@@ -194,11 +194,18 @@ def check_mnrl_options(
         )
     if hardness_mode not in hardness_modes:
         raise ValueError(f"{caller}: hardness_mode must be one of {set(hardness_modes)}, got {hardness_mode!r}")
+    if not isinstance(hardness_strength, bool) and isinstance(hardness_strength, numbers.Real) and hardness_strength < 0:
+        raise ValueError(f"{caller}: hardness_strength must be non-negative, got {hardness_strength}.")
     check_non_negative_number(hardness_strength, "hardness_strength", caller)
 
 
 def check_finite_rows(caller: str, **tensors: torch.Tensor | None) -> None:
-    """Guide embeddings must be finite: a NaN/Inf guide similarity has no defined keep/drop decision."""
+    """Guide embeddings must be finite: a NaN/Inf guide similarity has no defined keep/drop decision.
+
+    Skipped under torch.compile, where a data-dependent branch would break the graph.
+    """
+    if torch.compiler.is_compiling():
+        return
     for name, tensor in tensors.items():
         if tensor is None:
             continue
