@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+import warnings
+
 import torch
 
 
@@ -40,3 +44,199 @@ def check_labels(labels: torch.Tensor, embeddings: torch.Tensor, caller: str) ->
             f"with shape {tuple(labels.shape)}"
         )
     return labels.reshape(-1).to(torch.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices: every tensor an op takes on one device, checked before dispatch (a tensor on another
+# device would otherwise reach the fake kernel and come back as an uninitialised tensor).
+
+
+def check_same_device(caller: str, **tensors: torch.Tensor | None) -> None:
+    """Raises ValueError naming both devices unless every given tensor (None skipped) is on one device."""
+    first_name, first_device = None, None
+    for name, tensor in tensors.items():
+        if tensor is None:
+            continue
+        if first_device is None:
+            first_name, first_device = name, tensor.device
+        elif tensor.device != first_device:
+            raise ValueError(
+                f"{caller}: {name} is on {tensor.device} but {first_name} is on {first_device}; "
+                "move every input to one device"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Hyper-parameters: one check each, shared by the loss classes, the functional forms and the
+# train config (which builds the classes). Messages name the argument and what it takes.
+
+
+def _real(value, name: str, caller: str) -> float:
+    """``value`` as a float if it is a real number (a bool is not), else a TypeError naming ``name``."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_complex:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{caller}: {name} must be a real number, got {value!r} ({type(value).__name__})")
+    return float(value)
+
+
+def check_finite_number(value, name: str, caller: str) -> float:
+    """A finite real number (margins): NaN or Inf would make the fused and reference paths disagree."""
+    number = _real(value, name, caller)
+    if not math.isfinite(number):
+        raise ValueError(f"{caller}: {name} must be a finite number, got {number}")
+    return number
+
+
+def check_positive_number(value, name: str, caller: str) -> float:
+    """A finite real number > 0 (temperatures, scales)."""
+    number = _real(value, name, caller)
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{caller}: {name} must be a finite number > 0, got {number}")
+    return number
+
+
+def check_non_negative_number(value, name: str, caller: str) -> float:
+    """A finite real number >= 0 (hardness_strength)."""
+    number = _real(value, name, caller)
+    if not (math.isfinite(number) and number >= 0):
+        raise ValueError(f"{caller}: {name} must be a finite number >= 0, got {number}")
+    return number
+
+
+def check_positive_int(value, name: str, caller: str) -> int:
+    """An integer >= 1 (mini_batch_size); 2.5, "32" and True are refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{caller}: {name} must be a positive integer, got {value!r} ({type(value).__name__})")
+    if value < 1:
+        raise ValueError(f"{caller}: {name} must be a positive integer, got {value}")
+    return int(value)
+
+
+def check_distance(distance, name: str, caller: str) -> None:
+    """A distance name or a callable (``None`` or ``3`` fail here, not deep inside the loss)."""
+    if isinstance(distance, str):
+        from embedplug.distances import canonical_distance
+
+        try:
+            canonical_distance(distance)
+        except ValueError as error:
+            raise ValueError(f"{caller}: {name}: {error}") from None
+    elif not callable(distance):
+        raise TypeError(
+            f"{caller}: {name} must be a distance name ('euclidean', 'squared_euclidean', 'cosine') or a callable "
+            f"mapping [N, D] embeddings to an [N, N] distance matrix, got {distance!r} ({type(distance).__name__})"
+        )
+
+
+def check_distance_matrix(matrix, embeddings: torch.Tensor, caller: str) -> torch.Tensor:
+    """The output of a user distance callable: an [N, N] floating tensor on the embeddings' device."""
+    n = embeddings.shape[0]
+    if not isinstance(matrix, torch.Tensor):
+        raise TypeError(f"{caller}: the distance callable must return a torch.Tensor, got {type(matrix).__name__}")
+    if tuple(matrix.shape) != (n, n):
+        raise ValueError(
+            f"{caller}: the distance callable must map [N, D] embeddings to an [N, N] = [{n}, {n}] distance matrix, "
+            f"got shape {tuple(matrix.shape)}"
+        )
+    if not matrix.is_floating_point():
+        raise TypeError(f"{caller}: the distance callable must return a floating-point matrix, got {matrix.dtype}")
+    check_same_device(caller, embeddings=embeddings, distance_matrix=matrix)
+    return matrix
+
+
+def check_column_count(embeddings, minimum: int, maximum: int | None, caller: str) -> None:
+    """``compute_loss_from_embeddings``' list of columns: between ``minimum`` and ``maximum`` tensors."""
+    if isinstance(embeddings, torch.Tensor) or not isinstance(embeddings, (list, tuple)):
+        raise TypeError(
+            f"{caller}: embeddings must be a list of [N, D] tensors (one per input column), got {type(embeddings).__name__}"
+        )
+    count = len(embeddings)
+    if count < minimum or (maximum is not None and count > maximum):
+        expected = f"exactly {minimum}" if maximum == minimum else (
+            f"at least {minimum}" if maximum is None else f"{minimum} to {maximum}"
+        )
+        raise ValueError(f"{caller}: expects {expected} embedding column(s), got {count}")
+
+
+def check_mnrl_options(
+    caller: str,
+    scale,
+    directions,
+    partition_mode: str,
+    hardness_mode: str | None,
+    hardness_strength,
+    valid_directions: tuple[str, ...],
+    partition_modes: tuple[str, ...],
+    hardness_modes: tuple,
+) -> None:
+    """MultipleNegativesRankingLoss' options (sentence-transformers 6.2's rules and wording, plus
+    finiteness), for the class, its cached variant and the functional form alike."""
+    if not isinstance(scale, bool) and isinstance(scale, numbers.Real) and not scale > 0:
+        raise ValueError(f"{caller}: Scale must be a positive value (scale), got {scale}.")
+    check_positive_number(scale, "scale", caller)
+    directions = tuple(directions)
+    if not directions:
+        raise ValueError(f"{caller}: At least one direction must be specified (directions).")
+    if not set(directions).issubset(valid_directions):
+        raise ValueError(
+            f"{caller}: Invalid directions: {set(directions) - set(valid_directions)}. Valid: {set(valid_directions)}"
+        )
+    if "query_to_doc" not in directions:
+        raise ValueError(f"{caller}: 'query_to_doc' direction is required (contains the positive pair).")
+    if partition_mode not in partition_modes:
+        raise ValueError(f"{caller}: partition_mode must be 'joint' or 'per_direction', got {partition_mode}")
+    if partition_mode == "per_direction" and set(directions) & {"query_to_query", "doc_to_doc"}:
+        raise ValueError(
+            f"{caller}: partition_mode='per_direction' requires every direction's candidate pool to include the "
+            "positive pair. 'query_to_query' and 'doc_to_doc' only contain same-type similarities and never include "
+            "the positive, making the per-direction loss ill-defined. Use partition_mode='joint' instead."
+        )
+    if hardness_mode not in hardness_modes:
+        raise ValueError(f"{caller}: hardness_mode must be one of {set(hardness_modes)}, got {hardness_mode!r}")
+    if not isinstance(hardness_strength, bool) and isinstance(hardness_strength, numbers.Real) and hardness_strength < 0:
+        raise ValueError(f"{caller}: hardness_strength must be non-negative, got {hardness_strength}.")
+    check_non_negative_number(hardness_strength, "hardness_strength", caller)
+
+
+def check_finite_rows(caller: str, **tensors: torch.Tensor | None) -> None:
+    """Guide embeddings must be finite: a NaN/Inf guide similarity has no defined keep/drop decision.
+
+    Skipped under torch.compile, where a data-dependent branch would break the graph.
+    """
+    if torch.compiler.is_compiling():
+        return
+    for name, tensor in tensors.items():
+        if tensor is None:
+            continue
+        bad_rows = int((~torch.isfinite(tensor.detach())).any(dim=-1).sum())
+        if bad_rows:
+            raise ValueError(
+                f"{caller}: {name} has {bad_rows} row(s) with NaN or Inf entries; the guide's similarities decide which "
+                "candidates are dropped and are undefined there. Check the guide model's outputs"
+            )
+
+
+def warn_non_finite_rows(loss_module, loss: torch.Tensor, embeddings) -> None:
+    """Once per loss instance: when the loss is not finite, warn with the number of non-finite rows.
+
+    The loss value stays NaN (as in sentence-transformers); on the finite fast path the cost is one
+    scalar check, and the rows are counted only when the loss is already non-finite.
+    """
+    if getattr(loss_module, "_warned_non_finite_rows", False) or torch.compiler.is_compiling():
+        return
+    if not isinstance(loss, torch.Tensor) or bool(torch.isfinite(loss.detach()).all()):
+        return
+    columns = [embeddings] if isinstance(embeddings, torch.Tensor) else list(embeddings)
+    bad_rows = sum(int((~torch.isfinite(column.detach())).any(dim=-1).sum()) for column in columns)
+    total_rows = sum(column.shape[0] for column in columns)
+    if not bad_rows:
+        return
+    loss_module._warned_non_finite_rows = True
+    warnings.warn(
+        f"{type(loss_module).__name__}: the loss is {loss.detach().float().reshape(-1)[0].item()} because {bad_rows} "
+        f"of the {total_rows} embedding rows contain NaN or Inf (the model's outputs diverged or the input is bad); "
+        "this is warned once per loss instance",
+        RuntimeWarning,
+        stacklevel=3,
+    )

@@ -14,6 +14,7 @@
 #include <torch/library.h>
 
 #include "cpu/pairwise_tiles.h"
+#include "op_input_checks.h"
 
 namespace embedplug {
 namespace cpu {
@@ -73,6 +74,8 @@ void mine_batch_hard(const GemmOperand& operand, const int64_t* labels, Distance
 std::tuple<at::Tensor, at::Tensor> batch_hard_mining_cpu(const at::Tensor& embeddings,
                                                          const at::Tensor& labels,
                                                          c10::string_view distance) {
+  check_floating_inputs("batch_hard_mining", {{"embeddings", &embeddings}});
+  check_int64_input("batch_hard_mining", "labels", labels);
   check_mining_inputs(embeddings, labels);
   TORCH_CHECK(embeddings.device().is_cpu(), "embedplug: batch_hard_mining_cpu got a non-CPU tensor");
   const DistanceKind kind = parse_distance(std::string_view(distance.data(), distance.size()));
@@ -126,6 +129,11 @@ at::Tensor batch_hard_mining_backward_cpu(const at::Tensor& grad_distances,
                                           const at::Tensor& embeddings,
                                           const at::Tensor& distances, const at::Tensor& indices,
                                           c10::string_view distance) {
+  // The gradients are cast to the embeddings' dtype below, so each only needs to be floating.
+  check_floating_inputs("_batch_hard_mining_backward", {{"embeddings", &embeddings}});
+  check_floating_inputs("_batch_hard_mining_backward", {{"grad_distances", &grad_distances}});
+  check_floating_inputs("_batch_hard_mining_backward", {{"distances", &distances}});
+  check_int64_input("_batch_hard_mining_backward", "indices", indices);
   TORCH_CHECK(embeddings.dim() == 2, "embedplug: embeddings must be 2-D");
   const int64_t n = embeddings.size(0);
   const int64_t dim = embeddings.size(1);

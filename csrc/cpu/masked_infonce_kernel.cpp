@@ -23,6 +23,7 @@
 #include <optional>
 
 #include "cpu/masked_infonce_common.h"
+#include "op_input_checks.h"
 
 namespace embedplug {
 namespace cpu {
@@ -84,6 +85,9 @@ std::tuple<at::Tensor, at::Tensor> masked_infonce_cpu(
     const std::optional<at::Tensor>& guide_candidates, double scale, c10::string_view margin_strategy,
     double margin, bool anchor_anchor, bool positive_anchor, int64_t positive_candidate_columns,
     bool exclude_self) {
+  check_floating_inputs("masked_infonce", {{"anchors", &anchors}, {"candidates", &candidates},
+                                 {"guide_anchors", optional_tensor(guide_anchors)},
+                                 {"guide_candidates", optional_tensor(guide_candidates)}});
   const auto [options, inputs, blocks] =
       make_problem(anchors, candidates, guide_anchors, guide_candidates, scale, margin_strategy, margin,
                    anchor_anchor, positive_anchor, positive_candidate_columns, exclude_self);
@@ -146,6 +150,12 @@ std::tuple<at::Tensor, at::Tensor> masked_infonce_backward_cpu(
     const std::optional<at::Tensor>& guide_anchors, const std::optional<at::Tensor>& guide_candidates,
     const at::Tensor& log_normalizer, double scale, c10::string_view margin_strategy, double margin,
     bool anchor_anchor, bool positive_anchor, int64_t positive_candidate_columns, bool exclude_self) {
+  check_floating_inputs("_masked_infonce_backward",
+                        {{"anchors", &anchors}, {"candidates", &candidates},
+                         {"guide_anchors", optional_tensor(guide_anchors)},
+                         {"guide_candidates", optional_tensor(guide_candidates)}});
+  check_floating_inputs("_masked_infonce_backward", {{"grad_loss", &grad_loss}});
+  check_floating_inputs("_masked_infonce_backward", {{"log_normalizer", &log_normalizer}});
   const auto [options, inputs, blocks] =
       make_problem(anchors, candidates, guide_anchors, guide_candidates, scale, margin_strategy, margin,
                    anchor_anchor, positive_anchor, positive_candidate_columns, exclude_self);

@@ -16,6 +16,7 @@
 #include <optional>
 
 #include "cpu/masked_infonce_common.h"
+#include "op_input_checks.h"
 
 namespace embedplug {
 namespace cpu {
@@ -171,6 +172,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_infonce_mean_cpu(
     const std::optional<at::Tensor>& guide_candidates, double scale, c10::string_view margin_strategy,
     double margin, bool anchor_anchor, bool positive_anchor, int64_t positive_candidate_columns, bool exclude_self,
     bool compute_grad) {
+  check_floating_inputs("masked_infonce_mean", {{"anchors", &anchors}, {"candidates", &candidates},
+                                 {"guide_anchors", optional_tensor(guide_anchors)},
+                                 {"guide_candidates", optional_tensor(guide_candidates)}});
   const auto [options, inputs, blocks] =
       make_problem(anchors, candidates, guide_anchors, guide_candidates, scale, margin_strategy, margin,
                    anchor_anchor, positive_anchor, positive_candidate_columns, exclude_self);

@@ -22,6 +22,7 @@
 #include <algorithm>
 
 #include "cpu/pairwise_tiles.h"
+#include "op_input_checks.h"
 
 namespace embedplug {
 namespace cpu {
@@ -123,6 +124,8 @@ std::tuple<at::Tensor, at::Tensor> semi_hard_triplet_loss_forward_cpu(const at::
                                                                       const at::Tensor& labels,
                                                                       c10::string_view distance, double margin,
                                                                       bool compute_grad) {
+  check_floating_inputs("semi_hard_triplet_loss_forward", {{"embeddings", &embeddings}});
+  check_int64_input("semi_hard_triplet_loss_forward", "labels", labels);
   check_cpu_embeddings_and_labels(embeddings, labels);
   const DistanceKind kind = parse_distance(std::string_view(distance.data(), distance.size()));
   const int64_t n = embeddings.size(0);
@@ -162,9 +165,19 @@ std::tuple<at::Tensor, at::Tensor> semi_hard_triplet_loss_forward_cpu(const at::
 
 }  // namespace
 
+// The shared backward behind the op's own input checks, so that errors name the op.
+at::Tensor semi_hard_triplet_loss_backward_cpu(const at::Tensor& grad_sums, const at::Tensor& embeddings,
+                                              const at::Tensor& labels, const at::Tensor& unit_grad,
+                                              c10::string_view distance, double margin) {
+  check_floating_inputs("_semi_hard_triplet_loss_backward", {{"embeddings", &embeddings}});
+  check_floating_inputs("_semi_hard_triplet_loss_backward", {{"grad_sums", &grad_sums}});
+  check_int64_input("_semi_hard_triplet_loss_backward", "labels", labels);
+  return per_anchor_loss_backward<SemiHardAnchor>(grad_sums, embeddings, labels, unit_grad, distance, margin);
+}
+
 TORCH_LIBRARY_IMPL(embedplug, CPU, m) {
   m.impl("semi_hard_triplet_loss_forward", &semi_hard_triplet_loss_forward_cpu);
-  m.impl("_semi_hard_triplet_loss_backward", &per_anchor_loss_backward<SemiHardAnchor>);
+  m.impl("_semi_hard_triplet_loss_backward", &semi_hard_triplet_loss_backward_cpu);
 }
 
 }  // namespace cpu

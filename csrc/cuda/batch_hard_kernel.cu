@@ -149,9 +149,11 @@ __global__ void mined_pair_rows_kernel(const scalar_t* __restrict__ x, const sca
 at::Tensor batch_hard_mining_backward_cuda(const at::Tensor& grad_distances, const at::Tensor& embeddings,
                                            const at::Tensor& distances, const at::Tensor& indices,
                                            c10::string_view distance) {
+  check_floating_inputs("_batch_hard_mining_backward", {{"embeddings", &embeddings}});
+  check_floating_inputs("_batch_hard_mining_backward", {{"grad_distances", &grad_distances}});
+  check_floating_inputs("_batch_hard_mining_backward", {{"distances", &distances}});
+  check_int64_input("_batch_hard_mining_backward", "indices", indices);
   TORCH_CHECK(embeddings.dim() == 2, "embedplug: embeddings must be 2-D");
-  TORCH_CHECK(embeddings.scalar_type() == at::kFloat || embeddings.scalar_type() == at::kDouble,
-              "embedplug: the CUDA kernel takes float32 or float64 embeddings, got ", embeddings.scalar_type());
   const int64_t n = embeddings.size(0);
   const int64_t dim = embeddings.size(1);
   TORCH_CHECK(grad_distances.sizes() == distances.sizes() && distances.dim() == 2 && distances.size(0) == n &&

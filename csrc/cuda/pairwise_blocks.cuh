@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "cuda/cuda_common.cuh"
+#include "op_input_checks.h"
 #include "pairwise_common.h"
 #include "pairwise_rules.h"
 
@@ -197,6 +198,8 @@ at::Tensor pair_weight_gradient(const at::Tensor& x, const GemmOperand& operand,
 
 // Input checks of the per-anchor loss and mining kernels on CUDA.
 inline void check_cuda_embeddings_and_labels(const char* op, const at::Tensor& embeddings, const at::Tensor& labels) {
+  check_floating_inputs(op, {{"embeddings", &embeddings}});
+  check_int64_input(op, "labels", labels);
   check_embeddings_and_labels(embeddings, labels, "CUDA");
   check_same_cuda_device(op, {{"embeddings", &embeddings}, {"labels", &labels}});
 }

@@ -6,7 +6,13 @@ from collections.abc import Callable
 
 import torch
 
-from embedplug._validation import check_embeddings, check_labels
+from embedplug._validation import (
+    check_distance,
+    check_distance_matrix,
+    check_embeddings,
+    check_finite_number,
+    check_labels,
+)
 from embedplug.distances import kernel_distance
 from embedplug.ops import batch_all_triplet_loss_forward
 from embedplug.reference.batch_all import POSITIVE_TRIPLET_THRESHOLD, batch_all_from_distance_matrix
@@ -37,9 +43,13 @@ def batch_all_triplet_loss(
     caller = "batch_all_triplet_loss"
     check_embeddings(embeddings, caller)
     labels = check_labels(labels, embeddings, caller)
+    margin = check_finite_number(margin, "margin", caller)
+    check_distance(distance, "distance", caller)
     name = kernel_distance(distance)
     if name is not None:
         loss_sums, counts = batch_all_triplet_loss_forward(embeddings, labels, name, margin)
     else:
-        loss_sums, counts = batch_all_from_distance_matrix(distance(embeddings), labels, margin)
+        loss_sums, counts = batch_all_from_distance_matrix(
+            check_distance_matrix(distance(embeddings), embeddings, caller), labels, margin
+        )
     return loss_sums.sum() / (counts.sum().to(loss_sums.dtype) + POSITIVE_TRIPLET_THRESHOLD)

@@ -6,7 +6,13 @@ from collections.abc import Callable
 
 import torch
 
-from embedplug._validation import check_embeddings, check_labels
+from embedplug._validation import (
+    check_distance,
+    check_distance_matrix,
+    check_embeddings,
+    check_finite_number,
+    check_labels,
+)
 from embedplug.distances import kernel_distance
 from embedplug.ops import batch_hard_mining
 from embedplug.reference.batch_hard import mine_from_distance_matrix
@@ -35,11 +41,13 @@ def batch_hard_triplet_loss(
     caller = "batch_hard_triplet_loss"
     check_embeddings(embeddings, caller)
     labels = check_labels(labels, embeddings, caller)
+    margin = check_finite_number(margin, "margin", caller)
+    check_distance(distance, "distance", caller)
     name = kernel_distance(distance)
     if name is not None:
         distances, _ = batch_hard_mining(embeddings, labels, name)
     else:
-        distances, _ = mine_from_distance_matrix(distance(embeddings), labels)
+        distances, _ = mine_from_distance_matrix(check_distance_matrix(distance(embeddings), embeddings, caller), labels)
     return triplet_margin_mean(distances[:, 0], distances[:, 1] + distances[:, 2], margin)
 
 

@@ -11,7 +11,14 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from embedplug._validation import check_embeddings
+from embedplug._validation import (
+    check_embeddings,
+    check_finite_number,
+    check_finite_rows,
+    check_mnrl_options,
+    check_positive_number,
+    check_same_device,
+)
 from embedplug.ops import masked_infonce_mean
 from embedplug.reference.multiple_negatives_ranking import multiple_negatives_ranking_loss as reference_mnrl
 
@@ -84,9 +91,25 @@ def gist_embed_loss(
         raise ValueError(f"{caller}: every negative column must have as many rows as the positives ({world_rows})")
     if margin_strategy not in MARGIN_STRATEGIES:
         raise ValueError(f"{caller}: margin_strategy must be 'absolute' or 'relative', got {margin_strategy!r}")
+    temperature = check_positive_number(temperature, "temperature", caller)
+    margin = check_finite_number(margin, "margin", caller)
     guided = guide_anchor is not None
-    if guided != (guide_positive is not None) or (guided and len(list(guide_negatives)) != len(negatives)):
+    guide_negatives = list(guide_negatives)
+    if guided != (guide_positive is not None) or (guided and len(guide_negatives) != len(negatives)):
         raise ValueError(f"{caller}: give the guide's embeddings for every column (anchor, positive, negatives) or none")
+    if guided:
+        check_same_device(caller, anchor=anchor, guide_anchor=guide_anchor)
+        for name, student, guide in [
+            ("guide_anchor", anchor, guide_anchor), ("guide_positive", positive, guide_positive),
+            *[(f"guide_negatives[{i}]", s, g) for i, (s, g) in enumerate(zip(negatives, guide_negatives))],
+        ]:
+            if not isinstance(guide, torch.Tensor) or guide.dim() != 2 or guide.shape[0] != student.shape[0]:
+                shape = tuple(guide.shape) if isinstance(guide, torch.Tensor) else type(guide).__name__
+                raise ValueError(
+                    f"{caller}: {name} must have one row per student row ({student.shape[0]}), got shape {shape}"
+                )
+        check_finite_rows(caller, guide_anchor=guide_anchor, guide_positive=guide_positive,
+                          **{f"guide_negatives[{i}]": g for i, g in enumerate(guide_negatives)})
 
     def candidates_of(positives: torch.Tensor, negative_columns: Sequence[torch.Tensor]) -> torch.Tensor:
         # The local positives go first, so row i's positive is candidate i; the softmax does not
@@ -175,14 +198,10 @@ def multiple_negatives_ranking_loss(
     negatives = list(negatives)
     _check_columns(caller, anchor, [positive, *negatives], rows=anchor.shape[0])
     directions = tuple(directions)
-    if not directions or not set(directions) <= set(DIRECTIONS) or "query_to_doc" not in directions:
-        raise ValueError(f"{caller}: directions must include 'query_to_doc' and only use {DIRECTIONS}, got {directions}")
-    if partition_mode not in PARTITION_MODES:
-        raise ValueError(f"{caller}: partition_mode must be one of {PARTITION_MODES}, got {partition_mode!r}")
-    if hardness_mode not in HARDNESS_MODES:
-        raise ValueError(f"{caller}: hardness_mode must be one of {HARDNESS_MODES}, got {hardness_mode!r}")
-    if not scale > 0:
-        raise ValueError(f"{caller}: scale must be positive, got {scale}")
+    check_mnrl_options(
+        caller, scale, directions, partition_mode, hardness_mode, hardness_strength, DIRECTIONS, PARTITION_MODES,
+        HARDNESS_MODES,
+    )
     name = _similarity_name(similarity)
     if not mnrl_runs_fused(similarity, directions, partition_mode, hardness_mode, hardness_strength):
         if name is not None:

@@ -6,7 +6,13 @@ from collections.abc import Callable
 
 import torch
 
-from embedplug._validation import check_embeddings, check_labels
+from embedplug._validation import (
+    check_distance,
+    check_distance_matrix,
+    check_embeddings,
+    check_finite_number,
+    check_labels,
+)
 from embedplug.distances import kernel_distance
 from embedplug.ops import semi_hard_triplet_loss_forward
 from embedplug.reference.semi_hard import semi_hard_from_distance_matrix
@@ -40,11 +46,15 @@ def batch_semi_hard_triplet_loss(
     caller = "batch_semi_hard_triplet_loss"
     check_embeddings(embeddings, caller)
     labels = check_labels(labels, embeddings, caller)
+    margin = check_finite_number(margin, "margin", caller)
+    check_distance(distance, "distance", caller)
     name = kernel_distance(distance)
     if name is not None:
         loss_sums = semi_hard_triplet_loss_forward(embeddings, labels, name, margin)
     else:
-        loss_sums = semi_hard_from_distance_matrix(distance(embeddings), labels, margin)
+        loss_sums = semi_hard_from_distance_matrix(
+            check_distance_matrix(distance(embeddings), embeddings, caller), labels, margin
+        )
     return loss_sums.sum() / positive_pair_count(labels).to(loss_sums.dtype).clamp(min=1e-16)
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from embedplug._validation import check_embeddings
+from embedplug._validation import check_embeddings, check_finite_number
 
 
 def _as_float(embeddings: torch.Tensor) -> torch.Tensor:
@@ -64,8 +64,19 @@ def triplet_loss(
             f"{caller}: anchor, positive and negative must have the same shape, got "
             f"{tuple(anchor.shape)}, {tuple(positive.shape)} and {tuple(negative.shape)}"
         )
+    margin = check_finite_number(margin, "margin", caller)
     if isinstance(distance, str):
         if distance not in _DISTANCES:
             raise ValueError(f"{caller}: unknown distance {distance!r}; expected one of {', '.join(_DISTANCES)}")
         distance = _DISTANCES[distance]
-    return F.relu(distance(anchor, positive) - distance(anchor, negative) + margin).mean()
+    elif not callable(distance):
+        raise TypeError(
+            f"{caller}: distance must be one of {', '.join(_DISTANCES)} or a callable mapping two [N, D] tensors to [N] "
+            f"distances, got {distance!r} ({type(distance).__name__})"
+        )
+    positive_distance, negative_distance = distance(anchor, positive), distance(anchor, negative)
+    for values in (positive_distance, negative_distance):
+        if not isinstance(values, torch.Tensor) or tuple(values.shape) != (anchor.shape[0],):
+            shape = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+            raise ValueError(f"{caller}: the distance callable must return [N] = [{anchor.shape[0]}] distances, got {shape}")
+    return F.relu(positive_distance - negative_distance + margin).mean()

@@ -7,6 +7,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from embedplug._validation import check_column_count, warn_non_finite_rows
+
 
 class EmbeddingLoss(nn.Module):
     """Base of the drop-in losses: the model is the child ``model`` (so ``SentenceTransformerTrainer``
@@ -56,7 +58,10 @@ class LabelledBatchLoss(EmbeddingLoss):
 
     def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor) -> Tensor:
         """``embeddings[0]`` [N, D], ``labels`` [N] -> scalar loss."""
-        return self.labelled_batch_loss(labels, embeddings[0])
+        check_column_count(embeddings, 1, 1, f"{type(self).__name__}.compute_loss_from_embeddings")
+        loss = self.labelled_batch_loss(labels, embeddings[0])
+        warn_non_finite_rows(self, loss, embeddings)
+        return loss
 
     def labelled_batch_loss(self, labels: Tensor, embeddings: Tensor) -> Tensor:
         raise NotImplementedError

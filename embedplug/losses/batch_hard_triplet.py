@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from embedplug._validation import check_distance, check_finite_number
 from embedplug.functional.batch_hard import batch_hard_triplet_loss
 from embedplug.losses.base import LabelledBatchLoss
 from embedplug.losses.distance_functions import BatchHardTripletLossDistanceFunction
@@ -38,6 +39,8 @@ class BatchHardTripletLoss(TripletMasksMixin, LabelledBatchLoss):
         margin: float = 5,
     ) -> None:
         super().__init__(model)
+        check_finite_number(margin, "margin", "BatchHardTripletLoss")
+        check_distance(distance_metric, "distance_metric", type(self).__name__)
         self.triplet_margin = margin
         self.distance_metric = distance_metric
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from embedplug._validation import check_distance, check_finite_number
 from embedplug.functional.semi_hard import batch_semi_hard_triplet_loss
 from embedplug.losses.base import LabelledBatchLoss
 from embedplug.losses.distance_functions import BatchHardTripletLossDistanceFunction
@@ -36,6 +37,8 @@ class BatchSemiHardTripletLoss(LabelledBatchLoss):
         margin: float = 5,
     ) -> None:
         super().__init__(model)
+        check_finite_number(margin, "margin", "BatchSemiHardTripletLoss")
+        check_distance(distance_metric, "distance_metric", "BatchSemiHardTripletLoss")
         self.margin = margin
         self.distance_metric = distance_metric
 

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from embedplug._validation import check_positive_int, check_positive_number
 from embedplug.losses.base import EmbeddingLoss
 from embedplug.losses.gist_embed import GuideMixin
 from embedplug.losses.gradcache import GradCacheMixin, check_cacheable_model, validate_mini_batch_num_tokens
@@ -56,6 +57,8 @@ class CachedGISTEmbedLoss(GradCacheMixin, GuideMixin, EmbeddingLoss):
         check_cacheable_model(model, "CachedGISTEmbedLoss", "GISTEmbedLoss")
         self._setup_guide(model, guide, margin_strategy, margin)
         validate_mini_batch_num_tokens(mini_batch_num_tokens)
+        check_positive_number(temperature, "temperature", "CachedGISTEmbedLoss")
+        check_positive_int(mini_batch_size, "mini_batch_size", "CachedGISTEmbedLoss")
         self.temperature = temperature
         self.similarity_fct = nn.CosineSimilarity(dim=-1)
         self.mini_batch_size = mini_batch_size

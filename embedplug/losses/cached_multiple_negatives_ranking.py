@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
+from embedplug._validation import check_positive_int
 from embedplug.losses.base import EmbeddingLoss
 from embedplug.losses.gradcache import GradCacheMixin, check_cacheable_model, validate_mini_batch_num_tokens
 from embedplug.losses.multiple_negatives_ranking import MultipleNegativesRankingMixin
@@ -51,6 +52,7 @@ class CachedMultipleNegativesRankingLoss(GradCacheMixin, MultipleNegativesRankin
         super().__init__(model)
         check_cacheable_model(model, "CachedMultipleNegativesRankingLoss", "MultipleNegativesRankingLoss")
         validate_mini_batch_num_tokens(mini_batch_num_tokens)
+        check_positive_int(mini_batch_size, "mini_batch_size", "CachedMultipleNegativesRankingLoss")
         self._setup_options(
             scale, similarity_fct, gather_across_devices, directions, partition_mode, hardness_mode, hardness_strength
         )

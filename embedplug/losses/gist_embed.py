@@ -8,6 +8,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from embedplug._validation import (
+    check_column_count,
+    check_finite_number,
+    check_positive_number,
+    warn_non_finite_rows,
+)
 from embedplug.functional.in_batch_negatives import MARGIN_STRATEGIES, gist_embed_loss
 from embedplug.losses.base import EmbeddingLoss
 from embedplug.ops.masked_infonce import fused_backend_info
@@ -53,6 +59,7 @@ class GuideMixin:
                 self.tokenizer = model.tokenizer
         if margin_strategy not in MARGIN_STRATEGIES:
             raise ValueError("margin_strategy must be 'absolute' or 'relative'.")
+        check_finite_number(margin, "margin", type(self).__name__)
         self.margin_strategy = margin_strategy
         self.margin = margin
 
@@ -76,6 +83,9 @@ class GuideMixin:
         guide's (or None: self-guided), gathering the candidates across devices when asked."""
         from sentence_transformers.util import all_gather_with_grad, get_rank
 
+        check_column_count(embeddings, 2, None, f"{type(self).__name__}: embeddings")
+        if guide_embeddings is not None:
+            check_column_count(guide_embeddings, len(embeddings), len(embeddings), f"{type(self).__name__}: guide_embeddings")
         anchor, positive, *negatives = embeddings
         guide_anchor = guide_positive = None
         guide_negatives: list[Tensor] = []
@@ -89,7 +99,7 @@ class GuideMixin:
                 guide_positive = all_gather_with_grad(guide_positive)
                 guide_negatives = [all_gather_with_grad(negative) for negative in guide_negatives]
             offset = get_rank() * anchor.shape[0]
-        return gist_embed_loss(
+        loss = gist_embed_loss(
             anchor,
             positive,
             negatives,
@@ -103,6 +113,8 @@ class GuideMixin:
             contrast_positives=self.contrast_positives,
             offset=offset,
         )
+        warn_non_finite_rows(self, loss, embeddings)
+        return loss
 
     def backend_info(self, device_type: str = "cpu") -> dict:
         """Which implementation this loss runs on ``device_type``: every option combination runs on
@@ -161,6 +173,7 @@ class GISTEmbedLoss(GuideMixin, EmbeddingLoss):
                     "If we must retokenize because the guide model has a different tokenizer, "
                     "then the Sentence Transformer model must not be based on a StaticEmbedding."
                 )
+        check_positive_number(temperature, "temperature", "GISTEmbedLoss")
         self.temperature = temperature
         self.similarity_fct = nn.CosineSimilarity(dim=-1)
         self.contrast_anchors = contrast_anchors

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from embedplug._validation import check_mnrl_options, warn_non_finite_rows
 from embedplug.functional.in_batch_negatives import (
     DIRECTIONS,
     HARDNESS_MODES,
@@ -49,26 +50,10 @@ class MultipleNegativesRankingMixin:
         hardness_mode: str | None,
         hardness_strength: float,
     ) -> None:
-        if not scale > 0:
-            raise ValueError("Scale must be a positive value.")
-        if not directions:
-            raise ValueError("At least one direction must be specified.")
-        if not set(directions).issubset(DIRECTIONS):
-            raise ValueError(f"Invalid directions: {set(directions) - set(DIRECTIONS)}. Valid: {set(DIRECTIONS)}")
-        if "query_to_doc" not in directions:
-            raise ValueError("'query_to_doc' direction is required (contains the positive pair).")
-        if partition_mode not in PARTITION_MODES:
-            raise ValueError(f"partition_mode must be 'joint' or 'per_direction', got {partition_mode}")
-        if partition_mode == "per_direction" and set(directions) & {"query_to_query", "doc_to_doc"}:
-            raise ValueError(
-                "partition_mode='per_direction' requires every direction's candidate pool to include the positive "
-                "pair. 'query_to_query' and 'doc_to_doc' only contain same-type similarities and never include the "
-                "positive, making the per-direction loss ill-defined. Use partition_mode='joint' instead."
-            )
-        if hardness_mode not in HARDNESS_MODES:
-            raise ValueError(f"hardness_mode must be one of {set(HARDNESS_MODES)}, got {hardness_mode!r}")
-        if hardness_strength < 0.0:
-            raise ValueError("hardness_strength must be non-negative.")
+        check_mnrl_options(
+            type(self).__name__, scale, directions, partition_mode, hardness_mode, hardness_strength, DIRECTIONS,
+            PARTITION_MODES, HARDNESS_MODES,
+        )
         if hardness_mode is not None and hardness_strength == 0.0:
             logger.warning(
                 "hardness_mode=%r is set but hardness_strength=0.0, so hardness weighting has no effect.", hardness_mode
@@ -127,7 +112,7 @@ class MultipleNegativesRankingMixin:
                 batch_size=batch_size,
                 offset=get_rank() * batch_size,
             )
-        return multiple_negatives_ranking_loss(
+        loss = multiple_negatives_ranking_loss(
             queries,
             docs[0],
             docs[1:],
@@ -138,6 +123,8 @@ class MultipleNegativesRankingMixin:
             hardness_mode=self.hardness_mode,
             hardness_strength=self.hardness_strength,
         )
+        warn_non_finite_rows(self, loss, embeddings)
+        return loss
 
     def get_config_dict(self) -> dict[str, Any]:
         from sentence_transformers.util import similarity_fct_name

@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from embedplug._validation import check_column_count, check_finite_number, warn_non_finite_rows
 from embedplug.functional import triplet as triplet_functional
 from embedplug.losses.base import EmbeddingLoss
 from embedplug.losses.base import HERMANS_2017_CITATION
@@ -57,6 +58,12 @@ class TripletLoss(EmbeddingLoss):
         triplet_margin: float = 5,
     ) -> None:
         super().__init__(model)
+        check_finite_number(triplet_margin, "triplet_margin", "TripletLoss")
+        if not callable(distance_metric) and distance_metric not in ("euclidean", "cosine", "manhattan"):
+            raise TypeError(
+                "TripletLoss: distance_metric must be a callable mapping two [N, D] tensors to [N] distances "
+                f"(e.g. TripletDistanceMetric.EUCLIDEAN), got {distance_metric!r}"
+            )
         self.distance_metric = distance_metric
         self.triplet_margin = triplet_margin
 
@@ -65,10 +72,13 @@ class TripletLoss(EmbeddingLoss):
 
     def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor | None) -> Tensor:
         """``embeddings`` = [anchor, positive, negative], each [N, D] -> scalar loss; ``labels`` unused."""
+        check_column_count(embeddings, 3, 3, "TripletLoss.compute_loss_from_embeddings")
         anchor, positive, negative = embeddings
-        return triplet_functional.triplet_loss(
+        loss = triplet_functional.triplet_loss(
             anchor, positive, negative, margin=self.triplet_margin, distance=self.distance_metric
         )
+        warn_non_finite_rows(self, loss, embeddings)
+        return loss
 
     def get_config_dict(self) -> dict[str, Any]:
         return {"distance_metric": _metric_name(self.distance_metric), "triplet_margin": self.triplet_margin}

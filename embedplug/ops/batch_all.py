@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from embedplug import _extension
+from embedplug._validation import check_finite_number, check_same_device
 from embedplug.distances import canonical_distance
 from embedplug.reference import batch_all as reference
 
@@ -36,6 +37,12 @@ if _extension.STATUS.loaded:
 
     def _backward(ctx, grad_sums, _grad_counts, _grad_unit):
         embeddings, labels, unit_grad = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # The kernel's per-pair weights are constants here; a second derivative would silently be 0.
+            raise RuntimeError(
+                "embedplug::batch_all_triplet_loss_forward does not support double backward (create_graph=True); "
+                "run the pure-torch reference (a custom distance callable, or EMBEDPLUG_DISABLE_EXT=1) for higher-order gradients"
+            )
         grad_embeddings = torch.ops.embedplug._batch_all_triplet_loss_backward(
             grad_sums, embeddings, labels, unit_grad, ctx.distance, ctx.margin
         )
@@ -62,6 +69,8 @@ def batch_all_triplet_loss_forward(
             triplets of ``max((d_ap - d_an) + margin, 0)``.
         counts: [N] int64 — per anchor the number of those triplets above 1e-16.
     """
+    check_same_device("embedplug.ops.batch_all_triplet_loss_forward", embeddings=embeddings, labels=labels)
+    margin = check_finite_number(margin, "margin", "embedplug.ops.batch_all_triplet_loss_forward")
     distance = canonical_distance(distance)
     if embeddings.dtype in (torch.float16, torch.bfloat16):
         embeddings = embeddings.float()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 
 from embedplug import _extension
+from embedplug._validation import check_same_device
 from embedplug.distances import canonical_distance
 from embedplug.reference import batch_hard as reference
+from embedplug.reference.pairwise import paired_distances
 
 OP_NAME = "batch_hard_mining"
 _extension.REPORTED_OPS.append(OP_NAME)
@@ -34,12 +36,38 @@ if _extension.STATUS.loaded:
 
     def _backward(ctx, grad_distances, _grad_indices):
         embeddings, distances, indices = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True: the kernel's scatter is not differentiable, so rebuild the (at most
+            # 3N) mined distances in torch, O(N D), and let autograd differentiate them again.
+            return _differentiable_backward(grad_distances, embeddings, indices, ctx.distance), None, None
         grad_embeddings = torch.ops.embedplug._batch_hard_mining_backward(
             grad_distances, embeddings, distances, indices, ctx.distance
         )
         return grad_embeddings, None, None
 
     torch.library.register_autograd("embedplug::batch_hard_mining", _backward, setup_context=_setup_context)
+
+
+def _differentiable_backward(
+    grad_distances: torch.Tensor, embeddings: torch.Tensor, indices: torch.Tensor, distance: str
+) -> torch.Tensor:
+    """d sum(grad_distances * distances) / d embeddings as a differentiable graph: [N, 3], [N, D], [N, 3] -> [N, D].
+
+    The mined pairs' distances are recomputed with the reference's formula, so the second derivative
+    is the reference's (the selection itself is piecewise constant).
+    """
+    used = indices >= 0
+    rows = torch.arange(indices.shape[0], device=indices.device).unsqueeze(1).expand_as(indices)[used]
+    with torch.enable_grad():
+        source = embeddings if embeddings.requires_grad else embeddings.detach().requires_grad_()
+        pair_distances = paired_distances(source[rows], source[indices[used]], distance)
+        # As grad_outputs, grad_distances stays differentiable without being traversed: it may
+        # itself depend on this op's output (softplus), which would recurse into this backward.
+        (grad,) = torch.autograd.grad(
+            pair_distances, source, grad_outputs=grad_distances[used].to(pair_distances.dtype),
+            create_graph=True, allow_unused=True,
+        )
+    return torch.zeros_like(embeddings) if grad is None else grad
 
 
 def batch_hard_mining(
@@ -59,6 +87,7 @@ def batch_hard_mining(
             negative; the batch-hard negative term is ``distances[:, 1] + distances[:, 2]``.
         indices: [N, 3] int64 — the column each distance came from, -1 for an unused slot.
     """
+    check_same_device("embedplug.ops.batch_hard_mining", embeddings=embeddings, labels=labels)
     distance = canonical_distance(distance)
     if embeddings.dtype in (torch.float16, torch.bfloat16):
         embeddings = embeddings.float()

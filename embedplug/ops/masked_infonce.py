@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from embedplug import _extension
+from embedplug._validation import check_finite_number, check_finite_rows, check_positive_number, check_same_device
 from embedplug.reference import masked_infonce as reference
 
 OP_NAME = "masked_infonce"
@@ -34,6 +35,12 @@ if _extension.STATUS.loaded:
 
     def _backward(ctx, grad_loss, _grad_log_normalizer):
         anchors, candidates, guide_anchors, guide_candidates, log_normalizer = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # The recomputing kernel is not differentiable; a second derivative would silently be 0.
+            raise RuntimeError(
+                "embedplug::masked_infonce does not support double backward (create_graph=True); "
+                "run the pure-torch reference (EMBEDPLUG_DISABLE_EXT=1) for higher-order gradients"
+            )
         grad_anchors, grad_candidates = torch.ops.embedplug._masked_infonce_backward(
             grad_loss, anchors, candidates, guide_anchors, guide_candidates, log_normalizer, *ctx.options
         )
@@ -124,7 +131,25 @@ def _arguments(
     anchors, candidates, guide_anchors, guide_candidates, scale, margin_strategy, margin, anchor_anchor,
     positive_anchor, positive_candidate_columns, exclude_self,
 ) -> tuple:
-    """The op's positional arguments; half precision runs in float32 (autograd casts the gradient back)."""
+    """The op's positional arguments, checked; half precision runs in float32 (autograd casts the gradient back)."""
+    caller = "embedplug.ops.masked_infonce"
+    check_same_device(
+        caller, anchors=anchors, candidates=candidates, guide_anchors=guide_anchors, guide_candidates=guide_candidates
+    )
+    scale = check_positive_number(scale, "scale", caller)
+    margin = check_finite_number(margin, "margin", caller)
+    if guide_anchors is not None and guide_candidates is not None:
+        if (
+            guide_anchors.dim() != 2 or guide_candidates.dim() != 2
+            or guide_anchors.shape[0] != anchors.shape[0] or guide_candidates.shape[0] != candidates.shape[0]
+            or guide_anchors.shape[1] != guide_candidates.shape[1]
+        ):
+            raise ValueError(
+                f"{caller}: guide_anchors and guide_candidates must be [N, Dg] and [M, Dg] with the student's rows "
+                f"(N = {anchors.shape[0]}, M = {candidates.shape[0]}), got {tuple(guide_anchors.shape)} and "
+                f"{tuple(guide_candidates.shape)}"
+            )
+        check_finite_rows(caller, guide_anchors=guide_anchors, guide_candidates=guide_candidates)
     if anchors.dtype in (torch.float16, torch.bfloat16):
         anchors, candidates = anchors.float(), candidates.float()
     if guide_anchors is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from embedplug import _extension
+from embedplug._validation import check_finite_number, check_same_device
 from embedplug.distances import canonical_distance
 from embedplug.reference import semi_hard as reference
 
@@ -35,6 +36,12 @@ if _extension.STATUS.loaded:
 
     def _backward(ctx, grad_sums, _grad_unit):
         embeddings, labels, unit_grad = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # The kernel's per-pair weights are constants here; a second derivative would silently be 0.
+            raise RuntimeError(
+                "embedplug::semi_hard_triplet_loss_forward does not support double backward (create_graph=True); "
+                "run the pure-torch reference (a custom distance callable, or EMBEDPLUG_DISABLE_EXT=1) for higher-order gradients"
+            )
         grad_embeddings = torch.ops.embedplug._semi_hard_triplet_loss_backward(
             grad_sums, embeddings, labels, unit_grad, ctx.distance, ctx.margin
         )
@@ -60,6 +67,8 @@ def semi_hard_triplet_loss_forward(
         loss_sums: [N] (float32/float64), differentiable — per anchor the sum over its positives
         of ``max((d_ap - d_semi_hard_negative) + margin, 0)``.
     """
+    check_same_device("embedplug.ops.semi_hard_triplet_loss_forward", embeddings=embeddings, labels=labels)
+    margin = check_finite_number(margin, "margin", "embedplug.ops.semi_hard_triplet_loss_forward")
     distance = canonical_distance(distance)
     if embeddings.dtype in (torch.float16, torch.bfloat16):
         embeddings = embeddings.float()

@@ -163,11 +163,11 @@ def test_cpp_checks_raise_python_errors_not_crashes():
     labels = torch.zeros(4, dtype=torch.long)
     with pytest.raises(RuntimeError, match="2-D"):
         raw_op(torch.randn(4), labels, "euclidean", 1.0, False)
-    with pytest.raises(RuntimeError, match="float32 or float64"):
+    with pytest.raises(TypeError, match="float32 or float64"):
         raw_op(torch.randn(4, 3).half(), labels, "euclidean", 1.0, False)
     with pytest.raises(RuntimeError, match="one label per embedding"):
         raw_op(torch.randn(5, 3), labels, "euclidean", 1.0, False)
-    with pytest.raises(RuntimeError, match="int64"):
+    with pytest.raises(TypeError, match="int64"):
         raw_op(torch.randn(4, 3), labels.int(), "euclidean", 1.0, False)
     with pytest.raises(RuntimeError, match="unknown distance"):
         raw_op(torch.randn(4, 3), labels, "manhattan", 1.0, False)

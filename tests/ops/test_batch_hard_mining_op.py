@@ -115,11 +115,11 @@ def test_cpp_checks_raise_python_errors_not_crashes():
     labels = torch.zeros(4, dtype=torch.long)
     with pytest.raises(RuntimeError, match="2-D"):
         fused_op(torch.randn(4), labels, "euclidean")
-    with pytest.raises(RuntimeError, match="float32 or float64"):
+    with pytest.raises(TypeError, match="float32 or float64"):
         fused_op(torch.randn(4, 3).half(), labels, "euclidean")
     with pytest.raises(RuntimeError, match="one label per embedding"):
         fused_op(torch.randn(5, 3), labels, "euclidean")
-    with pytest.raises(RuntimeError, match="int64"):
+    with pytest.raises(TypeError, match="int64"):
         fused_op(torch.randn(4, 3), labels.int(), "euclidean")
     with pytest.raises(RuntimeError, match="unknown distance"):
         fused_op(torch.randn(4, 3), labels, "manhattan")

@@ -223,7 +223,7 @@ def test_cpp_checks_raise_python_errors_not_crashes():
     options = (20.0, "none", 0.0, False, False, 0, True)
     with pytest.raises(RuntimeError, match="2-D"):
         fused_op(torch.randn(4), x, None, None, *options)
-    with pytest.raises(RuntimeError, match="float32 or float64"):
+    with pytest.raises(TypeError, match="float32 or float64"):
         fused_op(x.half(), x.half(), None, None, *options)
     with pytest.raises(RuntimeError, match="multiple"):
         fused_op(x, torch.randn(6, 3), None, None, *options)
