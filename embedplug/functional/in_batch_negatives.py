@@ -205,3 +205,47 @@ def multiple_negatives_ranking_loss(
         positive_candidate_columns=candidates.shape[0] if "doc_to_doc" in directions else 0,
         exclude_self=True,
     )
+
+
+def gathered_multiple_negatives_ranking_loss(
+    queries: torch.Tensor,
+    gathered_docs: Sequence[torch.Tensor],
+    layout,
+    *,
+    scale: float = 20.0,
+    similarity: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "cosine",
+) -> torch.Tensor:
+    """This rank's share of the query_to_doc MultipleNegativesRankingLoss of a gathered batch, fused.
+
+    Args:
+        queries: [B, D] this rank's queries (not gathered: only they are rows here).
+        gathered_docs: the positive column and any negative columns, each [T, D] gathered over the
+            ranks (T = layout.total, rank order, see :class:`embedplug.distributed.GatheredLayout`).
+        layout: the ranks' batch sizes; they must be equal (the kernel's candidates are whole
+            columns of B rows).
+        scale, similarity: as in :func:`multiple_negatives_ranking_loss` ("cosine" or "dot").
+
+    Returns:
+        Scalar: the mean over this rank's rows of the cross-entropy against all T (1 + k)
+        candidates, times ``layout.scale_for_local_mean()`` (1 with equal sizes); the ranks' values
+        average to the single-process loss on the concatenated batch.
+    """
+    caller = "multiple_negatives_ranking_loss"
+    positives, *negatives = list(gathered_docs)
+    name = _similarity_name(similarity)
+    if name is None:
+        raise ValueError(f"{caller}: the gathered fused path needs 'cosine' or 'dot' similarity")
+    # Local positives first: the kernel takes candidate i as row i's positive; the softmax does not
+    # depend on the order of the other candidates.
+    candidates = torch.cat([layout.local_first(positives), *negatives])
+    _check_columns(caller, queries, [candidates])
+    if name == "cosine":
+        queries, candidates = F.normalize(queries, p=2, dim=1), F.normalize(candidates, p=2, dim=1)
+    loss = masked_infonce_mean(queries, candidates, scale=scale, exclude_self=True)
+    return loss * layout.scale_for_local_mean()
+
+
+def check_columns(caller: str, anchor: torch.Tensor, columns: Sequence[torch.Tensor]) -> None:
+    """Raises TypeError/ValueError unless ``anchor`` and every column are floating [N, D] tensors of
+    one shape on one device (a rank's input checks before it gathers)."""
+    _check_columns(caller, anchor, list(columns), rows=anchor.shape[0] if isinstance(anchor, torch.Tensor) else None)

@@ -25,6 +25,8 @@ class BatchSemiHardTripletLoss(LabelledBatchLoss):
         model: the SentenceTransformer being trained.
         distance_metric: [N, D] -> [N, N] distance function.
         margin: negatives should be at least ``margin`` further from the anchor than positives.
+        gather_across_devices: gather embeddings and labels from every rank (embedplug only; see
+            :class:`~embedplug.losses.base.LabelledBatchLoss` for the value and gradient scaling).
 
     Inputs: single texts with integer class labels; batches need classes with at least 2 samples.
     """
@@ -34,8 +36,10 @@ class BatchSemiHardTripletLoss(LabelledBatchLoss):
         model: nn.Module,
         distance_metric: Callable[[Tensor], Tensor] = BatchHardTripletLossDistanceFunction.euclidean_distance,
         margin: float = 5,
+        gather_across_devices: bool = False,
     ) -> None:
         super().__init__(model)
+        self.gather_across_devices = gather_across_devices
         self.margin = margin
         self.distance_metric = distance_metric
 
@@ -57,4 +61,5 @@ class BatchSemiHardTripletLoss(LabelledBatchLoss):
         return {
             "distance_metric": self.distance_metric_name(),
             "margin": self.margin,
+            **({"gather_across_devices": True} if self.gather_across_devices else {}),
         }

@@ -9,10 +9,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from embedplug.distributed import gather_with_grad
 from embedplug.functional.in_batch_negatives import (
     DIRECTIONS,
     HARDNESS_MODES,
     PARTITION_MODES,
+    check_columns,
+    gathered_multiple_negatives_ranking_loss,
     mnrl_runs_fused,
     multiple_negatives_ranking_loss,
 )
@@ -86,9 +89,11 @@ class MultipleNegativesRankingMixin:
 
     def runs_fused(self) -> bool:
         """Whether the current options run on the fused kernel (see :meth:`backend_info`)."""
-        return not self._gathers() and mnrl_runs_fused(
+        fused = mnrl_runs_fused(
             self.similarity_fct, self.directions, self.partition_mode, self.hardness_mode, self.hardness_strength
         )
+        # Gathered, the kernel runs the query_to_doc softmax (with equal per-rank batch sizes).
+        return fused and (not self._gathers() or set(self.directions) == {"query_to_doc"})
 
     def backend_info(self, device_type: str = "cpu") -> dict:
         """Which implementation this loss runs on ``device_type``, and why.
@@ -102,7 +107,7 @@ class MultipleNegativesRankingMixin:
             return {
                 "implementation": "reference",
                 "reason": "pure-torch reference: per-direction partition, hardness weighting, a custom "
-                "similarity function or a gathered multi-process batch",
+                "similarity function, or a gathered multi-process batch with directions beyond query_to_doc",
             }
         return fused_backend_info(device_type)
 
@@ -112,21 +117,7 @@ class MultipleNegativesRankingMixin:
             raise ValueError(f"Expected at least 2 embeddings, got {len(embeddings)}")
         queries, *docs = embeddings
         if self._gathers():
-            from sentence_transformers.util import all_gather_with_grad, get_rank
-
-            batch_size = queries.shape[0]
-            return reference_mnrl(
-                all_gather_with_grad(queries),
-                [all_gather_with_grad(doc) for doc in docs],
-                self.similarity_fct,
-                self.scale,
-                self.directions,
-                self.partition_mode,
-                self.hardness_mode,
-                self.hardness_strength,
-                batch_size=batch_size,
-                offset=get_rank() * batch_size,
-            )
+            return self._gathered_loss(queries, docs)
         return multiple_negatives_ranking_loss(
             queries,
             docs[0],
@@ -138,6 +129,42 @@ class MultipleNegativesRankingMixin:
             hardness_mode=self.hardness_mode,
             hardness_strength=self.hardness_strength,
         )
+
+    def _gathered_loss(self, queries: Tensor, docs: list[Tensor]) -> Tensor:
+        """This rank's share of the loss of the batch gathered over the ranks.
+
+        Rows are this rank's queries, candidates every rank's documents (column by column); the
+        value is the mean over local rows, times ``world_size * B_local / B_global`` when the
+        ranks' batch sizes differ, so the ranks' values average to the single-process loss on the
+        concatenated batch and DDP's gradient averaging gives its parameter gradient.
+        """
+        from embedplug.distributed import gather_columns
+
+        caller = type(self).__name__
+        if self.runs_fused():
+            gathered_docs, layout = gather_columns(docs, caller, validate=lambda: check_columns(caller, queries, docs))
+            if layout.equal_sizes:
+                return gathered_multiple_negatives_ranking_loss(
+                    queries, gathered_docs, layout, scale=self.scale, similarity=self.similarity_fct
+                )
+            gathered_queries = gather_with_grad(queries, layout)
+        else:
+            (gathered_queries, *gathered_docs), layout = gather_columns(
+                [queries, *docs], caller, validate=lambda: check_columns(caller, queries, docs)
+            )
+        loss = reference_mnrl(
+            gathered_queries,
+            gathered_docs,
+            self.similarity_fct,
+            self.scale,
+            self.directions,
+            self.partition_mode,
+            self.hardness_mode,
+            self.hardness_strength,
+            batch_size=layout.local_size,
+            offset=layout.offset,
+        )
+        return loss * layout.scale_for_local_mean()
 
     def get_config_dict(self) -> dict[str, Any]:
         from sentence_transformers.util import similarity_fct_name
