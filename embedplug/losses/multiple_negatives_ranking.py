@@ -9,7 +9,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from embedplug.distributed import gather_with_grad
 from embedplug.functional.in_batch_negatives import (
     DIRECTIONS,
     HARDNESS_MODES,
@@ -92,8 +91,8 @@ class MultipleNegativesRankingMixin:
         fused = mnrl_runs_fused(
             self.similarity_fct, self.directions, self.partition_mode, self.hardness_mode, self.hardness_strength
         )
-        # Gathered, the kernel runs the query_to_doc softmax (with equal per-rank batch sizes).
-        return fused and (not self._gathers() or set(self.directions) == {"query_to_doc"})
+        # Gathered too (with equal per-rank batch sizes; unequal ones run on the reference).
+        return fused
 
     def backend_info(self, device_type: str = "cpu") -> dict:
         """Which implementation this loss runs on ``device_type``, and why.
@@ -107,7 +106,7 @@ class MultipleNegativesRankingMixin:
             return {
                 "implementation": "reference",
                 "reason": "pure-torch reference: per-direction partition, hardness weighting, a custom "
-                "similarity function, or a gathered multi-process batch with directions beyond query_to_doc",
+                "similarity function, or a gathered batch with unequal per-rank sizes",
             }
         return fused_backend_info(device_type)
 
@@ -138,20 +137,23 @@ class MultipleNegativesRankingMixin:
         ranks' batch sizes differ, so the ranks' values average to the single-process loss on the
         concatenated batch and DDP's gradient averaging gives its parameter gradient.
         """
-        from embedplug.distributed import gather_columns
+        from embedplug.distributed import gather_columns, gather_with_grad
 
         caller = type(self).__name__
-        if self.runs_fused():
-            gathered_docs, layout = gather_columns(docs, caller, validate=lambda: check_columns(caller, queries, docs))
-            if layout.equal_sizes:
-                return gathered_multiple_negatives_ranking_loss(
-                    queries, gathered_docs, layout, scale=self.scale, similarity=self.similarity_fct
-                )
-            gathered_queries = gather_with_grad(queries, layout)
-        else:
-            (gathered_queries, *gathered_docs), layout = gather_columns(
-                [queries, *docs], caller, validate=lambda: check_columns(caller, queries, docs)
+        # Other ranks' queries are candidates only for query_to_query and doc_to_query (and the reference).
+        fused = self.runs_fused()
+        needs_queries = not fused or bool(set(self.directions) & {"query_to_query", "doc_to_query"})
+        gathered, layout = gather_columns(
+            [queries, *docs] if needs_queries else docs, caller, validate=lambda: check_columns(caller, queries, docs)
+        )
+        gathered_queries, gathered_docs = (gathered[0], gathered[1:]) if needs_queries else (None, gathered)
+        if fused and layout.equal_sizes:
+            return gathered_multiple_negatives_ranking_loss(
+                queries, docs, gathered_queries, gathered_docs, layout,
+                scale=self.scale, similarity=self.similarity_fct, directions=self.directions,
             )
+        if gathered_queries is None:
+            gathered_queries = gather_with_grad(queries, layout)
         loss = reference_mnrl(
             gathered_queries,
             gathered_docs,

@@ -114,6 +114,28 @@ def _cases() -> list[Case]:
             columns=3,
         ),
         Case(
+            "mnrl_all_directions_two_negatives_dot_float64",
+            lambda g: L.MultipleNegativesRankingLoss(
+                None, scale=0.5, similarity_fct=util.dot_score,
+                directions=("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc"), gather_across_devices=g,
+            ),
+            columns=4,
+            dtype=torch.float64,
+        ),
+        Case(
+            "mnrl_query_to_query",
+            lambda g: L.MultipleNegativesRankingLoss(None, directions=("query_to_doc", "query_to_query"), gather_across_devices=g),
+            columns=2,
+        ),
+        Case(
+            "mnrl_doc_directions_unequal_sizes",
+            lambda g: L.MultipleNegativesRankingLoss(
+                None, directions=("query_to_doc", "doc_to_query", "doc_to_doc"), gather_across_devices=g
+            ),
+            columns=3,
+            sizes=(4, 7),
+        ),
+        Case(
             "mnrl_hardness",
             lambda g: L.MultipleNegativesRankingLoss(
                 None, hardness_mode="all_negatives", hardness_strength=2.0, gather_across_devices=g
@@ -286,6 +308,8 @@ def worker(rank: int, port: int, out_dir: str) -> None:
         results["__layout__"] = _layout_check(rank)
         results["__bad_input__"] = _bad_input_check(rank)
         for name, case in CASES.items():
+            if os.environ.get("EMBEDPLUG_GATHER_TRACE"):
+                print(f"rank {rank}: {name}", flush=True)
             columns, labels = case.inputs()
             local = [column[case.rows(rank)] for column in columns]
             local_labels = None if labels is None else labels[case.rows(rank)]
