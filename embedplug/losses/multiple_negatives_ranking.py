@@ -206,7 +206,12 @@ class MultipleNegativesRankingLoss(MultipleNegativesRankingMixin, EmbeddingLoss)
         scale: logits are ``scale * similarity`` (scale = 1 / temperature).
         similarity_fct: ``util.cos_sim`` (default) or ``util.dot_score`` run fused; any other
             ([R, D], [C, D]) -> [R, C] callable runs on the reference.
-        gather_across_devices: gather anchors and candidates from every rank before the loss.
+        gather_across_devices: gather the candidates (and, where a direction needs them, the
+            queries) from every rank with gradients; each rank's queries are its rows. Equal to one
+            process on the concatenated batch, fused wherever one process is (equal per-rank batch
+            sizes; unequal ones run on the reference). Each rank returns the mean over its rows
+            times ``world_size * B_rank / B_global``: the ranks' values average to the global loss
+            and DDP's gradient averaging gives the single-process parameter gradient.
         directions, partition_mode, hardness_mode, hardness_strength: as in sentence-transformers.
 
     Inputs: (anchor, positive) pairs, (anchor, positive, negative) triplets or
