@@ -269,6 +269,10 @@ def write_json(points: list[ScalingPoint], path: Path) -> None:
     path.write_text(json.dumps([{**asdict(p), "beyond_gathered_bytes": p.beyond_gathered_bytes} for p in points], indent=2))
 
 
+# One colour per series in every panel.
+_COLORS = {("embedplug fused", 1): "tab:blue", ("embedplug fused", 2): "tab:green", ("sentence-transformers 6.2", 1): "tab:orange"}
+
+
 def write_plot(points: list[ScalingPoint], path: Path) -> None:
     """Per loss: time and peak extra memory against N (log-log), 1 process, 2 processes, sentence-transformers."""
     import matplotlib
@@ -286,9 +290,10 @@ def write_plot(points: list[ScalingPoint], path: Path) -> None:
                 key=lambda p: p.n,
             )
             label = f"{implementation}, {processes} proc"
-            axes[row][0].plot([p.n for p in selected], [p.seconds for p in selected], marker="o", label=label)
+            style = {"marker": "o", "label": label, "color": _COLORS.get((implementation, processes), "gray")}
+            axes[row][0].plot([p.n for p in selected], [p.seconds for p in selected], **style)
             memory = [(p.n, p.peak_extra_bytes / 2**20) for p in selected if p.peak_extra_bytes]
-            axes[row][1].plot([m[0] for m in memory], [m[1] for m in memory], marker="o", label=label)
+            axes[row][1].plot([m[0] for m in memory], [m[1] for m in memory], **style)
         axes[row][0].set(xscale="log", yscale="log", xlabel="global N", ylabel="s (fwd+bwd)", title=f"{loss}: time")
         axes[row][1].set(xscale="log", yscale="log", xlabel="global N", ylabel="MiB per process", title=f"{loss}: peak extra memory")
         axes[row][0].legend(fontsize=7)
