@@ -18,20 +18,35 @@ def add_bench_command(subparsers) -> None:
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192], help="batch sizes N")
     parser.add_argument("--dims", type=int, nargs="+", default=[384], help="embedding dimensions D")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (median reported)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs per case (median reported); --scaling: 0 times the memory run"
+    )
     parser.add_argument(
         "--implementations", nargs="+", default=None, help="subset of implementations (the GEMM floor always runs)"
     )
     parser.add_argument("--output", type=Path, default=Path("bench-results"), help="folder for bench.json and bench.png")
     parser.add_argument("--no-plot", action="store_true", help="skip the matplotlib plot")
+    parser.add_argument(
+        "--scaling",
+        action="store_true",
+        help="the scaling study instead: every fused loss as N doubles, in 1 and 2 processes (gathered), next to "
+        "sentence-transformers where it fits in 4 GiB; writes scaling.json and scaling.png",
+    )
+    parser.add_argument("--losses", nargs="+", default=None, help="--scaling: subset of the losses")
+    parser.add_argument(
+        "--processes", type=int, nargs="+", default=[1, 2], choices=[1, 2], help="--scaling: 1 and/or 2 processes"
+    )
+    parser.add_argument("--no-peers", action="store_true", help="--scaling: skip sentence-transformers")
     parser.set_defaults(handler=run_bench)
 
 
 def run_bench(args: argparse.Namespace) -> int:
     from embedplug.bench import runner
 
-    if args.repeats < 1 or any(n < 1 for n in args.sizes) or any(d < 1 for d in args.dims):
+    if args.repeats < (0 if args.scaling else 1) or any(n < 1 for n in args.sizes) or any(d < 1 for d in args.dims):
         raise SystemExit("embedplug bench: --sizes, --dims and --repeats must be positive")
+    if args.scaling:
+        return run_scaling(args)
     print(f"embedplug bench: {runner.environment()}")
     results = runner.run(args.sizes, args.dims, repeats=args.repeats, implementations=args.implementations)
     print()
@@ -41,4 +56,30 @@ def run_bench(args: argparse.Namespace) -> int:
     if not args.no_plot:
         runner.write_plot(results, args.output / "bench.png")
         print(f"wrote {args.output / 'bench.png'}")
+    return 0
+
+
+def run_scaling(args: argparse.Namespace) -> int:
+    from embedplug.bench import scaling
+
+    losses = args.losses or list(scaling.LOSS_NAMES)
+    unknown = set(losses) - set(scaling.LOSS_NAMES)
+    if unknown:
+        raise SystemExit(f"embedplug bench: unknown --losses {sorted(unknown)}; choose from {list(scaling.LOSS_NAMES)}")
+    if any(n % 2 for n in args.sizes) and 2 in args.processes:
+        raise SystemExit("embedplug bench: --sizes must be even to split over 2 processes")
+    print(f"embedplug bench --scaling: {scaling.environment()}")
+    points = []
+    for dim in args.dims:
+        if 1 in args.processes:
+            points += scaling.one_process(losses, args.sizes, dim, args.repeats, peers=not args.no_peers)
+        if 2 in args.processes:
+            points += scaling.two_processes(losses, args.sizes, dim, args.repeats)
+    print()
+    print(scaling.markdown_table(points))
+    scaling.write_json(points, args.output / "scaling.json")
+    print(f"\nwrote {args.output / 'scaling.json'}")
+    if not args.no_plot:
+        scaling.write_plot(points, args.output / "scaling.png")
+        print(f"wrote {args.output / 'scaling.png'}")
     return 0

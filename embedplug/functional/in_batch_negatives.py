@@ -19,7 +19,7 @@ from embedplug._validation import (
     check_positive_number,
     check_same_device,
 )
-from embedplug.ops import masked_infonce_mean
+from embedplug.ops import masked_infonce, masked_infonce_mean
 from embedplug.reference.multiple_negatives_ranking import multiple_negatives_ranking_loss as reference_mnrl
 
 # nn.CosineSimilarity's eps, which GISTEmbedLoss uses: x.y / (max(|x|, eps) max(|y|, eps)).
@@ -224,3 +224,104 @@ def multiple_negatives_ranking_loss(
         positive_candidate_columns=candidates.shape[0] if "doc_to_doc" in directions else 0,
         exclude_self=True,
     )
+
+
+def gathered_multiple_negatives_ranking_loss(
+    queries: torch.Tensor,
+    docs: Sequence[torch.Tensor],
+    gathered_queries: torch.Tensor | None,
+    gathered_docs: Sequence[torch.Tensor],
+    layout,
+    *,
+    scale: float = 20.0,
+    similarity: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "cosine",
+    directions: Sequence[str] = ("query_to_doc",),
+) -> torch.Tensor:
+    """This rank's share of the joint-softmax MultipleNegativesRankingLoss of a gathered batch, fused.
+
+    Args:
+        queries: [B, D] this rank's queries; docs: its positive and negative columns, [B, D] each.
+        gathered_queries: [T, D] every rank's queries (T = layout.total, rank order, see
+            :class:`embedplug.distributed.GatheredLayout`); needed for query_to_query and
+            doc_to_query only (else None).
+        gathered_docs: every rank's positives and negatives, column by column, [T, D] each.
+        layout: the ranks' batch sizes, which must be equal (the kernel's candidates are whole
+            columns of B rows).
+        scale, similarity: as in :func:`multiple_negatives_ranking_loss` ("cosine" or "dot").
+        directions: any of DIRECTIONS with "query_to_doc", one joint softmax.
+
+    Returns:
+        Scalar: the mean over this rank's rows of the cross-entropy of each row's joint softmax
+        over the whole gathered batch (sentence-transformers' gathered loss), times
+        ``layout.scale_for_local_mean()`` (1 with equal sizes); the ranks' values average to the
+        single-process loss on the concatenated batch.
+
+    With query_to_doc alone this is one fused call (local positives first, so candidate i is row
+    i's positive). With more directions each row's log-sum-exp is merged from three fused calls:
+    the local batch with its own exclusions (one process's rules on B rows), this rank's queries
+    against the other ranks' candidates, and its positives against the other ranks' queries
+    and documents (no exclusions there: other ranks hold no row's own documents).
+    """
+    caller = "multiple_negatives_ranking_loss"
+    docs, gathered_docs = list(docs), list(gathered_docs)
+    directions = set(directions)
+    name = _similarity_name(similarity)
+    if name is None:
+        raise ValueError(f"{caller}: the gathered fused path needs 'cosine' or 'dot' similarity")
+    if not layout.equal_sizes:
+        raise ValueError(f"{caller}: the gathered fused path needs equal per-rank batch sizes, got {layout.sizes}")
+
+    def unit(rows: torch.Tensor) -> torch.Tensor:
+        # util.cos_sim normalises with F.normalize (eps 1e-12).
+        return F.normalize(rows, p=2, dim=1) if name == "cosine" else rows
+
+    if directions == {"query_to_doc"}:
+        positives, *negatives = gathered_docs
+        candidates = torch.cat([layout.local_first(positives), *negatives])
+        _check_columns(caller, queries, [candidates])
+        loss = masked_infonce_mean(unit(queries), unit(candidates), scale=scale, exclude_self=True)
+        return loss * layout.scale_for_local_mean()
+
+    def remote(gathered: torch.Tensor) -> torch.Tensor:
+        start, stop = layout.offset, layout.offset + layout.local_size
+        return torch.cat([gathered[:start], gathered[stop:]])
+
+    rows = queries.shape[0]
+    query_rows, local_docs = unit(queries), [unit(doc) for doc in docs]
+    positive_rows = local_docs[0]
+    positive_logit = scale * (query_rows * positive_rows).sum(dim=1)
+
+    def row_log_normalizer(anchors: torch.Tensor, candidates: torch.Tensor, **options) -> torch.Tensor:
+        # masked_infonce returns lse_i - scale <a_i, c_i> (differentiable); adding the dot back gives lse_i.
+        loss, _ = masked_infonce(anchors, candidates, scale=scale, exclude_self=True, **options)
+        return loss + scale * (anchors * candidates[:rows]).sum(dim=1)
+
+    local_candidates = torch.cat(local_docs)
+    parts = [
+        row_log_normalizer(
+            query_rows,
+            local_candidates,
+            anchor_anchor="query_to_query" in directions,
+            positive_anchor="doc_to_query" in directions,
+            positive_candidate_columns=local_candidates.shape[0] if "doc_to_doc" in directions else 0,
+        )
+    ]
+    if layout.world_size > 1:
+        remote_docs = [unit(remote(doc)) for doc in gathered_docs]
+        needs_queries = directions & {"query_to_query", "doc_to_query"}
+        remote_queries = unit(remote(gathered_queries)) if needs_queries else None
+        query_candidates = remote_docs + ([remote_queries] if "query_to_query" in directions else [])
+        parts.append(row_log_normalizer(query_rows, torch.cat(query_candidates)))
+        positive_candidates = ([remote_queries] if "doc_to_query" in directions else []) + (
+            remote_docs if "doc_to_doc" in directions else []
+        )
+        if positive_candidates:
+            parts.append(row_log_normalizer(positive_rows, torch.cat(positive_candidates)))
+    log_normalizer = torch.logsumexp(torch.stack(parts, dim=1), dim=1)
+    return (log_normalizer - positive_logit).mean() * layout.scale_for_local_mean()
+
+
+def check_columns(caller: str, anchor: torch.Tensor, columns: Sequence[torch.Tensor]) -> None:
+    """Raises TypeError/ValueError unless ``anchor`` and every column are floating [N, D] tensors of
+    one shape on one device (a rank's input checks before it gathers)."""
+    _check_columns(caller, anchor, list(columns), rows=anchor.shape[0] if isinstance(anchor, torch.Tensor) else None)

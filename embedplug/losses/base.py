@@ -51,7 +51,17 @@ class LabelledBatchLoss(EmbeddingLoss):
 
     Subclasses implement ``labelled_batch_loss(labels [N], embeddings [N, D]) -> scalar`` by calling
     their sentence-transformers-named method (``batch_hard_triplet_loss`` and so on).
+
+    With ``gather_across_devices`` (embedplug's; sentence-transformers' batch triplet losses do not
+    gather) the embeddings and labels of every rank are gathered, embeddings with gradients, and
+    every rank computes the loss of the whole gathered batch: its value equals one process on the
+    concatenated batch, and since the all-gather's backward sums the ranks' (equal) gradients onto
+    each rank's rows, DDP's averaging gives exactly that process's parameter gradient. Per-rank
+    batch sizes may differ. The mining kernels are square, so every rank mines all rows (the
+    fused kernels keep memory O(N); the time is the whole batch's on every rank).
     """
+
+    gather_across_devices = False
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
         return self.compute_loss_from_embeddings([self.embed(sentence_features[0])], labels)
@@ -59,6 +69,14 @@ class LabelledBatchLoss(EmbeddingLoss):
     def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor) -> Tensor:
         """``embeddings[0]`` [N, D], ``labels`` [N] -> scalar loss."""
         check_column_count(embeddings, 1, 1, f"{type(self).__name__}.compute_loss_from_embeddings")
+        if self.gather_across_devices:
+            from embedplug.distributed import gather_labelled_batch, is_distributed
+
+            if is_distributed():
+                gathered_embeddings, gathered_labels = gather_labelled_batch(embeddings[0], labels, type(self).__name__)
+                loss = self.labelled_batch_loss(gathered_labels, gathered_embeddings)
+                warn_non_finite_rows(self, loss, [gathered_embeddings])
+                return loss
         loss = self.labelled_batch_loss(labels, embeddings[0])
         warn_non_finite_rows(self, loss, embeddings)
         return loss

@@ -27,6 +27,8 @@ class BatchAllTripletLoss(TripletMasksMixin, LabelledBatchLoss):
         model: the SentenceTransformer being trained.
         distance_metric: [N, D] -> [N, N] distance function.
         margin: negatives should be at least ``margin`` further from the anchor than positives.
+        gather_across_devices: gather embeddings and labels from every rank (embedplug only; see
+            :class:`~embedplug.losses.base.LabelledBatchLoss` for the value and gradient scaling).
 
     Inputs: single texts with integer class labels; batches need classes with at least 2 samples.
     """
@@ -36,10 +38,12 @@ class BatchAllTripletLoss(TripletMasksMixin, LabelledBatchLoss):
         model: nn.Module,
         distance_metric: Callable[[Tensor], Tensor] = BatchHardTripletLossDistanceFunction.euclidean_distance,
         margin: float = 5,
+        gather_across_devices: bool = False,
     ) -> None:
         super().__init__(model)
         check_finite_number(margin, "margin", "BatchAllTripletLoss")
         check_distance(distance_metric, "distance_metric", type(self).__name__)
+        self.gather_across_devices = gather_across_devices
         self.triplet_margin = margin
         self.distance_metric = distance_metric
 
@@ -54,4 +58,5 @@ class BatchAllTripletLoss(TripletMasksMixin, LabelledBatchLoss):
         return {
             "distance_metric": self.distance_metric_name(),
             "margin": self.triplet_margin,
+            **({"gather_across_devices": True} if self.gather_across_devices else {}),
         }

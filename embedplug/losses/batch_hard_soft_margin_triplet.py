@@ -22,14 +22,17 @@ class BatchHardSoftMarginTripletLoss(BatchHardTripletLoss):
     Args:
         model: the SentenceTransformer being trained.
         distance_metric: [N, D] -> [N, N] distance function.
+        gather_across_devices: gather embeddings and labels from every rank (embedplug only; see
+            :class:`~embedplug.losses.base.LabelledBatchLoss` for the value and gradient scaling).
     """
 
     def __init__(
         self,
         model: nn.Module,
         distance_metric: Callable[[Tensor], Tensor] = BatchHardTripletLossDistanceFunction.euclidean_distance,
+        gather_across_devices: bool = False,
     ) -> None:
-        super().__init__(model, distance_metric=distance_metric)
+        super().__init__(model, distance_metric=distance_metric, gather_across_devices=gather_across_devices)
 
     def labelled_batch_loss(self, labels: Tensor, embeddings: Tensor) -> Tensor:
         return self.batch_hard_triplet_soft_margin_loss(labels, embeddings)
@@ -39,4 +42,7 @@ class BatchHardSoftMarginTripletLoss(BatchHardTripletLoss):
         return batch_hard_soft_margin_triplet_loss(embeddings, labels, distance=self.distance_metric)
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {"distance_metric": self.distance_metric_name()}
+        config = {"distance_metric": self.distance_metric_name()}
+        if self.gather_across_devices:
+            config["gather_across_devices"] = True
+        return config

@@ -27,6 +27,8 @@ class BatchHardTripletLoss(TripletMasksMixin, LabelledBatchLoss):
         model: the SentenceTransformer being trained.
         distance_metric: [N, D] -> [N, N] distance function.
         margin: negatives should be at least ``margin`` further from the anchor than positives.
+        gather_across_devices: gather embeddings and labels from every rank (embedplug only; see
+            :class:`~embedplug.losses.base.LabelledBatchLoss` for the value and gradient scaling).
 
     Inputs: single texts with integer class labels. Use a P x K batch sampler (e.g.
     ``embedplug.samplers.PKBatchSampler``) so every batch has positives and negatives.
@@ -37,10 +39,12 @@ class BatchHardTripletLoss(TripletMasksMixin, LabelledBatchLoss):
         model: nn.Module,
         distance_metric: Callable[[Tensor], Tensor] = BatchHardTripletLossDistanceFunction.euclidean_distance,
         margin: float = 5,
+        gather_across_devices: bool = False,
     ) -> None:
         super().__init__(model)
         check_finite_number(margin, "margin", "BatchHardTripletLoss")
         check_distance(distance_metric, "distance_metric", type(self).__name__)
+        self.gather_across_devices = gather_across_devices
         self.triplet_margin = margin
         self.distance_metric = distance_metric
 
@@ -55,4 +59,5 @@ class BatchHardTripletLoss(TripletMasksMixin, LabelledBatchLoss):
         return {
             "distance_metric": self.distance_metric_name(),
             "margin": self.triplet_margin,
+            **({"gather_across_devices": True} if self.gather_across_devices else {}),
         }

@@ -26,6 +26,8 @@ class BatchSemiHardTripletLoss(LabelledBatchLoss):
         model: the SentenceTransformer being trained.
         distance_metric: [N, D] -> [N, N] distance function.
         margin: negatives should be at least ``margin`` further from the anchor than positives.
+        gather_across_devices: gather embeddings and labels from every rank (embedplug only; see
+            :class:`~embedplug.losses.base.LabelledBatchLoss` for the value and gradient scaling).
 
     Inputs: single texts with integer class labels; batches need classes with at least 2 samples.
     """
@@ -35,10 +37,12 @@ class BatchSemiHardTripletLoss(LabelledBatchLoss):
         model: nn.Module,
         distance_metric: Callable[[Tensor], Tensor] = BatchHardTripletLossDistanceFunction.euclidean_distance,
         margin: float = 5,
+        gather_across_devices: bool = False,
     ) -> None:
         super().__init__(model)
         check_finite_number(margin, "margin", "BatchSemiHardTripletLoss")
         check_distance(distance_metric, "distance_metric", "BatchSemiHardTripletLoss")
+        self.gather_across_devices = gather_across_devices
         self.margin = margin
         self.distance_metric = distance_metric
 
@@ -60,4 +64,5 @@ class BatchSemiHardTripletLoss(LabelledBatchLoss):
         return {
             "distance_metric": self.distance_metric_name(),
             "margin": self.margin,
+            **({"gather_across_devices": True} if self.gather_across_devices else {}),
         }

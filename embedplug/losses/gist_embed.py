@@ -14,7 +14,8 @@ from embedplug._validation import (
     check_positive_number,
     warn_non_finite_rows,
 )
-from embedplug.functional.in_batch_negatives import MARGIN_STRATEGIES, gist_embed_loss
+from embedplug.distributed import gather_columns, is_distributed, require_equal_sizes
+from embedplug.functional.in_batch_negatives import MARGIN_STRATEGIES, check_columns, gist_embed_loss
 from embedplug.losses.base import EmbeddingLoss
 from embedplug.ops.masked_infonce import fused_backend_info
 
@@ -81,8 +82,6 @@ class GuideMixin:
     def _gist_from_columns(self, embeddings: Sequence[Tensor], guide_embeddings: Sequence[Tensor] | None) -> Tensor:
         """Scalar loss from the student's [B, D] columns (anchor, positive, negatives...) and the
         guide's (or None: self-guided), gathering the candidates across devices when asked."""
-        from sentence_transformers.util import all_gather_with_grad, get_rank
-
         check_column_count(embeddings, 2, None, f"{type(self).__name__}: embeddings")
         if guide_embeddings is not None:
             check_column_count(guide_embeddings, len(embeddings), len(embeddings), f"{type(self).__name__}: guide_embeddings")
@@ -92,13 +91,10 @@ class GuideMixin:
         if guide_embeddings is not None:
             guide_anchor, guide_positive, *guide_negatives = guide_embeddings
         offset = 0
-        if self.gather_across_devices and torch.distributed.is_available() and torch.distributed.is_initialized():
-            positive = all_gather_with_grad(positive)
-            negatives = [all_gather_with_grad(negative) for negative in negatives]
-            if guide_embeddings is not None:
-                guide_positive = all_gather_with_grad(guide_positive)
-                guide_negatives = [all_gather_with_grad(negative) for negative in guide_negatives]
-            offset = get_rank() * anchor.shape[0]
+        if self.gather_across_devices and is_distributed():
+            positive, negatives, guide_positive, guide_negatives, offset = self._gather_candidates(
+                anchor, positive, negatives, guide_anchor, guide_positive, guide_negatives
+            )
         loss = gist_embed_loss(
             anchor,
             positive,
@@ -115,6 +111,28 @@ class GuideMixin:
         )
         warn_non_finite_rows(self, loss, embeddings)
         return loss
+
+    def _gather_candidates(self, anchor, positive, negatives, guide_anchor, guide_positive, guide_negatives):
+        """sentence-transformers' gathered GIST: the candidates (student's and guide's positives and
+        negatives) gathered over the ranks, column by column; the anchors stay local, so the
+        anchor-anchor block holds only this rank's anchors (one process on the concatenated batch
+        would contrast all anchors: the one way the gathered loss differs from it). Returns the
+        gathered columns and this rank's offset in them; the per-rank batch sizes must be equal."""
+        caller = type(self).__name__
+        student = [positive, *negatives]
+        guide = [] if guide_positive is None else [guide_positive, *guide_negatives]
+        gathered, layout = gather_columns(
+            student + guide, caller, validate=lambda: check_columns(caller, anchor, student)
+        )
+        require_equal_sizes(layout, caller)
+        gathered_guide = gathered[len(student):]
+        return (
+            gathered[0],
+            gathered[1 : len(student)],
+            gathered_guide[0] if gathered_guide else None,
+            gathered_guide[1:],
+            layout.offset,
+        )
 
     def backend_info(self, device_type: str = "cpu") -> dict:
         """Which implementation this loss runs on ``device_type``: every option combination runs on
@@ -147,7 +165,13 @@ class GISTEmbedLoss(GuideMixin, EmbeddingLoss):
         margin: the filter's margin.
         contrast_anchors: add anchor-anchor pairs to the softmax.
         contrast_positives: add positive-positive pairs to the softmax.
-        gather_across_devices: gather candidates from every rank (with gradients) before the loss.
+        gather_across_devices: gather candidates from every rank (with gradients) before the loss,
+            as sentence-transformers does: positives and negatives (student's and guide's) of every
+            rank, anchors local, so the anchor-anchor block only contrasts this rank's anchors (the
+            single process on the concatenated batch would contrast all of them; the rest is
+            equal). Each rank returns the mean over its own anchors: with equal per-rank batch
+            sizes (required, else a ValueError naming them) DDP's gradient averaging gives the
+            gradient of the mean of the ranks' losses.
 
     Inputs: (anchor, positive) pairs or (anchor, positive, negative) triplets, no labels.
     """

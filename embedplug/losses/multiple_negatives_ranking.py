@@ -14,6 +14,8 @@ from embedplug.functional.in_batch_negatives import (
     DIRECTIONS,
     HARDNESS_MODES,
     PARTITION_MODES,
+    check_columns,
+    gathered_multiple_negatives_ranking_loss,
     mnrl_runs_fused,
     multiple_negatives_ranking_loss,
 )
@@ -71,9 +73,11 @@ class MultipleNegativesRankingMixin:
 
     def runs_fused(self) -> bool:
         """Whether the current options run on the fused kernel (see :meth:`backend_info`)."""
-        return not self._gathers() and mnrl_runs_fused(
+        fused = mnrl_runs_fused(
             self.similarity_fct, self.directions, self.partition_mode, self.hardness_mode, self.hardness_strength
         )
+        # Gathered too (with equal per-rank batch sizes; unequal ones run on the reference).
+        return fused
 
     def backend_info(self, device_type: str = "cpu") -> dict:
         """Which implementation this loss runs on ``device_type``, and why.
@@ -87,7 +91,7 @@ class MultipleNegativesRankingMixin:
             return {
                 "implementation": "reference",
                 "reason": "pure-torch reference: per-direction partition, hardness weighting, a custom "
-                "similarity function or a gathered multi-process batch",
+                "similarity function, or a gathered batch with unequal per-rank sizes",
             }
         return fused_backend_info(device_type)
 
@@ -97,21 +101,7 @@ class MultipleNegativesRankingMixin:
             raise ValueError(f"Expected at least 2 embeddings, got {len(embeddings)}")
         queries, *docs = embeddings
         if self._gathers():
-            from sentence_transformers.util import all_gather_with_grad, get_rank
-
-            batch_size = queries.shape[0]
-            return reference_mnrl(
-                all_gather_with_grad(queries),
-                [all_gather_with_grad(doc) for doc in docs],
-                self.similarity_fct,
-                self.scale,
-                self.directions,
-                self.partition_mode,
-                self.hardness_mode,
-                self.hardness_strength,
-                batch_size=batch_size,
-                offset=get_rank() * batch_size,
-            )
+            return self._gathered_loss(queries, docs)
         loss = multiple_negatives_ranking_loss(
             queries,
             docs[0],
@@ -125,6 +115,45 @@ class MultipleNegativesRankingMixin:
         )
         warn_non_finite_rows(self, loss, embeddings)
         return loss
+
+    def _gathered_loss(self, queries: Tensor, docs: list[Tensor]) -> Tensor:
+        """This rank's share of the loss of the batch gathered over the ranks.
+
+        Rows are this rank's queries, candidates every rank's documents (column by column); the
+        value is the mean over local rows, times ``world_size * B_local / B_global`` when the
+        ranks' batch sizes differ, so the ranks' values average to the single-process loss on the
+        concatenated batch and DDP's gradient averaging gives its parameter gradient.
+        """
+        from embedplug.distributed import gather_columns, gather_with_grad
+
+        caller = type(self).__name__
+        # Other ranks' queries are candidates only for query_to_query and doc_to_query (and the reference).
+        fused = self.runs_fused()
+        needs_queries = not fused or bool(set(self.directions) & {"query_to_query", "doc_to_query"})
+        gathered, layout = gather_columns(
+            [queries, *docs] if needs_queries else docs, caller, validate=lambda: check_columns(caller, queries, docs)
+        )
+        gathered_queries, gathered_docs = (gathered[0], gathered[1:]) if needs_queries else (None, gathered)
+        if fused and layout.equal_sizes:
+            return gathered_multiple_negatives_ranking_loss(
+                queries, docs, gathered_queries, gathered_docs, layout,
+                scale=self.scale, similarity=self.similarity_fct, directions=self.directions,
+            )
+        if gathered_queries is None:
+            gathered_queries = gather_with_grad(queries, layout)
+        loss = reference_mnrl(
+            gathered_queries,
+            gathered_docs,
+            self.similarity_fct,
+            self.scale,
+            self.directions,
+            self.partition_mode,
+            self.hardness_mode,
+            self.hardness_strength,
+            batch_size=layout.local_size,
+            offset=layout.offset,
+        )
+        return loss * layout.scale_for_local_mean()
 
     def get_config_dict(self) -> dict[str, Any]:
         from sentence_transformers.util import similarity_fct_name
@@ -164,7 +193,12 @@ class MultipleNegativesRankingLoss(MultipleNegativesRankingMixin, EmbeddingLoss)
         scale: logits are ``scale * similarity`` (scale = 1 / temperature).
         similarity_fct: ``util.cos_sim`` (default) or ``util.dot_score`` run fused; any other
             ([R, D], [C, D]) -> [R, C] callable runs on the reference.
-        gather_across_devices: gather anchors and candidates from every rank before the loss.
+        gather_across_devices: gather the candidates (and, where a direction needs them, the
+            queries) from every rank with gradients; each rank's queries are its rows. Equal to one
+            process on the concatenated batch, fused wherever one process is (equal per-rank batch
+            sizes; unequal ones run on the reference). Each rank returns the mean over its rows
+            times ``world_size * B_rank / B_global``: the ranks' values average to the global loss
+            and DDP's gradient averaging gives the single-process parameter gradient.
         directions, partition_mode, hardness_mode, hardness_strength: as in sentence-transformers.
 
     Inputs: (anchor, positive) pairs, (anchor, positive, negative) triplets or

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from embedplug.train.config import EXTRA_TRAINING_KEYS, ConfigError, TrainConfig
+from embedplug.train.launch import world_size
 
 GUIDE_IS_MODEL = "self"
 
@@ -89,6 +90,10 @@ def training_arguments(config: TrainConfig, batch_sampler, has_evaluator: bool, 
     values.update(output_dir=config.output_dir, seed=config.seed, data_seed=values.get("data_seed", config.seed))
     if batch_sampler is not None:
         values["batch_sampler"] = batch_sampler
+    if world_size() > 1 and not torch.cuda.is_available():
+        # torchrun on CPU: accelerate only forms a multi-CPU (DDP) group when told to use the CPU.
+        values.setdefault("use_cpu", True)
+        values.setdefault("ddp_backend", "gloo")
     if values.get("fp16") and not torch.cuda.is_available():
         warnings.warn("training.fp16 needs a CUDA device; training in float32 instead", stacklevel=2)
         values["fp16"] = False
@@ -124,11 +129,17 @@ def _bf16_supported() -> bool:
 
 
 def callbacks(config: TrainConfig) -> list:
+    found = []
+    if config.sampler.name and world_size() > 1:
+        # Resuming mid-epoch in several processes: the trainer's set_epoch does not reach the sampler.
+        from embedplug.samplers.epoch_callback import SamplerEpochCallback
+
+        found.append(SamplerEpochCallback())
     if "early_stopping_patience" not in config.training:
-        return []
+        return found
     from transformers import EarlyStoppingCallback
 
-    return [
+    return found + [
         EarlyStoppingCallback(
             early_stopping_patience=config.training["early_stopping_patience"],
             early_stopping_threshold=config.training.get("early_stopping_threshold", 0.0),

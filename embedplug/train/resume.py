@@ -33,12 +33,13 @@ def _run_artifacts(output_dir: Path) -> list[Path]:
     )
 
 
-def resolve_start(output_dir: Path, resume: str | bool | None, overwrite: bool) -> Path | None:
+def resolve_start(output_dir: Path, resume: str | bool | None, overwrite: bool, act: bool = True) -> Path | None:
     """The checkpoint to resume from, or ``None`` for a fresh run; :class:`ConfigError` if neither is allowed.
 
     ``resume`` is ``None`` (start fresh), ``True`` (the newest checkpoint in ``output_dir``) or a path.
     A fresh run refuses a folder holding a previous run unless ``overwrite``; with ``overwrite`` only
-    that run's own files are deleted, never anything else in the folder.
+    that run's own files are deleted, never anything else in the folder. With ``act=False`` (the
+    non-main ranks of a multi-process run) a fresh start neither refuses nor deletes: rank 0 does.
     """
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: pick one")
@@ -52,6 +53,8 @@ def resolve_start(output_dir: Path, resume: str | bool | None, overwrite: bool) 
         if not (checkpoint / "trainer_state.json").is_file():
             raise ConfigError(f"--resume {checkpoint}: not a checkpoint folder (no trainer_state.json in it)")
         return checkpoint
+    if not act:
+        return None
     artifacts = _run_artifacts(output_dir)
     if artifacts and not overwrite:
         names = ", ".join(path.name for path in artifacts[:5])

@@ -13,6 +13,7 @@ from embedplug.train.assemble import build_sampler, build_trainer, load_guide, l
 from embedplug.train.config import TrainConfig
 from embedplug.train.data import load_training_data
 from embedplug.train.losses import build_loss, check_data_fits_loss, describe_backend, loss_class
+from embedplug.train.launch import is_main_process, quiet_unless_main
 from embedplug.train.resume import METRICS_FILE, MODEL_DIR, RUN_FILE, resolve_start
 
 
@@ -27,7 +28,13 @@ def run_training(
     started = time.perf_counter()
     timings: dict[str, float] = {}
     output_dir = Path(config.output_dir)
-    checkpoint = resolve_start(output_dir, resume, overwrite)
+    # Under torchrun only rank 0 decides about, writes and evaluates the run folder; the other
+    # ranks train (their batches differ) and wait for it in the trainer's collectives.
+    main_process = is_main_process()
+    checkpoint = resolve_start(output_dir, resume, overwrite, act=main_process)
+    if not main_process:
+        with quiet_unless_main():
+            return _train_only(config, checkpoint)
     cls = loss_class(config)
     build_sampler(config)
     data = load_training_data(config)
@@ -79,6 +86,19 @@ def run_training(
     print("wall time: " + ", ".join(f"{key.removesuffix('_seconds')} {value:.0f}s" for key, value in timings.items()))
     print(f"model: {output_dir / MODEL_DIR}\nmetrics: {output_dir / METRICS_FILE}")
     return report
+
+
+def _train_only(config: TrainConfig, checkpoint) -> dict[str, Any]:
+    """A non-main rank of a multi-process run: build the same model, loss and trainer, and train."""
+    import transformers
+
+    data = load_training_data(config)
+    transformers.set_seed(config.seed)
+    model = load_model(config.model.path, config.model.max_seq_length, config=config)
+    loss = build_loss(loss_class(config), config, model, lambda: load_guide(config, model))
+    trainer = build_trainer(config, model, loss, data.train, None)
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    return {"global_step": result.global_step, "resumed_from": str(checkpoint) if checkpoint else None}
 
 
 def _before_metrics(config, model, evaluations, output_dir: Path, checkpoint, show_progress_bar: bool):

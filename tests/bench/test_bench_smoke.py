@@ -43,3 +43,25 @@ def test_peak_memory_sees_a_large_allocation():
 
     peak = peak_extra_memory_bytes(lambda: torch.ones(64 * 2**20 // 4).sum())
     assert peak is None or peak >= 32 * 2**20
+
+
+def test_scaling_study_compares_like_with_like_and_writes_table_json_and_plot(tmp_path):
+    import torch
+
+    from embedplug.bench import scaling
+
+    for loss in scaling.LOSS_NAMES:
+        gradients = []
+        for step in (scaling.embedplug_step(loss, gather=False), scaling.peer_step(loss)):
+            columns, guide, _ = scaling._columns(loss, 64, 8, torch.Generator().manual_seed(3))
+            step(columns, guide, scaling._labels(64, slice(0, 64)))
+            gradients.append([column.grad for column in columns])
+        for ours, theirs in zip(*gradients):
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6, msg=loss)
+    points = scaling.one_process(["MultipleNegativesRankingLoss", "BatchHardTripletLoss"], [64, 128], 8, repeats=1, log=lambda _: None)
+    assert {(p.loss, p.implementation, p.n) for p in points} >= {("BatchHardTripletLoss", "sentence-transformers 6.2", 128)}
+    assert "| BatchHardTripletLoss | 128 |" in scaling.markdown_table(points)
+    scaling.write_json(points, tmp_path / "scaling.json")
+    scaling.write_plot(points, tmp_path / "scaling.png")
+    assert len(json.loads((tmp_path / "scaling.json").read_text())) == len(points)
+    assert (tmp_path / "scaling.png").stat().st_size > 0
