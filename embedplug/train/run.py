@@ -9,6 +9,7 @@ from typing import Any
 
 from embedplug.evaluation.report import format_comparison, read_json, write_json
 from embedplug.evaluation.suites import run_evaluations
+from embedplug.model_card import link_embedplug_losses_in
 from embedplug.train.assemble import build_sampler, build_trainer, load_guide, load_model
 from embedplug.train.config import TrainConfig
 from embedplug.train.data import load_training_data
@@ -57,6 +58,7 @@ def run_training(
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     timings["train_seconds"] = time.perf_counter() - train_started
     model.save(str(output_dir / MODEL_DIR))
+    link_embedplug_losses_in(output_dir / MODEL_DIR)
 
     after_started = time.perf_counter()
     after = run_evaluations(model, data.evaluations, config.evaluation.batch_size, show_progress_bar)
