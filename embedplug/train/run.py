@@ -10,10 +10,17 @@ from typing import Any
 from embedplug.evaluation.report import format_comparison, read_json, write_json
 from embedplug.evaluation.suites import run_evaluations
 from embedplug.model_card import link_embedplug_losses_in
-from embedplug.train.assemble import build_sampler, build_trainer, load_guide, load_model
+from embedplug.train.assemble import (
+    build_sampler,
+    build_trainer,
+    check_sampler_on_data,
+    load_guide,
+    load_model,
+    training_arguments,
+)
 from embedplug.train.config import TrainConfig
 from embedplug.train.data import load_training_data
-from embedplug.train.losses import build_loss, check_data_fits_loss, describe_backend, loss_class
+from embedplug.train.losses import build_loss, check_data_fits_loss, check_loss_options, describe_backend, loss_class
 from embedplug.train.resume import METRICS_FILE, MODEL_DIR, RUN_FILE, resolve_start
 
 
@@ -33,6 +40,10 @@ def run_training(
     build_sampler(config)
     data = load_training_data(config)
     check_data_fits_loss(cls, config, data.label_column, list(data.train.column_names))
+    check_loss_options(cls, config, len([name for name in data.train.column_names if name != data.label_column]))
+    # The arguments and the sampler on the real rows, as the trainer builds them (each raises a ConfigError).
+    arguments = training_arguments(config, build_sampler(config), bool(data.evaluations), None)
+    check_sampler_on_data(config, arguments, data.train, data.label_column)
     print(f"data: {data.description}")
 
     import transformers
