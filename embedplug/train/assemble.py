@@ -107,6 +107,8 @@ def check_training_values(config: TrainConfig) -> None:
         value = training.get(key)
         if key in training and value is not None and not (_is_number(value) and value > 0):
             fail(key, "a positive number of steps (or a fraction of the run below 1)")
+    if "max_minutes" in training and not (math.isfinite(training["max_minutes"]) and training["max_minutes"] > 0):
+        fail("max_minutes", "a positive number of minutes")
     max_steps = training.get("max_steps", -1)
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or (max_steps < 1 and max_steps != -1):
         fail("max_steps", "a positive integer (or -1: train for num_train_epochs)")

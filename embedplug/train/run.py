@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from pathlib import Path
@@ -22,6 +23,7 @@ from embedplug.train.config import TrainConfig
 from embedplug.train.data import load_training_data
 from embedplug.train.losses import build_loss, check_data_fits_loss, check_loss_options, describe_backend, loss_class
 from embedplug.train.resume import METRICS_FILE, MODEL_DIR, RUN_FILE, resolve_start
+from embedplug.train.time_budget import StepBudget, apply_time_budget
 
 
 def run_training(
@@ -66,6 +68,7 @@ def run_training(
     if checkpoint is not None:
         print(f"resuming from {checkpoint}")
     train_started = time.perf_counter()
+    budget = _apply_time_budget(config, trainer, model, output_dir, checkpoint)
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     timings["train_seconds"] = time.perf_counter() - train_started
     model.save(str(output_dir / MODEL_DIR))
@@ -82,6 +85,7 @@ def run_training(
         "loss_backend": backend,
         "sampler": config.sampler.name or "(sentence-transformers default)",
         "global_step": result.global_step,
+        "time_budget": dataclasses.asdict(budget) if budget else None,
         "resumed_from": str(checkpoint) if checkpoint else None,
         "timings": timings,
         "config": config.to_dict(),
@@ -109,6 +113,21 @@ def _before_metrics(config, model, evaluations, output_dir: Path, checkpoint, sh
     before = run_evaluations(model, evaluations, config.evaluation.batch_size, show_progress_bar)
     write_json(run_file, {"config": config.to_dict(), "before": before})
     return before
+
+
+def _apply_time_budget(config, trainer, model, output_dir: Path, checkpoint) -> StepBudget | None:
+    """``training.max_minutes``: fix max_steps from the measured step time (a resumed run reuses the
+    steps chosen when it started, recorded in the run file), and say what was chosen and why."""
+    if "max_minutes" not in config.training:
+        return None
+    run_file = output_dir / RUN_FILE
+    recorded = read_json(run_file) or {}
+    previous = recorded.get("time_budget") if checkpoint is not None else None
+    budget = apply_time_budget(trainer, model, config.training["max_minutes"], config.seed, previous)
+    print(budget.describe())
+    if previous is None:
+        write_json(run_file, {**recorded, "time_budget": dataclasses.asdict(budget)})
+    return budget
 
 
 def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
