@@ -8,6 +8,8 @@ warm-up are then laid out over exactly those steps, as if the user had written t
 The configured ``max_steps`` (or ``num_train_epochs``) stays an upper bound.
 
 The budget covers the timing steps and the training steps (not loading, evaluation or saving the model).
+Timing stops early once it has used a tenth of the budget, so a very slow machine spends at most that
+(plus the step under way) on it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ TIMED_STEPS = 3
 # Share of the remaining budget kept for what the timed steps leave out: the optimizer step, logging,
 # the end-of-run checkpoint, and a machine that slows down during the run.
 SAFETY_MARGIN = 0.05
+# Timing stops early once it has used this share of the budget (a very slow machine): the warm-up step is
+# then the measurement if it is the only one.
+MAX_TIMING_SHARE = 0.1
 
 _clock = time.perf_counter  # replaced in tests
 
@@ -45,15 +50,18 @@ class StepBudget:
         )
 
 
-def choose_steps(budget_seconds: float, spent_seconds: float, seconds_per_step: float, cap: int) -> tuple[int, str]:
+def choose_steps(
+    budget_seconds: float, spent_seconds: float, seconds_per_step: float, cap: int, timed_steps: int = TIMED_STEPS
+) -> tuple[int, str]:
     """Steps that fit in what is left of the budget, at most ``cap``; at least one step. And why."""
     left = max(budget_seconds - spent_seconds, 0.0)
     usable = left * (1.0 - SAFETY_MARGIN)
     fitting = math.floor(usable / seconds_per_step) if seconds_per_step > 0 else cap
     steps = max(1, min(cap, fitting))
     measured = (
-        f"{TIMED_STEPS} timed steps took {seconds_per_step:.2f} s each; {left:.0f} s of the budget are left after "
-        f"{spent_seconds:.0f} s of timing, {usable:.0f} s after a {SAFETY_MARGIN:.0%} margin"
+        f"{timed_steps} timed step{'s' if timed_steps != 1 else ''} took {seconds_per_step:.2f} s each; "
+        f"{left:.0f} s of the budget are left after {spent_seconds:.0f} s of timing, {usable:.0f} s after a "
+        f"{SAFETY_MARGIN:.0%} margin"
     )
     if fitting >= cap:
         why = f"all {cap} configured steps fit"
@@ -73,12 +81,16 @@ def configured_step_cap(trainer) -> int:
     return max(1, math.ceil(args.num_train_epochs * max(batches // args.gradient_accumulation_steps, 1)))
 
 
-def measure_seconds_per_step(trainer, model) -> float:
+def measure_seconds_per_step(trainer, model, time_limit: float = math.inf) -> tuple[float, int]:
     """Mean seconds of one optimizer step's forward and backward passes (every accumulated micro-batch),
-    timed on the first batches of the training data. Gradients are dropped afterwards."""
+    timed on the first batches of the training data, and how many steps were timed. Timing stops once
+    it has taken ``time_limit`` seconds (then the warm-up step counts if no other was timed).
+    Gradients are dropped afterwards."""
     model.train()
     batches = iter(trainer.get_train_dataloader())
     durations = []
+    warmup_duration = None
+    timing_started = _clock()
     for index in range(WARMUP_STEPS + TIMED_STEPS):
         try:
             batch = next(batches)
@@ -89,11 +101,17 @@ def measure_seconds_per_step(trainer, model) -> float:
         started = _clock()
         loss = trainer.compute_loss(model, inputs)
         loss.backward()
+        finished = _clock()
         if index >= WARMUP_STEPS:
-            durations.append(_clock() - started)
+            durations.append(finished - started)
+        else:
+            warmup_duration = finished - started
         del loss
+        if finished - timing_started >= time_limit:
+            break
     model.zero_grad(set_to_none=True)
-    return sum(durations) / len(durations) * trainer.args.gradient_accumulation_steps
+    durations = durations or [warmup_duration]
+    return sum(durations) / len(durations) * trainer.args.gradient_accumulation_steps, len(durations)
 
 
 def apply_time_budget(trainer, model, max_minutes: float, seed: int, previous: dict[str, Any] | None) -> StepBudget:
@@ -104,10 +122,10 @@ def apply_time_budget(trainer, model, max_minutes: float, seed: int, previous: d
         budget.reason = f"resuming: the {budget.steps} steps chosen when the run started ({budget.reason})"
     else:
         started = _clock()
-        seconds_per_step = measure_seconds_per_step(trainer, model)
+        seconds_per_step, timed = measure_seconds_per_step(trainer, model, MAX_TIMING_SHARE * max_minutes * 60.0)
         cap = configured_step_cap(trainer)
         spent = _clock() - started
-        steps, reason = choose_steps(max_minutes * 60.0, spent, seconds_per_step, cap)
+        steps, reason = choose_steps(max_minutes * 60.0, spent, seconds_per_step, cap, timed)
         budget = StepBudget(max_minutes, seconds_per_step, spent, cap, steps, reason)
         # The timing steps drew dropout masks: start training from the RNG state it would have had.
         from transformers import set_seed

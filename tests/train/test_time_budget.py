@@ -57,26 +57,48 @@ def tiny_model(tmp_path):
 def test_budget_fixes_max_steps_from_the_timed_steps_and_the_schedule_completes(
     tmp_path, monkeypatch, capsys, tiny_model
 ):
-    # A clock that advances 0.5 s per reading: each timed step "takes" 0.5 s, timing takes 4 s in all.
+    # A clock that advances 0.5 s per reading: the warm-up step "takes" 0.5 s and already uses more than a
+    # tenth of the 6 s budget, so it is the measurement (the slow-machine path).
     ticks = itertools.count(1)
     monkeypatch.setattr(time_budget, "_clock", lambda: next(ticks) * 0.5)
     config = supersense_config(tmp_path, small_wordnet(tmp_path, monkeypatch))
-    overrides = [f"model.path='{tiny_model}'", "training.max_steps=6", "training.max_minutes=0.1"]
+    overrides = [f"model.path='{tiny_model}'", "training.max_steps=10", "training.max_minutes=0.1"]
     overrides += ["training.lr_scheduler_type='linear'", "training.save_steps=100", "training.learning_rate=1e-3"]
     assert main(["train", str(config), "--no-progress", *[f"--set={item}" for item in overrides]]) == 0
     out = capsys.readouterr().out
-    # 6 s budget - 4 s of timing = 2 s, less the margin: 3 steps of 0.5 s.
-    assert "time budget: training.max_minutes = 0.1 (6 s); 3 timed steps took 0.50 s each" in out
-    assert "3 steps fit, of the 6 configured -> max_steps = 3" in out
+    # 6 s budget - 2 s of timing = 4 s, less the margin: 7 steps of 0.5 s.
+    assert "time budget: training.max_minutes = 0.1 (6 s); 1 timed step took 0.50 s each" in out
+    assert "7 steps fit, of the 10 configured -> max_steps = 7" in out
     run = tmp_path / "run"
     metrics = json.loads((run / METRICS_FILE).read_text())
-    assert metrics["global_step"] == 3 and metrics["time_budget"]["steps"] == 3
-    assert json.loads((run / RUN_FILE).read_text())["time_budget"]["steps"] == 3
-    state = json.loads((run / "checkpoint-3" / "trainer_state.json").read_text())
-    assert state["max_steps"] == 3
+    assert metrics["global_step"] == 7 and metrics["time_budget"]["steps"] == 7
+    assert json.loads((run / RUN_FILE).read_text())["time_budget"]["steps"] == 7
+    state = json.loads((run / "checkpoint-7" / "trainer_state.json").read_text())
+    assert state["max_steps"] == 7
     rates = [entry["learning_rate"] for entry in state["log_history"] if "learning_rate" in entry]
-    # The linear decay spans the 3 chosen steps (for the configured 6 it would be 1e-3, 8.3e-4, 6.7e-4).
-    assert rates == pytest.approx([1e-3, 1e-3 * 2 / 3, 1e-3 / 3])
+    # The linear decay spans the 7 chosen steps (over the configured 10 it would end at 4e-4, not 1.4e-4).
+    assert rates == pytest.approx([1e-3 * (7 - step) / 7 for step in range(7)])
+
+
+def test_timing_runs_a_warm_up_step_then_times_the_others(monkeypatch):
+    import torch
+
+    ticks = itertools.count(1)
+    monkeypatch.setattr(time_budget, "_clock", lambda: float(next(ticks)))
+    weight = torch.nn.Parameter(torch.ones(2))
+    batches = [{"x": torch.tensor([float(i), 1.0])} for i in range(2)]
+    trainer = types.SimpleNamespace(
+        args=types.SimpleNamespace(gradient_accumulation_steps=2),
+        get_train_dataloader=lambda: batches,  # fewer batches than steps: the epoch is reused
+        _prepare_inputs=lambda batch: batch,
+        compute_loss=lambda model, inputs: (weight * inputs["x"]).sum(),
+    )
+    model = torch.nn.Linear(1, 1)
+    seconds, timed = time_budget.measure_seconds_per_step(trainer, model)
+    # Each step reads the clock twice (1 s apart); x2 for the accumulated micro-batches.
+    assert (seconds, timed) == (2.0, time_budget.TIMED_STEPS)
+    seconds, timed = time_budget.measure_seconds_per_step(trainer, model, time_limit=2.5)
+    assert timed == 1  # stopped after the warm-up step and one timed step
 
 
 def test_max_minutes_must_be_positive(tmp_path, monkeypatch, capsys):
