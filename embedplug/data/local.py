@@ -7,6 +7,7 @@ held-out rows never change between runs or machines.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,10 +38,16 @@ def read_dataset(path: str | Path, data_format: str = ""):
     if not path.exists():
         raise FileNotFoundError(f"data file {path} not found")
     data_format = data_format or detect_format(path)
-    if data_format == "csv":
-        return datasets.Dataset.from_csv(str(path), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-    if data_format == "json":
-        return datasets.Dataset.from_json(str(path))
+    try:
+        if data_format == "csv":
+            return datasets.Dataset.from_csv(str(path), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        if data_format == "json":
+            return datasets.Dataset.from_json(str(path))
+    except ValueError as exc:
+        # datasets' own words for a file with a header (or nothing) and no rows.
+        if "corresponds to no data" in str(exc):
+            raise ValueError(f"data file {path} has no rows (a header at most)") from None
+        raise
     if data_format == "disk":
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.DatasetDict):
@@ -78,6 +85,16 @@ def _integer_labels(train, held_out, label_column: str):
     return relabel(train), relabel(held_out)
 
 
+def _check_labelled_held_out(labels: Sequence) -> None:
+    """The held-out evaluation (kNN and the within/across-class spread) needs two classes and a pair."""
+    counts = Counter(labels)
+    if len(counts) < 2 or max(counts.values()) < 2:
+        raise ValueError(
+            f"the held-out split has {len(labels)} rows in {len(counts)} classes; its evaluation needs at least "
+            "two classes and one class with two or more rows: give data.eval_path or more rows"
+        )
+
+
 def load_local(
     path: str,
     eval_path: str = "",
@@ -98,8 +115,12 @@ def load_local(
         hashes = [splits.stable_unit_hash(str(text)) for text in rows[text_columns[0]]]
         train = rows.select([i for i, value in enumerate(hashes) if value >= splits.HOLDOUT_FRACTION])
         held_out = rows.select([i for i, value in enumerate(hashes) if value < splits.HOLDOUT_FRACTION])
+    if len(rows) == 0:
+        raise ValueError(f"data file {path} has no rows")
     if len(held_out) == 0:
         raise ValueError(f"no held-out rows in {eval_path or path}; give data.eval_path or more rows")
+    if len(train) == 0:
+        raise ValueError(f"no training rows left in {path} after holding out {len(held_out)}; give more rows")
     if label_column:
         train, held_out = _integer_labels(train, held_out, label_column)
     if train_size:
@@ -116,6 +137,7 @@ def _evaluation(train, held_out, text_columns, label_column, queries: int, refer
     held_out = held_out.select(range(min(queries or len(held_out), len(held_out))))
     if label_column:
         reference_rows = train.select(range(min(references or len(train), len(train))))
+        _check_labelled_held_out(held_out[label_column])
         return KNNEvaluation(
             name=LOCAL_EVALUATION,
             queries=held_out[text_columns[0]],

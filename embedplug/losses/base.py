@@ -11,21 +11,44 @@ from embedplug._validation import check_column_count, warn_non_finite_rows
 
 
 class EmbeddingLoss(nn.Module):
-    """Base of the drop-in losses: the model is the child ``model`` (so ``SentenceTransformerTrainer``
-    can swap in its wrapped model), reachable too as ``sentence_embedder``, the attribute name some
-    sentence-transformers losses use."""
+    """Base of the drop-in losses: the model is one child, reachable as both ``model`` and
+    ``sentence_embedder``. It is registered under ``model_child_name``, the name the
+    sentence-transformers loss being replaced uses, so ``named_parameters()`` and ``state_dict()``
+    keys are sentence-transformers' own; with ``"model"`` (most losses), ``SentenceTransformerTrainer``
+    swaps in its wrapped model."""
+
+    model_child_name = "model"
+    _MODEL_ALIASES = frozenset({"model", "sentence_embedder"})
 
     def __init__(self, model: nn.Module | None) -> None:
         super().__init__()
         self.model = model
 
     def __setattr__(self, name: str, value: Any) -> None:
-        # One child under one name: assigning the alias rebinds ``model``.
-        super().__setattr__("model" if name == "sentence_embedder" else name, value)
+        # One child under one name: assigning either alias rebinds it.
+        if name not in self._MODEL_ALIASES:
+            super().__setattr__(name, value)
+            return
+        child = self.model_child_name
+        if isinstance(value, nn.Module) or value is None:
+            self.__dict__.pop(child, None)
+            self._modules[child] = value
+        else:  # not a module (a stand-in in a test): a plain attribute, as nn.Module would keep it
+            self._modules.pop(child, None)
+            self.__dict__[child] = value
+
+    def _model_child(self) -> nn.Module | None:
+        if self.model_child_name in self._modules:
+            return self._modules[self.model_child_name]
+        return self.__dict__.get(self.model_child_name)
+
+    @property
+    def model(self) -> nn.Module | None:
+        return self._model_child()
 
     @property
     def sentence_embedder(self) -> nn.Module | None:
-        return self.model
+        return self._model_child()
 
     def embed(self, sentence_features: dict) -> Any:
         """Runs the model on one tokenised column and returns its ``sentence_embedding`` [N, D]."""
@@ -50,7 +73,8 @@ class LabelledBatchLoss(EmbeddingLoss):
     """Shape of sentence-transformers' batch triplet losses: one text column with class labels.
 
     Subclasses implement ``labelled_batch_loss(labels [N], embeddings [N, D]) -> scalar`` by calling
-    their sentence-transformers-named method (``batch_hard_triplet_loss`` and so on).
+    their sentence-transformers-named method (``batch_hard_triplet_loss`` and so on). The model is
+    the child ``sentence_embedder``, as in sentence-transformers.
 
     With ``gather_across_devices`` (embedplug's; sentence-transformers' batch triplet losses do not
     gather) the embeddings and labels of every rank are gathered, embeddings with gradients, and
@@ -62,6 +86,7 @@ class LabelledBatchLoss(EmbeddingLoss):
     """
 
     gather_across_devices = False
+    model_child_name = "sentence_embedder"
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
         return self.compute_loss_from_embeddings([self.embed(sentence_features[0])], labels)

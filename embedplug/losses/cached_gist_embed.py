@@ -68,6 +68,9 @@ class CachedGISTEmbedLoss(GradCacheMixin, GuideMixin, EmbeddingLoss):
         self.contrast_anchors = contrast_anchors
         self.contrast_positives = contrast_positives
         self.gather_across_devices = gather_across_devices
+        # sentence-transformers' parts, kept for code that reads them; the fused kernel computes the
+        # same cosine softmax cross-entropy and refuses replacements it cannot honour (see _gist_from_columns).
+        self.cross_entropy_loss = nn.CrossEntropyLoss()
 
     def embed_guide(self, minibatch_features: dict[str, Tensor]) -> Tensor | None:
         if self.guide is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -10,7 +11,22 @@ from torch import Tensor, nn
 from embedplug._validation import check_positive_int
 from embedplug.losses.base import EmbeddingLoss
 from embedplug.losses.gradcache import GradCacheMixin, check_cacheable_model, validate_mini_batch_num_tokens
-from embedplug.losses.multiple_negatives_ranking import MultipleNegativesRankingMixin
+from embedplug.losses.multiple_negatives_ranking import MultipleNegativesRankingLoss, MultipleNegativesRankingMixin
+
+# The hyper-parameters that live on the wrapped ``loss`` (sentence-transformers' ``_delegated_to_wrapped_loss``).
+_DELEGATED_TO_WRAPPED_LOSS = (
+    "scale",
+    "similarity_fct",
+    "gather_across_devices",
+    "directions",
+    "partition_mode",
+    "hardness_mode",
+    "hardness_strength",
+)
+
+
+def _wrapped_loss_option(name: str) -> property:
+    return property(lambda self: getattr(self.loss, name), doc=f"``loss.{name}``, the wrapped loss's option.")
 
 
 class CachedMultipleNegativesRankingLoss(GradCacheMixin, MultipleNegativesRankingMixin, EmbeddingLoss):
@@ -21,6 +37,9 @@ class CachedMultipleNegativesRankingLoss(GradCacheMixin, MultipleNegativesRankin
     on the whole batch at once (the fused kernel is O(N D) memory, so sentence-transformers'
     chunking of the score matrix is unnecessary); options outside the kernel run on the reference,
     as :meth:`backend_info` reports. ``calculate_loss`` can be patched by ``MatryoshkaLoss``.
+    As in sentence-transformers, the hyper-parameters live on the child ``loss`` (a
+    :class:`~embedplug.losses.MultipleNegativesRankingLoss` on the same model, which validates
+    them): reading or assigning ``scale``, ``directions`` ... reads or assigns ``loss.scale`` ...
 
     Args:
         model, scale, similarity_fct, gather_across_devices, directions, partition_mode,
@@ -53,13 +72,35 @@ class CachedMultipleNegativesRankingLoss(GradCacheMixin, MultipleNegativesRankin
         check_cacheable_model(model, "CachedMultipleNegativesRankingLoss", "MultipleNegativesRankingLoss")
         validate_mini_batch_num_tokens(mini_batch_num_tokens)
         check_positive_int(mini_batch_size, "mini_batch_size", "CachedMultipleNegativesRankingLoss")
-        self._setup_options(
-            scale, similarity_fct, gather_across_devices, directions, partition_mode, hardness_mode, hardness_strength
+        self.loss = MultipleNegativesRankingLoss(
+            model,
+            scale=scale,
+            similarity_fct=similarity_fct,
+            gather_across_devices=gather_across_devices,
+            directions=directions,
+            partition_mode=partition_mode,
+            hardness_mode=hardness_mode,
+            hardness_strength=hardness_strength,
         )
         self.mini_batch_size = mini_batch_size
         self.mini_batch_num_tokens = mini_batch_num_tokens
         self.show_progress_bar = show_progress_bar
         self.sort_mini_batches_by_length = sort_mini_batches_by_length
+
+    scale = _wrapped_loss_option("scale")
+    similarity_fct = _wrapped_loss_option("similarity_fct")
+    gather_across_devices = _wrapped_loss_option("gather_across_devices")
+    directions = _wrapped_loss_option("directions")
+    partition_mode = _wrapped_loss_option("partition_mode")
+    hardness_mode = _wrapped_loss_option("hardness_mode")
+    hardness_strength = _wrapped_loss_option("hardness_strength")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Without this, ``loss.scale = 5.0`` would hit the setterless property (sentence-transformers' rule).
+        if name in _DELEGATED_TO_WRAPPED_LOSS and isinstance(self.__dict__.get("_modules", {}).get("loss"), nn.Module):
+            setattr(self.loss, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def calculate_loss(
         self, reps: list[list[Tensor]], labels: Tensor | None = None, *, with_backward: bool = False

@@ -79,9 +79,35 @@ class GuideMixin:
         decoded = self.tokenizer.batch_decode(input_ids, skip_special_tokens=True)
         return batch_to_device(self.guide.preprocess(decoded), self.guide.device)
 
+    def sim_matrix(self, embed1: Tensor, embed2: Tensor) -> Tensor:
+        """sentence-transformers' helper: ``similarity_fct`` of every row pair, [N, D] x [M, D] -> [N, M]."""
+        return self.similarity_fct(embed1.unsqueeze(1), embed2.unsqueeze(0))
+
+    def _check_default_parts(self) -> None:
+        """The fused loss is cosine similarity and a mean cross-entropy: a replaced ``similarity_fct`` or
+        ``cross_entropy_loss`` (which sentence-transformers would use) must not be silently ignored."""
+        similarity = self.similarity_fct
+        if type(similarity) is not nn.CosineSimilarity or similarity.dim != -1 or similarity.eps != 1e-8:
+            raise ValueError(
+                f"{type(self).__name__}.similarity_fct must stay nn.CosineSimilarity(dim=-1): the fused loss "
+                f"computes cosine similarities, got {similarity!r}"
+            )
+        criterion = getattr(self, "cross_entropy_loss", None)
+        if criterion is not None and not (
+            type(criterion) is nn.CrossEntropyLoss
+            and criterion.weight is None
+            and criterion.reduction == "mean"
+            and criterion.label_smoothing == 0.0
+        ):
+            raise ValueError(
+                f"{type(self).__name__}.cross_entropy_loss must stay nn.CrossEntropyLoss() (no weight, label "
+                f"smoothing or other reduction): the fused loss computes that one, got {criterion!r}"
+            )
+
     def _gist_from_columns(self, embeddings: Sequence[Tensor], guide_embeddings: Sequence[Tensor] | None) -> Tensor:
         """Scalar loss from the student's [B, D] columns (anchor, positive, negatives...) and the
         guide's (or None: self-guided), gathering the candidates across devices when asked."""
+        self._check_default_parts()
         check_column_count(embeddings, 2, None, f"{type(self).__name__}: embeddings")
         if guide_embeddings is not None:
             check_column_count(guide_embeddings, len(embeddings), len(embeddings), f"{type(self).__name__}: guide_embeddings")
@@ -203,6 +229,9 @@ class GISTEmbedLoss(GuideMixin, EmbeddingLoss):
         self.contrast_anchors = contrast_anchors
         self.contrast_positives = contrast_positives
         self.gather_across_devices = gather_across_devices
+        # sentence-transformers' parts, kept for code that reads them; the fused kernel computes the
+        # same cosine softmax cross-entropy and refuses replacements it cannot honour (see _gist_from_columns).
+        self.cross_entropy_loss = nn.CrossEntropyLoss()
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None) -> Tensor:
         from sentence_transformers.base.losses.merged_forward import embed_columns

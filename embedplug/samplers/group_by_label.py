@@ -83,6 +83,13 @@ class GroupByLabelBatchSampler(BatchSamplerBase):
         cap = pairs[1]
         self._stream_length = 2 * sum(min(pair_count, cap) for pair_count in pairs)
 
+    @property
+    def groups(self) -> dict[Any, list[int]]:
+        """sentence-transformers' attribute: ``{label: sample indices}`` for every label with at least two
+        samples, in order of first appearance (read-only here: batches come from ``label_groups``)."""
+        classes = self.label_groups.classes
+        return {classes[class_id]: self.label_groups.indices_of(class_id).tolist() for class_id in self._class_ids}
+
     @classmethod
     def from_labels(
         cls, labels: Sequence[Any] | np.ndarray | torch.Tensor, batch_size: int, seed: int = 0, drop_last: bool = False

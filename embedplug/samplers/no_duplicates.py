@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import pickle
 from collections.abc import Iterator
 from typing import Any
@@ -44,6 +45,13 @@ class NoDuplicatesBatchSampler(BatchSamplerBase):
     ``len(sampler)``: ``len(dataset) // batch_size`` if ``drop_last``, else rounded up. Very repetitive data can
     fall short of it even after the extra passes; a warning says so.
 
+    ``precompute_hashes``, ``precompute_num_proc`` and ``precompute_batch_size`` are sentence-transformers'
+    options with its meaning: with ``precompute_hashes=True`` the digests are computed by ``datasets.map`` in
+    ``precompute_num_proc`` processes (default ``min(8, cpu_count - 1)``), ``precompute_batch_size`` rows per
+    call, instead of in this process; the batches are the same either way. Unlike sentence-transformers, this
+    needs no ``xxhash`` (the digests are BLAKE2b), and without the option the values are still digested once,
+    in this process, rather than re-read from the dataset at every duplicate check.
+
     Distributed: accelerate's ``BatchSamplerShard`` deals whole batches round-robin to the processes.
 
     Args:
@@ -53,6 +61,10 @@ class NoDuplicatesBatchSampler(BatchSamplerBase):
         valid_label_columns: label columns, excluded from the duplicate check.
         generator: accepted for signature compatibility; unused.
         seed: non-negative integer seed.
+        precompute_hashes: digest the values with ``datasets.map`` (in parallel) instead of in this process.
+        precompute_num_proc: processes for that ``datasets.map``; None: ``min(8, cpu_count - 1)`` when
+            ``precompute_hashes``.
+        precompute_batch_size: rows per batch of that ``datasets.map``.
     """
 
     def __init__(
@@ -63,6 +75,9 @@ class NoDuplicatesBatchSampler(BatchSamplerBase):
         valid_label_columns: list[str] | None = None,
         generator: torch.Generator | None = None,
         seed: int = 0,
+        precompute_hashes: bool = False,
+        precompute_num_proc: int | None = None,
+        precompute_batch_size: int = 1000,
     ) -> None:
         super().__init__(
             dataset,
@@ -77,6 +92,18 @@ class NoDuplicatesBatchSampler(BatchSamplerBase):
                 f"NoDuplicatesBatchSampler needs an indexable dataset with a length, got {type(dataset).__name__}."
             )
         self._ignored_columns = _EXCLUDED_COLUMNS | set(valid_label_columns or [])
+        if not isinstance(precompute_hashes, (bool, np.bool_)):
+            raise TypeError(f"precompute_hashes must be a bool, got {precompute_hashes!r}.")
+        if precompute_num_proc is not None and not _is_positive_int(precompute_num_proc):
+            raise ValueError(f"precompute_num_proc must be a positive integer or None, got {precompute_num_proc!r}.")
+        if not _is_positive_int(precompute_batch_size):
+            raise ValueError(f"precompute_batch_size must be a positive integer, got {precompute_batch_size!r}.")
+        self.precompute_hashes = bool(precompute_hashes)
+        if self.precompute_hashes and precompute_num_proc is None:
+            # sentence-transformers' default: leave one core free.
+            precompute_num_proc = max(1, min(8, (os.cpu_count() or 1) - 1))
+        self.precompute_num_proc = None if precompute_num_proc is None else int(precompute_num_proc)
+        self.precompute_batch_size = int(precompute_batch_size)
         # (rows, values per row) int64 digests, built on first use and reused: they depend on content only.
         self._row_digests: np.ndarray | None = None
 
@@ -169,6 +196,8 @@ class NoDuplicatesBatchSampler(BatchSamplerBase):
         column_names = getattr(dataset, "column_names", None)
         if column_names is not None:
             columns = [name for name in column_names if name not in self._ignored_columns]
+            if self.precompute_hashes and columns and hasattr(dataset, "map"):
+                return self._digest_rows_with_map(columns)
             with_format = getattr(dataset, "with_format", None)
             per_column = []
             for name in columns:
@@ -191,12 +220,34 @@ class NoDuplicatesBatchSampler(BatchSamplerBase):
                 digests[i] = row + [row[0]] * (width - len(row))
         return digests
 
+    def _digest_rows_with_map(self, columns: list[str]) -> np.ndarray:
+        """The digests of ``columns`` computed by ``datasets.map`` in ``precompute_num_proc`` processes."""
+        digested = self.dataset.map(
+            _digest_batch,
+            batched=True,
+            batch_size=self.precompute_batch_size,
+            num_proc=self.precompute_num_proc if len(self.dataset) > 1 else None,
+            remove_columns=list(self.dataset.column_names),
+            fn_kwargs={"columns": columns},
+            desc="Hashing dataset values",
+        )
+        return np.asarray(digested.with_format("numpy")["__digests"], dtype=np.int64).reshape(len(self.dataset), -1)
+
     def _row_values(self, row: Any) -> list[Any]:
         if isinstance(row, dict):
             return [value for key, value in row.items() if key not in self._ignored_columns]
         if isinstance(row, (list, tuple)):
             return list(row)
         return [row]
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
+
+
+def _digest_batch(batch: dict[str, list[Any]], columns: list[str]) -> dict[str, list[list[int]]]:
+    # Module level: datasets.map pickles it for its worker processes.
+    return {"__digests": [list(row) for row in zip(*([_digest(_value_text(v)) for v in batch[c]] for c in columns))]}
 
 
 def _value_text(value: Any) -> str:
@@ -209,6 +260,10 @@ def _value_text(value: Any) -> str:
         return "[" + ", ".join(_value_text(item) for item in value) + "]"
     if isinstance(value, dict):
         return "{" + ", ".join(f"{key!r}: {_value_text(item)}" for key, item in value.items()) + "}"
+    # datasets' audio/video decoders pickle a fresh storage key; they carry the encoded source (as in ST).
+    encoded = getattr(value, "_hf_encoded", None)
+    if encoded is not None:
+        value = encoded
     try:
         # str() of arbitrary objects often embeds a memory address, fresh on each access; pickle is content.
         return hashlib.sha256(pickle.dumps(value)).hexdigest()

@@ -6,6 +6,7 @@ accumulation, mixed precision, early stopping); this module only translates the 
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -79,9 +80,80 @@ def build_sampler(config: TrainConfig):
         raise ConfigError(f"{config.where('sampler.options')}: {config.sampler.name} options: {exc}") from None
 
 
+# [training] values that must be positive integers, and numbers with a lower bound (TrainingArguments
+# accepts them all and fails later: at the first batch, in the optimizer, or with a silent no-op).
+_POSITIVE_INTEGER_ARGUMENTS = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps")
+_NON_NEGATIVE_NUMBER_ARGUMENTS = ("learning_rate", "weight_decay")
+_POSITIVE_STEP_ARGUMENTS = ("save_steps", "eval_steps", "logging_steps")
+
+
+def check_training_values(config: TrainConfig) -> None:
+    """The [training] values TrainingArguments takes but training cannot use, each as a one-line ConfigError."""
+    training = config.training
+
+    def fail(key: str, expected: str) -> None:
+        raise ConfigError(
+            f"{config.where(f'training.{key}')}: training.{key} must be {expected}, got {training[key]!r}"
+        )
+
+    for key in _POSITIVE_INTEGER_ARGUMENTS:
+        value = training.get(key)
+        if key in training and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            fail(key, "a positive integer")
+    for key in _NON_NEGATIVE_NUMBER_ARGUMENTS:
+        value = training.get(key)
+        if key in training and not (_is_number(value) and math.isfinite(value) and value >= 0):
+            fail(key, "a finite number >= 0")
+    for key in _POSITIVE_STEP_ARGUMENTS:
+        value = training.get(key)
+        if key in training and value is not None and not (_is_number(value) and value > 0):
+            fail(key, "a positive number of steps (or a fraction of the run below 1)")
+    if "max_minutes" in training and not (math.isfinite(training["max_minutes"]) and training["max_minutes"] > 0):
+        fail("max_minutes", "a positive number of minutes")
+    max_steps = training.get("max_steps", -1)
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or (max_steps < 1 and max_steps != -1):
+        fail("max_steps", "a positive integer (or -1: train for num_train_epochs)")
+    if max_steps == -1 and "num_train_epochs" in training:
+        epochs = training["num_train_epochs"]
+        if not (_is_number(epochs) and math.isfinite(epochs) and epochs > 0):
+            fail("num_train_epochs", "a positive number")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_sampler_on_data(config: TrainConfig, arguments, train_dataset, label_column: str | None) -> None:
+    """Build the configured sampler on the real training rows, as the trainer will, so that its own
+    checks (k, the batch size, classes with too few samples) run before the model loads."""
+    factory = build_sampler(config)
+    if factory is None:
+        return
+    batch_size = arguments.per_device_train_batch_size
+    # The trainer passes its data collator's label columns (sentence-transformers' "label" and "score").
+    label_columns = list(dict.fromkeys(name for name in (label_column, "label", "score") if name))
+    try:
+        factory(
+            train_dataset,
+            batch_size=batch_size,
+            drop_last=arguments.dataloader_drop_last,
+            valid_label_columns=label_columns,
+            generator=None,
+            seed=config.seed,
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"{config.where('sampler.options')}: {config.sampler.name} with training.per_device_train_batch_size="
+            f"{batch_size} ({config.where('training.per_device_train_batch_size')}) on the {len(train_dataset)} "
+            f"training rows: {exc}"
+        ) from None
+
+
 def training_arguments(config: TrainConfig, batch_sampler, has_evaluator: bool, primary_metric: str | None):
     """``SentenceTransformerTrainingArguments`` from ``[training]`` plus the top-level output_dir and seed."""
     import torch
+
+    check_training_values(config)
     from sentence_transformers import SentenceTransformerTrainingArguments
 
     # Pinned memory only helps copies to an accelerator; on CPU torch warns about it every epoch.

@@ -35,7 +35,8 @@ _MOVED_TRAINING_KEYS = {
     "resume_from_checkpoint": "the --resume option",
     "overwrite_output_dir": "the --overwrite option",
 }
-EXTRA_TRAINING_KEYS = {"early_stopping_patience": int, "early_stopping_threshold": float}
+# Keys of [training] that embedplug reads itself (max_minutes: see embedplug/train/time_budget.py).
+EXTRA_TRAINING_KEYS = {"early_stopping_patience": int, "early_stopping_threshold": float, "max_minutes": float}
 
 
 class ConfigError(ValueError):

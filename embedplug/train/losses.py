@@ -112,3 +112,42 @@ def describe_backend(loss) -> str:
         threads = "OpenMP" if extension.get("openmp") else "single-threaded"
         return f"{where} on embedplug's fused C++ extension ({kind} kernels, {threads})"
     return f"{where} on embedplug's pure-torch fallback (extension not loaded: {extension.get('reason')})"
+
+
+# What the options probe catches: a loss's own checks and the arithmetic of rejected values (1 / 0 ...).
+_PROBE_ERRORS = (TypeError, ValueError, ArithmeticError, RuntimeError, NotImplementedError)
+
+
+def check_loss_options(cls: type, config: TrainConfig, num_text_columns: int) -> None:
+    """Build an embedplug loss with the config's options and compute it once on a small random batch,
+    before the model loads, so rejected options (a zero temperature, an invalid direction ...) fail in
+    seconds with the key. A stand-in model is used and GIST losses guide themselves, so nothing loads;
+    losses from other libraries are only built with the real model."""
+    if not cls.__module__.startswith("embedplug."):
+        return
+    import torch
+
+    options = resolve_options(cls, config, None, lambda: None)
+    stand_in_model = torch.nn.Sequential(torch.nn.Identity())
+    generator = torch.Generator().manual_seed(0)
+    try:
+        loss = cls(stand_in_model, **options)
+        if requires_labels(cls):
+            columns = [torch.randn(8, 4, generator=generator)]
+            labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+        else:
+            columns = [torch.randn(4, 4, generator=generator) for _ in range(max(num_text_columns, 2))]
+            labels = None
+        if hasattr(loss, "compute_loss_from_embeddings"):
+            value = loss.compute_loss_from_embeddings(columns, labels)
+        elif hasattr(loss, "calculate_loss"):
+            value = loss.calculate_loss([[column] for column in columns], None)
+        else:
+            return
+    except _PROBE_ERRORS as exc:
+        raise ConfigError(f"{config.where('loss.options')}: {config.loss.name} options: {exc}") from None
+    if isinstance(value, torch.Tensor) and not torch.isfinite(value).all():
+        raise ConfigError(
+            f"{config.where('loss.options')}: {config.loss.name} with these options gives a non-finite loss "
+            f"({value.item()}) on a random batch: check its options ({config.loss.options})"
+        )

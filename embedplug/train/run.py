@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from pathlib import Path
@@ -9,12 +10,21 @@ from typing import Any
 
 from embedplug.evaluation.report import format_comparison, read_json, write_json
 from embedplug.evaluation.suites import run_evaluations
-from embedplug.train.assemble import build_sampler, build_trainer, load_guide, load_model
+from embedplug.model_card import link_embedplug_losses_in
+from embedplug.train.assemble import (
+    build_sampler,
+    build_trainer,
+    check_sampler_on_data,
+    load_guide,
+    load_model,
+    training_arguments,
+)
 from embedplug.train.config import TrainConfig
 from embedplug.train.data import load_training_data
-from embedplug.train.losses import build_loss, check_data_fits_loss, describe_backend, loss_class
+from embedplug.train.losses import build_loss, check_data_fits_loss, check_loss_options, describe_backend, loss_class
 from embedplug.train.launch import is_main_process, quiet_unless_main
 from embedplug.train.resume import METRICS_FILE, MODEL_DIR, RUN_FILE, resolve_start
+from embedplug.train.time_budget import StepBudget, apply_time_budget
 
 
 def run_training(
@@ -39,6 +49,10 @@ def run_training(
     build_sampler(config)
     data = load_training_data(config)
     check_data_fits_loss(cls, config, data.label_column, list(data.train.column_names))
+    check_loss_options(cls, config, len([name for name in data.train.column_names if name != data.label_column]))
+    # The arguments and the sampler on the real rows, as the trainer builds them (each raises a ConfigError).
+    arguments = training_arguments(config, build_sampler(config), bool(data.evaluations), None)
+    check_sampler_on_data(config, arguments, data.train, data.label_column)
     print(f"data: {data.description}")
 
     import transformers
@@ -61,9 +75,11 @@ def run_training(
     if checkpoint is not None:
         print(f"resuming from {checkpoint}")
     train_started = time.perf_counter()
+    budget = _apply_time_budget(config, trainer, model, output_dir, checkpoint)
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     timings["train_seconds"] = time.perf_counter() - train_started
     model.save(str(output_dir / MODEL_DIR))
+    link_embedplug_losses_in(output_dir / MODEL_DIR)
 
     after_started = time.perf_counter()
     after = run_evaluations(model, data.evaluations, config.evaluation.batch_size, show_progress_bar)
@@ -76,6 +92,7 @@ def run_training(
         "loss_backend": backend,
         "sampler": config.sampler.name or "(sentence-transformers default)",
         "global_step": result.global_step,
+        "time_budget": dataclasses.asdict(budget) if budget else None,
         "resumed_from": str(checkpoint) if checkpoint else None,
         "timings": timings,
         "config": config.to_dict(),
@@ -116,6 +133,21 @@ def _before_metrics(config, model, evaluations, output_dir: Path, checkpoint, sh
     before = run_evaluations(model, evaluations, config.evaluation.batch_size, show_progress_bar)
     write_json(run_file, {"config": config.to_dict(), "before": before})
     return before
+
+
+def _apply_time_budget(config, trainer, model, output_dir: Path, checkpoint) -> StepBudget | None:
+    """``training.max_minutes``: fix max_steps from the measured step time (a resumed run reuses the
+    steps chosen when it started, recorded in the run file), and say what was chosen and why."""
+    if "max_minutes" not in config.training:
+        return None
+    run_file = output_dir / RUN_FILE
+    recorded = read_json(run_file) or {}
+    previous = recorded.get("time_budget") if checkpoint is not None else None
+    budget = apply_time_budget(trainer, model, config.training["max_minutes"], config.seed, previous)
+    print(budget.describe())
+    if previous is None:
+        write_json(run_file, {**recorded, "time_budget": dataclasses.asdict(budget)})
+    return budget
 
 
 def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -48,7 +48,8 @@ def test_loss_specific_attributes_match():
     assert ours.triplet_margin == theirs.triplet_margin
     replacement = torch.nn.Linear(2, 2)
     ours.sentence_embedder = replacement
-    assert ours.model is replacement and [name for name, _ in ours.named_children()] == ["model"]
+    # sentence-transformers' child name, so named_parameters() / state_dict() keys are the same.
+    assert ours.model is replacement and [name for name, _ in ours.named_children()] == ["sentence_embedder"]
     assert ours.get_triplet_mask(torch.tensor([0, 0, 1])).equal(theirs.get_triplet_mask(torch.tensor([0, 0, 1])))
 
 

@@ -105,3 +105,44 @@ def test_errors():
         NoDuplicatesBatchSampler(None, batch_size=4, drop_last=False)
     with pytest.raises(ValueError, match=r"batch_size must be a positive integer"):
         NoDuplicatesBatchSampler([1, 2], batch_size=0, drop_last=False)
+
+
+@pytest.mark.parametrize("num_proc", [None, 1, 2])
+def test_precompute_hashes_options_as_in_sentence_transformers(num_proc):
+    st_sampler_module = pytest.importorskip("sentence_transformers.base.sampler")
+    anchors = [f"q{i % 11}" for i in range(45)]
+    dataset = datasets.Dataset.from_dict(
+        {"anchor": anchors, "positive": [f"p{i % 17}" for i in range(45)], "label": [i % 3 for i in range(45)]}
+    )
+    options = dict(precompute_hashes=True, precompute_num_proc=num_proc, precompute_batch_size=7)
+    ours = NoDuplicatesBatchSampler(dataset, 6, False, valid_label_columns=["label"], seed=4, **options)
+    plain = NoDuplicatesBatchSampler(dataset, 6, False, valid_label_columns=["label"], seed=4)
+    theirs = st_sampler_module.NoDuplicatesBatchSampler(
+        dataset, 6, False, valid_label_columns=["label"], generator=torch.Generator(), seed=4, **options
+    )
+    for name in ("precompute_hashes", "precompute_num_proc", "precompute_batch_size"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    for epoch in (0, 3):
+        for sampler in (ours, plain, theirs):
+            sampler.set_epoch(epoch)
+        assert list(ours) == list(theirs) == list(plain)
+
+
+def test_precompute_option_errors():
+    dataset = datasets.Dataset.from_dict({"anchor": ["a", "b"]})
+    with pytest.raises(ValueError, match="precompute_num_proc must be a positive integer"):
+        NoDuplicatesBatchSampler(dataset, 2, False, precompute_hashes=True, precompute_num_proc=0)
+    with pytest.raises(ValueError, match="precompute_batch_size must be a positive integer"):
+        NoDuplicatesBatchSampler(dataset, 2, False, precompute_batch_size=0)
+    with pytest.raises(TypeError, match="precompute_hashes must be a bool"):
+        NoDuplicatesBatchSampler(dataset, 2, False, precompute_hashes="yes")
+
+
+def test_precompute_options_through_for_trainer():
+    from embedplug.samplers import for_trainer
+
+    dataset = datasets.Dataset.from_dict({"anchor": ["a", "b", "a", "c"], "positive": ["x", "y", "z", "w"]})
+    factory = for_trainer("NoDuplicatesBatchSampler", precompute_hashes=True, precompute_num_proc=1)
+    sampler = factory(dataset, batch_size=2, drop_last=False, valid_label_columns=None, generator=None, seed=0)
+    assert sampler.precompute_hashes and sampler.precompute_num_proc == 1
+    assert all(len({dataset[i]["anchor"] for i in batch}) == len(batch) for batch in sampler)

@@ -96,3 +96,90 @@ def test_early_stopping_needs_evaluation_during_training(tmp_path, monkeypatch):
     )
     with pytest.raises(ConfigError, match="early stopping needs evaluation during training"):
         training_arguments(config, None, True, "supersense_knn@1")
+
+
+# --------------------------------------------------------------------------------------------------
+# Mistakes that used to surface only after the model had loaded and the "before" evaluation had run.
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if `embedplug train` gets as far as loading a model."""
+
+    def load_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the config error was reported")
+
+    monkeypatch.setattr("embedplug.train.run.load_model", load_model)
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    # (datasets' progress bars may come first, on lines of their own)
+    errors = [line for line in err.splitlines() if "embedplug train: error: " in line]
+    assert len(errors) == 1 and errors[0].startswith("embedplug train: error: "), err
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("training.learning_rate=-1e-5", "training.learning_rate must be a finite number >= 0, got -1e-05"),
+        ("training.per_device_train_batch_size=0", "training.per_device_train_batch_size must be a positive integer, got 0"),
+        ("training.gradient_accumulation_steps=0", "training.gradient_accumulation_steps must be a positive integer"),
+        ("training.max_steps=0", "training.max_steps must be a positive integer (or -1"),
+        ("sampler.options={k=1}", "k (samples per class per batch) must be an integer >= 2, got 1"),
+        ("training.per_device_train_batch_size=9", "batch_size=9 is not divisible by k=2"),
+    ],
+    ids=["negative_learning_rate", "batch_size_0", "accumulation_0", "max_steps_0", "pk_k_1", "batch_not_multiple_of_k"],
+)
+def test_training_and_sampler_values_fail_before_the_model_loads(
+    tmp_path, monkeypatch, capsys, no_model_load, override, expected
+):
+    config = supersense_config(tmp_path, small_wordnet(tmp_path, monkeypatch))
+    assert main(["train", str(config), "--no-progress", "--set", override]) == 2
+    err = _one_line_error(capsys)
+    key = override.split("=")[0]
+    assert expected in err and key in err
+    if key.startswith("training."):
+        assert f"--set {override}" in err  # where it was set
+
+
+def test_gist_temperature_zero_fails_before_the_model_loads(tmp_path, monkeypatch, capsys, no_model_load):
+    config = supersense_config(tmp_path, small_wordnet(tmp_path, monkeypatch))
+    overrides = ["data.task=reverse-dictionary", "loss.name=GISTEmbedLoss", "guide.path=self", "sampler.name=''"]
+    overrides += ["sampler.options={}", "loss.options={temperature=0.0}"]
+    assert main(["train", str(config), "--no-progress", *[f"--set={item}" for item in overrides]]) == 2
+    err = _one_line_error(capsys)
+    assert "--set loss.options={temperature=0.0}: GISTEmbedLoss options:" in err
+
+
+def _labelled_csv_config(tmp_path, train_rows: str, eval_rows: str | None) -> str:
+    (tmp_path / "train.csv").write_text(train_rows)
+    eval_line = ""
+    if eval_rows is not None:
+        (tmp_path / "eval.csv").write_text(eval_rows)
+        eval_line = f'eval_path = "{tmp_path / "eval.csv"}"\n'
+    config = tmp_path / "labelled.toml"
+    config.write_text(
+        f'output_dir = "{tmp_path / "run"}"\n[data]\npath = "{tmp_path / "train.csv"}"\nlabel_column = "label"\n'
+        + eval_line
+        + '[loss]\nname = "BatchHardTripletLoss"\n[sampler]\nname = "PKBatchSampler"\noptions = { k = 2 }\n'
+        + "[training]\nmax_steps = 1\nper_device_train_batch_size = 4\n"
+    )
+    return str(config)
+
+
+def test_held_out_split_too_small_for_its_evaluation(tmp_path, capsys, no_model_load):
+    rows = "text,label\n" + "".join(f"text {i},{i % 3}\n" for i in range(12))
+    config = _labelled_csv_config(tmp_path, rows, "text,label\nheld one,0\nheld two,0\n")
+    assert main(["train", config, "--no-progress"]) == 2
+    err = _one_line_error(capsys)
+    assert "the held-out split has 2 rows in 1 classes" in err and "data.eval_path" in err
+
+
+def test_header_only_csv(tmp_path, capsys, no_model_load):
+    config = _labelled_csv_config(tmp_path, "text,label\n", None)
+    assert main(["train", config, "--no-progress"]) == 2
+    err = _one_line_error(capsys)
+    assert f"data file {tmp_path / 'train.csv'} has no rows (a header at most)" in err
