@@ -16,47 +16,20 @@
 
 #include "cpu/masked_infonce_common.h"
 #include "cpu/pairwise_tiles.h"
+#include "labelled_contrastive_common.h"
 #include "labelled_contrastive_rules.h"
 
 namespace embedplug {
 namespace cpu {
 namespace {
 
+using namespace labelled_contrastive;
 using rules::ColumnGroup;
 using rules::ContrastiveLoss;
 using rules::ContrastiveParams;
 using rules::GroupSums;
 using rules::RowResult;
 using rules::RowScan;
-
-// Double-precision options as the schema gives them; cast per dtype in the kernel.
-struct ContrastiveOptions {
-  ContrastiveLoss loss;
-  double temperature = 1, alpha = 1, beta = 1, base = 0, m = 0, gamma = 1;
-  std::optional<double> mining_epsilon;
-
-  template <typename scalar_t>
-  ContrastiveParams<scalar_t> params() const {
-    ContrastiveParams<scalar_t> p;
-    p.loss = loss;
-    p.temperature = static_cast<scalar_t>(temperature);
-    p.alpha = static_cast<scalar_t>(alpha);
-    p.beta = static_cast<scalar_t>(beta);
-    p.base = static_cast<scalar_t>(base);
-    p.m = static_cast<scalar_t>(m);
-    p.gamma = static_cast<scalar_t>(gamma);
-    p.mine = mining_epsilon.has_value();
-    p.epsilon = static_cast<scalar_t>(mining_epsilon.value_or(0.0));
-    return p;
-  }
-};
-
-void check_positive(double value, const char* name) {
-  TORCH_CHECK(std::isfinite(value) && value > 0, "embedplug: ", name, " must be a positive finite number, got ", value);
-}
-void check_finite(double value, const char* name) {
-  TORCH_CHECK(std::isfinite(value), "embedplug: ", name, " must be a finite number, got ", value);
-}
 
 // Evaluates the rows [row_begin, row_end) of a distance block. `scratch` is a [rows x N] buffer;
 // with `row_weight` non-null it ends holding the pair weights -row_weight(a, loss_a) * d loss_a / d s
@@ -197,25 +170,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrastive_forward(c
   return {out.losses, out.positive_pairs, out.negative_pairs, out.unit_grad};
 }
 
-// Whether grad_losses is g on the anchors the reducer counts and 0 elsewhere (what the reduction
-// always gives): then the gradient is g times the forward's unit gradient.
-std::optional<at::Tensor> scaled_unit_gradient(const at::Tensor& grad_losses, const at::Tensor& losses,
-                                               const at::Tensor& unit_grad, const ContrastiveOptions& options) {
-  if (unit_grad.numel() == 0) return std::nullopt;
-  TORCH_CHECK(unit_grad.dim() == 2 && unit_grad.size(0) == losses.size(0), "embedplug: unit_grad must be empty or [N, D]");
-  const auto counted = options.loss == ContrastiveLoss::kMultiSimilarity
-                           ? at::ones_like(losses, losses.options().dtype(at::kBool))
-                           : losses.gt(0).logical_or_(losses.isnan());
-  const auto grad = grad_losses.to(unit_grad.scalar_type());
-  if (!grad.masked_select(counted.logical_not()).eq(0).all().item<bool>()) return std::nullopt;
-  const auto on_counted = grad.masked_select(counted);
-  if (on_counted.numel() == 0) return at::zeros_like(unit_grad);
-  if (!on_counted.eq(on_counted[0]).all().item<bool>()) return std::nullopt;
-  const auto g = on_counted[0];
-  if (g.eq(0).item<bool>()) return at::zeros_like(unit_grad);
-  return unit_grad * g;
-}
-
 at::Tensor contrastive_backward(const at::Tensor& grad_losses, const at::Tensor& embeddings, const at::Tensor& labels,
                                 const at::Tensor& losses, const at::Tensor& unit_grad, const ContrastiveOptions& options) {
   check_embeddings_and_labels(embeddings, labels);
@@ -233,38 +187,6 @@ at::Tensor contrastive_backward(const at::Tensor& grad_losses, const at::Tensor&
     grad = run_contrastive<scalar_t>(embeddings, label_ptr, options, &incoming).unit_grad;
   });
   return grad;
-}
-
-ContrastiveOptions supcon_options(double temperature) {
-  check_positive(temperature, "temperature");
-  ContrastiveOptions options;
-  options.loss = ContrastiveLoss::kSupCon;
-  options.temperature = temperature;
-  return options;
-}
-
-ContrastiveOptions multi_similarity_options(double alpha, double beta, double base, std::optional<double> mining_epsilon) {
-  check_positive(alpha, "alpha");
-  check_positive(beta, "beta");
-  check_finite(base, "base");
-  if (mining_epsilon) check_finite(*mining_epsilon, "mining_epsilon");
-  ContrastiveOptions options;
-  options.loss = ContrastiveLoss::kMultiSimilarity;
-  options.alpha = alpha;
-  options.beta = beta;
-  options.base = base;
-  options.mining_epsilon = mining_epsilon;
-  return options;
-}
-
-ContrastiveOptions circle_options(double m, double gamma) {
-  check_finite(m, "m");
-  check_positive(gamma, "gamma");
-  ContrastiveOptions options;
-  options.loss = ContrastiveLoss::kCircle;
-  options.m = m;
-  options.gamma = gamma;
-  return options;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_loss_forward_cpu(const at::Tensor& embeddings,
