@@ -256,3 +256,10 @@ def test_bad_options_get_a_clear_error(fn, options, match):
 @pytest.mark.parametrize("name", ["SupConLoss", "MultiSimilarityLoss", "CircleLoss"])
 def test_registered_as_builtin_plugin(name):
     assert embedplug.get_loss(name) is getattr(losses, name)
+
+
+@pytest.mark.parametrize("name", ["SupConLoss", "MultiSimilarityLoss", "CircleLoss"])
+def test_embedplug_train_treats_them_as_labelled_losses(name):
+    from embedplug.train.losses import requires_labels
+
+    assert requires_labels(getattr(losses, name))
