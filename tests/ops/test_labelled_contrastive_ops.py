@@ -109,7 +109,11 @@ def test_property_fused_equals_reference(labels, op, duplicates, seed):
     labels = torch.tensor(labels)
     n = labels.numel()
     embeddings = torch.randn(n, 6, generator=generator, dtype=torch.float64)
-    if duplicates:  # exact copies: equal similarities, the miner's strict comparisons at ties
+    if duplicates and op.options[-1] != 0.0:
+        # Exact copies give equal similarities (SupCon's row maximum on a positive, ties inside a
+        # group). With mining_epsilon = 0 a positive and a negative that are copies of one point
+        # tie exactly at the miner's strict threshold, and which side wins is decided by the GEMM's
+        # last-bit rounding, in PML as here: exact ties are tested on axis vectors instead.
         embeddings = embeddings[torch.randint(0, max(n // 2, 1), (n,), generator=generator)]
     weights = torch.randn(n, generator=generator, dtype=torch.float64)
     torch.testing.assert_close(
