@@ -143,6 +143,11 @@ def test_exact_ties_on_axis_vectors(op):
 @requires_extension
 @each_op
 def test_gradcheck_float64(op):
+    if op.name == "circle_loss_forward":
+        # PML's circle loss detaches its relu weights, so its gradient is not the derivative of its
+        # value and finite differences disagree by design; the reference comparisons above check
+        # that gradient (with the detach) instead.
+        pytest.skip("circle loss's gradient holds detached factors constant")
     generator = torch.Generator().manual_seed(3)
     embeddings = torch.randn(12, 5, generator=generator, dtype=torch.float64).requires_grad_()
     labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 4])
