@@ -58,10 +58,10 @@ def test_example_is_discovered_through_its_entry_point(installed_example):
     script = """
         import json
         import embedplug
-        loss, sampler = embedplug.get_loss("SupConLoss"), embedplug.get_sampler("SeededShuffleBatchSampler")
+        loss, sampler = embedplug.get_loss("ExampleSupConLoss"), embedplug.get_sampler("SeededShuffleBatchSampler")
         print(json.dumps({
             "loss": f"{loss.__module__}.{loss.__qualname__}",
-            "alias": embedplug.get_loss("supcon") is loss,
+            "alias": embedplug.get_loss("example_supcon") is loss,
             "sampler": f"{sampler.__module__}.{sampler.__qualname__}",
             "records": embedplug.list_plugins(),
         }))
@@ -70,14 +70,14 @@ def test_example_is_discovered_through_its_entry_point(installed_example):
     result = run(sys.executable, "-c", textwrap.dedent(script), env=clean_environ(EMBEDPLUG_STRICT_PLUGINS="1"))
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout)
-    assert found["loss"] == "embedplug_example.loss.SupConLoss"
+    assert found["loss"] == "embedplug_example.loss.ExampleSupConLoss"
     assert found["alias"] is True
     assert found["sampler"] == "embedplug_example.sampler.SeededShuffleBatchSampler"
     [record] = [record for record in found["records"] if record["distribution"] == DISTRIBUTION]
     assert record["name"] == "example"
     assert record["version"] == PLUGIN_PROJECT["version"]
     assert record["entry_point"] == "embedplug_example.plugin"
-    assert record["losses"] == ["SupConLoss", "supcon"]
+    assert record["losses"] == ["ExampleSupConLoss", "example_supcon"]
     assert record["samplers"] == ["SeededShuffleBatchSampler", "seeded_shuffle"]
     assert found["records"][0]["distribution"] == "embedplug"  # built-ins still load first
 
@@ -90,10 +90,10 @@ def test_example_is_listed_by_the_cli(installed_example):
 
 
 def test_example_can_be_disabled(installed_example):
-    script = "import embedplug; print(embedplug.get_loss('SupConLoss'))"
+    script = "import embedplug; print(embedplug.get_loss('ExampleSupConLoss'))"
     result = run(sys.executable, "-c", script, env=clean_environ(EMBEDPLUG_DISABLE_PLUGINS=DISTRIBUTION))
     assert result.returncode != 0
-    assert "no loss named 'SupConLoss'" in result.stderr
+    assert "no loss named 'ExampleSupConLoss'" in result.stderr
 
 
 def test_example_own_tests_pass(installed_example):

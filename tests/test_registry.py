@@ -578,7 +578,7 @@ def test_the_documented_plugin_works(fake_site):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert record_for("embedplug-example")["errors"] == []
-    loss_class = embedplug.get_loss("supcon")
+    loss_class = embedplug.get_loss("example_supcon")
     embeddings = torch.randn(6, 4, requires_grad=True)
     model = lambda features: {"sentence_embedding": features["x"]}  # noqa: E731 (stands in for a model)
     loss = loss_class(model)([{"x": embeddings}], torch.tensor([0, 0, 1, 1, 2, 2]))

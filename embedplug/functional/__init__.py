@@ -8,6 +8,11 @@ the same name: the batch losses take ``embeddings`` [N, D] and integer ``labels`
 from embedplug.functional.batch_all import batch_all_triplet_loss
 from embedplug.functional.batch_hard import batch_hard_triplet_loss
 from embedplug.functional.in_batch_negatives import gist_embed_loss, multiple_negatives_ranking_loss
+from embedplug.functional.labelled_contrastive import (
+    circle_loss,
+    multi_similarity_loss,
+    supervised_contrastive_loss,
+)
 from embedplug.functional.semi_hard import batch_semi_hard_triplet_loss
 from embedplug.functional.soft_margin import batch_hard_soft_margin_triplet_loss
 from embedplug.functional.triplet import triplet_loss
@@ -17,7 +22,10 @@ __all__ = [
     "batch_hard_soft_margin_triplet_loss",
     "batch_hard_triplet_loss",
     "batch_semi_hard_triplet_loss",
+    "circle_loss",
     "gist_embed_loss",
+    "multi_similarity_loss",
     "multiple_negatives_ranking_loss",
+    "supervised_contrastive_loss",
     "triplet_loss",
 ]

@@ -13,6 +13,7 @@ from embedplug.losses.cached_gist_embed import CachedGISTEmbedLoss
 from embedplug.losses.cached_multiple_negatives_ranking import CachedMultipleNegativesRankingLoss
 from embedplug.losses.distance_functions import BatchHardTripletLossDistanceFunction
 from embedplug.losses.gist_embed import GISTEmbedLoss
+from embedplug.losses.labelled_contrastive import CircleLoss, MultiSimilarityLoss, SupConLoss
 from embedplug.losses.multiple_negatives_ranking import MultipleNegativesRankingLoss
 from embedplug.losses.triplet import TripletDistanceMetric, TripletLoss
 
@@ -27,6 +28,9 @@ BUILTIN_LOSSES: tuple = (
     CachedGISTEmbedLoss,
     MultipleNegativesRankingLoss,
     CachedMultipleNegativesRankingLoss,
+    SupConLoss,
+    MultiSimilarityLoss,
+    CircleLoss,
 )
 
 __all__ = [
@@ -38,9 +42,12 @@ __all__ = [
     "BatchSemiHardTripletLoss",
     "CachedGISTEmbedLoss",
     "CachedMultipleNegativesRankingLoss",
+    "CircleLoss",
     "EmbeddingLoss",
     "GISTEmbedLoss",
+    "MultiSimilarityLoss",
     "MultipleNegativesRankingLoss",
+    "SupConLoss",
     "TripletDistanceMetric",
     "TripletLoss",
 ]

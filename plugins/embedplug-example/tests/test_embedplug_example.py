@@ -8,20 +8,20 @@ import torch
 from torch import nn
 
 import embedplug
-from embedplug_example import SeededShuffleBatchSampler, SupConLoss, supervised_contrastive_loss
+from embedplug_example import SeededShuffleBatchSampler, ExampleSupConLoss, supervised_contrastive_loss
 
 
 # ----- discovery: the first thing a new plugin should check (as in datasette-plugin's template)
 
 
 def test_plugin_is_discovered_through_its_entry_point():
-    assert embedplug.get_loss("SupConLoss") is SupConLoss
-    assert embedplug.get_loss("supcon") is SupConLoss
+    assert embedplug.get_loss("ExampleSupConLoss") is ExampleSupConLoss
+    assert embedplug.get_loss("example_supcon") is ExampleSupConLoss
     assert embedplug.get_sampler("SeededShuffleBatchSampler") is SeededShuffleBatchSampler
     [record] = [record for record in embedplug.list_plugins() if record["distribution"] == "embedplug-example"]
     assert record["version"] == importlib.metadata.version("embedplug-example")
     assert record["errors"] == []
-    assert record["losses"] == ["SupConLoss", "supcon"]
+    assert record["losses"] == ["ExampleSupConLoss", "example_supcon"]
     assert record["samplers"] == ["SeededShuffleBatchSampler", "seeded_shuffle"]
 
 
@@ -87,7 +87,7 @@ class TinyEmbedder(nn.Module):
 
 def test_loss_follows_the_sentence_transformers_contract():
     model = TinyEmbedder()
-    loss_module = SupConLoss(model, temperature=0.2)
+    loss_module = ExampleSupConLoss(model, temperature=0.2)
     features = [{"input_ids": torch.randn(6, 8)}]
     loss = loss_module(features, torch.tensor([0, 0, 1, 1, 2, 2]))
     loss.backward()
@@ -100,7 +100,7 @@ def test_loss_follows_the_sentence_transformers_contract():
 
 def test_loss_rejects_non_positive_temperature():
     with pytest.raises(ValueError, match="temperature"):
-        SupConLoss(TinyEmbedder(), temperature=0.0)
+        ExampleSupConLoss(TinyEmbedder(), temperature=0.0)
 
 
 # ----- the sampler

@@ -40,7 +40,7 @@ def supervised_contrastive_loss(embeddings: Tensor, labels: Tensor, temperature:
     return -(positive_log_probability_sum / positives.sum(dim=1)).mean()
 
 
-class SupConLoss(nn.Module):
+class ExampleSupConLoss(nn.Module):
     """Supervised contrastive loss on normalized sentence embeddings (Khosla et al., 2020).
 
     Pulls together every pair of texts that share a label and pushes apart all others in the batch.

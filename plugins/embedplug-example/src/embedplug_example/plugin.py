@@ -6,14 +6,14 @@ attributes it to this distribution (see ``embedplug plugins``).
 
 import embedplug
 
-from embedplug_example.loss import SupConLoss
+from embedplug_example.loss import ExampleSupConLoss
 from embedplug_example.sampler import SeededShuffleBatchSampler
 
 
 @embedplug.hookimpl
 def embedplug_register_losses(register):
-    """Register :class:`SupConLoss` as ``"SupConLoss"`` (its class name) and the short alias ``"supcon"``."""
-    register(SupConLoss, aliases=("supcon",))
+    """Register :class:`ExampleSupConLoss` as ``"ExampleSupConLoss"`` (its class name) and the short alias ``"example_supcon"``."""
+    register(ExampleSupConLoss, aliases=("example_supcon",))
 
 
 @embedplug.hookimpl
