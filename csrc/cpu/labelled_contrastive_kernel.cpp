@@ -18,6 +18,7 @@
 #include "cpu/pairwise_tiles.h"
 #include "labelled_contrastive_common.h"
 #include "labelled_contrastive_rules.h"
+#include "op_input_checks.h"
 
 namespace embedplug {
 namespace cpu {
@@ -153,11 +154,18 @@ ContrastiveOutputs run_contrastive(const at::Tensor& embeddings, const int64_t* 
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrastive_forward(const at::Tensor& embeddings,
+void check_inputs(const char* op, const at::Tensor& embeddings, const at::Tensor& labels) {
+  check_floating_inputs(op, {{"embeddings", &embeddings}});
+  check_int64_input(op, "labels", labels);
+  check_cpu_embeddings_and_labels(embeddings, labels);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrastive_forward(const char* op,
+                                                                               const at::Tensor& embeddings,
                                                                                const at::Tensor& labels,
                                                                                const ContrastiveOptions& options,
                                                                                bool compute_grad) {
-  check_embeddings_and_labels(embeddings, labels);
+  check_inputs(op, embeddings, labels);
   const auto labels_contiguous = labels.contiguous();
   const int64_t* label_ptr = labels_contiguous.data_ptr<int64_t>();
   ContrastiveOutputs out;
@@ -170,9 +178,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrastive_forward(c
   return {out.losses, out.positive_pairs, out.negative_pairs, out.unit_grad};
 }
 
-at::Tensor contrastive_backward(const at::Tensor& grad_losses, const at::Tensor& embeddings, const at::Tensor& labels,
-                                const at::Tensor& losses, const at::Tensor& unit_grad, const ContrastiveOptions& options) {
-  check_embeddings_and_labels(embeddings, labels);
+at::Tensor contrastive_backward(const char* op, const at::Tensor& grad_losses, const at::Tensor& embeddings,
+                                const at::Tensor& labels, const at::Tensor& losses, const at::Tensor& unit_grad,
+                                const ContrastiveOptions& options) {
+  check_inputs(op, embeddings, labels);
+  check_floating_inputs(op, {{"grad_losses", &grad_losses}});
   const int64_t n = embeddings.size(0);
   TORCH_CHECK(grad_losses.dim() == 1 && grad_losses.size(0) == n && losses.dim() == 1 && losses.size(0) == n,
               "embedplug: grad_losses and losses must be [N]");
@@ -192,34 +202,34 @@ at::Tensor contrastive_backward(const at::Tensor& grad_losses, const at::Tensor&
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_loss_forward_cpu(const at::Tensor& embeddings,
                                                                                    const at::Tensor& labels,
                                                                                    double temperature, bool compute_grad) {
-  return contrastive_forward(embeddings, labels, supcon_options(temperature), compute_grad);
+  return contrastive_forward("supcon_loss_forward", embeddings, labels, supcon_options(temperature), compute_grad);
 }
 at::Tensor supcon_loss_backward_cpu(const at::Tensor& grad_losses, const at::Tensor& embeddings, const at::Tensor& labels,
                                     const at::Tensor& losses, const at::Tensor& unit_grad, double temperature) {
-  return contrastive_backward(grad_losses, embeddings, labels, losses, unit_grad, supcon_options(temperature));
+  return contrastive_backward("_supcon_loss_backward", grad_losses, embeddings, labels, losses, unit_grad, supcon_options(temperature));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_similarity_loss_forward_cpu(
     const at::Tensor& embeddings, const at::Tensor& labels, double alpha, double beta, double base,
     std::optional<double> mining_epsilon, bool compute_grad) {
-  return contrastive_forward(embeddings, labels, multi_similarity_options(alpha, beta, base, mining_epsilon), compute_grad);
+  return contrastive_forward("multi_similarity_loss_forward", embeddings, labels, multi_similarity_options(alpha, beta, base, mining_epsilon), compute_grad);
 }
 at::Tensor multi_similarity_loss_backward_cpu(const at::Tensor& grad_losses, const at::Tensor& embeddings,
                                               const at::Tensor& labels, const at::Tensor& losses,
                                               const at::Tensor& unit_grad, double alpha, double beta, double base,
                                               std::optional<double> mining_epsilon) {
-  return contrastive_backward(grad_losses, embeddings, labels, losses, unit_grad,
+  return contrastive_backward("_multi_similarity_loss_backward", grad_losses, embeddings, labels, losses, unit_grad,
                               multi_similarity_options(alpha, beta, base, mining_epsilon));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> circle_loss_forward_cpu(const at::Tensor& embeddings,
                                                                                    const at::Tensor& labels, double m,
                                                                                    double gamma, bool compute_grad) {
-  return contrastive_forward(embeddings, labels, circle_options(m, gamma), compute_grad);
+  return contrastive_forward("circle_loss_forward", embeddings, labels, circle_options(m, gamma), compute_grad);
 }
 at::Tensor circle_loss_backward_cpu(const at::Tensor& grad_losses, const at::Tensor& embeddings, const at::Tensor& labels,
                                     const at::Tensor& losses, const at::Tensor& unit_grad, double m, double gamma) {
-  return contrastive_backward(grad_losses, embeddings, labels, losses, unit_grad, circle_options(m, gamma));
+  return contrastive_backward("_circle_loss_backward", grad_losses, embeddings, labels, losses, unit_grad, circle_options(m, gamma));
 }
 
 }  // namespace

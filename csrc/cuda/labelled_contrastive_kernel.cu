@@ -18,6 +18,7 @@
 #include "cuda/cuda_common.cuh"
 #include "labelled_contrastive_common.h"
 #include "labelled_contrastive_rules.h"
+#include "op_input_checks.h"
 
 namespace embedplug {
 namespace cuda {
@@ -203,6 +204,8 @@ Outputs run_contrastive(const at::Tensor& embeddings, const at::Tensor& labels, 
 }
 
 void check_inputs(const char* op, const at::Tensor& embeddings, const at::Tensor& labels) {
+  check_floating_inputs(op, {{"embeddings", &embeddings}});
+  check_int64_input(op, "labels", labels);
   check_same_cuda_device(op, {{"embeddings", &embeddings}, {"labels", &labels}});
   TORCH_CHECK(embeddings.dim() == 2, "embedplug: embeddings must be 2-D [N, D], got ", embeddings.dim(), "-D");
   TORCH_CHECK(embeddings.scalar_type() == at::kFloat || embeddings.scalar_type() == at::kDouble,
@@ -230,6 +233,7 @@ at::Tensor contrastive_backward(const char* op, const at::Tensor& grad_losses, c
                                 const at::Tensor& labels, const at::Tensor& losses, const at::Tensor& unit_grad,
                                 const ContrastiveOptions& options) {
   check_inputs(op, embeddings, labels);
+  check_floating_inputs(op, {{"grad_losses", &grad_losses}});
   check_same_cuda_device(op, {{"embeddings", &embeddings}, {"grad_losses", &grad_losses}, {"losses", &losses}});
   const at::cuda::CUDAGuard guard(embeddings.device());
   const int64_t n = embeddings.size(0);

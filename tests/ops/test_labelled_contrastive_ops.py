@@ -202,11 +202,11 @@ def test_cpp_checks_raise_python_errors_not_crashes():
     supcon = torch.ops.embedplug.supcon_loss_forward
     with pytest.raises(RuntimeError, match="2-D"):
         supcon(torch.randn(4), labels, 0.1, False)
-    with pytest.raises(RuntimeError, match="float32 or float64"):
+    with pytest.raises(TypeError, match="supcon_loss_forward: embeddings must be float32 or float64"):
         supcon(torch.randn(4, 3).half(), labels, 0.1, False)
     with pytest.raises(RuntimeError, match="one label per embedding"):
         supcon(torch.randn(5, 3), labels, 0.1, False)
-    with pytest.raises(RuntimeError, match="int64"):
+    with pytest.raises(TypeError, match="supcon_loss_forward: labels must be int64"):
         supcon(torch.randn(4, 3), labels.int(), 0.1, False)
     with pytest.raises(RuntimeError, match="empty batch"):
         supcon(torch.randn(0, 3), labels[:0], 0.1, False)
