@@ -13,6 +13,9 @@ class EmbeddingLoss(nn.Module):
     can swap in its wrapped model), reachable too as ``sentence_embedder``, the attribute name some
     sentence-transformers losses use."""
 
+    # What `embedplug plugins` reports (embedplug.implementations); a loss on plain torch overrides it.
+    embedplug_implementation = "embedplug fused kernel"
+
     def __init__(self, model: nn.Module | None) -> None:
         super().__init__()
         self.model = model
