@@ -8,6 +8,7 @@ the same name: the batch losses take ``embeddings`` [N, D] and integer ``labels`
 from embedplug.functional.batch_all import batch_all_triplet_loss
 from embedplug.functional.batch_hard import batch_hard_triplet_loss
 from embedplug.functional.in_batch_negatives import gist_embed_loss, multiple_negatives_ranking_loss
+from embedplug.functional.mega_batch_margin import mega_batch_margin_loss
 from embedplug.functional.semi_hard import batch_semi_hard_triplet_loss
 from embedplug.functional.soft_margin import batch_hard_soft_margin_triplet_loss
 from embedplug.functional.triplet import triplet_loss
@@ -18,6 +19,7 @@ __all__ = [
     "batch_hard_triplet_loss",
     "batch_semi_hard_triplet_loss",
     "gist_embed_loss",
+    "mega_batch_margin_loss",
     "multiple_negatives_ranking_loss",
     "triplet_loss",
 ]

@@ -13,6 +13,7 @@ from embedplug.losses.cached_gist_embed import CachedGISTEmbedLoss
 from embedplug.losses.cached_multiple_negatives_ranking import CachedMultipleNegativesRankingLoss
 from embedplug.losses.distance_functions import BatchHardTripletLossDistanceFunction
 from embedplug.losses.gist_embed import GISTEmbedLoss
+from embedplug.losses.mega_batch_margin import MegaBatchMarginLoss
 from embedplug.losses.multiple_negatives_ranking import MultipleNegativesRankingLoss
 from embedplug.losses.triplet import TripletDistanceMetric, TripletLoss
 
@@ -27,6 +28,7 @@ BUILTIN_LOSSES: tuple = (
     CachedGISTEmbedLoss,
     MultipleNegativesRankingLoss,
     CachedMultipleNegativesRankingLoss,
+    MegaBatchMarginLoss,
 )
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "CachedMultipleNegativesRankingLoss",
     "EmbeddingLoss",
     "GISTEmbedLoss",
+    "MegaBatchMarginLoss",
     "MultipleNegativesRankingLoss",
     "TripletDistanceMetric",
     "TripletLoss",

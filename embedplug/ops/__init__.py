@@ -6,12 +6,14 @@ Importing a module here registers its op's fake (meta) kernel and autograd formu
 
 from embedplug.ops.batch_all import batch_all_triplet_loss_forward
 from embedplug.ops.batch_hard import batch_hard_mining
+from embedplug.ops.hardest_negative import hardest_off_diagonal_similarity
 from embedplug.ops.masked_infonce import masked_infonce, masked_infonce_mean
 from embedplug.ops.semi_hard import semi_hard_triplet_loss_forward
 
 __all__ = [
     "batch_all_triplet_loss_forward",
     "batch_hard_mining",
+    "hardest_off_diagonal_similarity",
     "masked_infonce",
     "masked_infonce_mean",
     "semi_hard_triplet_loss_forward",
