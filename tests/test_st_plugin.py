@@ -139,3 +139,15 @@ def test_plugins_command_groups_losses_by_implementation():
     assert any(line.startswith("  losses (embedplug torch): TripletLoss") for line in lines)
     st_line = next(line for line in lines if line.startswith("  losses (sentence-transformers): "))
     assert "MatryoshkaLoss" in st_line and "CoSENTLoss" in st_line and "GISTEmbedLoss" not in st_line
+
+
+def test_readme_lists_every_registered_loss_with_its_implementation():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Every registered loss and its implementation", 1)[1].split("\n### ", 1)[0]
+    for record in registry.list_plugins():
+        for name in record["losses"]:
+            row = next((line for line in section.splitlines() if f"`{name}`" in line), None)
+            assert row is not None, f"README's loss table lacks {name}"
+            assert f"| {record['implementations'][name]} |" in row, name
