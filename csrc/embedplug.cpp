@@ -9,6 +9,12 @@
 #include <string>
 
 TORCH_LIBRARY(embedplug, m) {
+  // Hardest off-diagonal similarity per anchor (MegaBatchMarginLoss's negative mining), fused with the
+  // similarity GEMM: anchors [N, D], candidates [M, D] float32/float64 (already normalised for cosine).
+  // Returns (values [N], indices [N] int64): max over j != i of <anchors[i], candidates[j]> and its j,
+  // in torch.max's order (NaN wins, first maximum on ties); -inf and -1 when anchor i has no j != i.
+  // Not differentiable: the loss recomputes the picked pairs' similarities in torch (O(N D)).
+  m.def("hardest_off_diagonal_similarity(Tensor anchors, Tensor candidates) -> (Tensor, Tensor)");
   // Batch-hard mining fused with pairwise distances (sentence-transformers semantics).
   //   embeddings [N, D] float32/float64, labels [N] int64, distance in
   //   {"euclidean", "squared_euclidean", "cosine"}.

@@ -69,11 +69,21 @@ def format_plugins_table(records: list[dict[str, Any]]) -> str:
     widths = [max(len(row[column]) for row in (header, *rows)) for column in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in (header, *rows)]
     for record in records:
-        details = [f"  {kind}: {', '.join(record[kind])}" for kind in ("losses", "samplers") if record[kind]]
+        details = _loss_lines(record)
+        details += [f"  samplers: {', '.join(record['samplers'])}"] if record["samplers"] else []
         details += [f"  error: {error}" for error in record["errors"]]
         if details:
             lines += ["", f"{record['name']}:", *details]
     return "\n".join(lines)
+
+
+def _loss_lines(record: dict[str, Any]) -> list[str]:
+    """``losses (<implementation>): A, B`` per implementation, in registration order."""
+    implementations = record.get("implementations", {})
+    groups: dict[str, list[str]] = {}
+    for name in record["losses"]:
+        groups.setdefault(implementations.get(name, "implementation unknown"), []).append(name)
+    return [f"  losses ({implementation}): {', '.join(names)}" for implementation, names in groups.items()]
 
 
 # --------------------------------------------------------------------------------------------------

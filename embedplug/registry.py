@@ -47,6 +47,16 @@ __all__ = [
 ENTRY_POINT_GROUP = "embedplug"
 BUILTIN_DISTRIBUTION = "embedplug"
 BUILTIN_MODULE = "embedplug._builtin_plugin"
+# embedplug's second entry point: sentence-transformers' own losses that embedplug does not replace.
+# Loaded right after the built-in plugin, only when sentence-transformers is importable; reported as
+# distribution "sentence-transformers" (the classes are its, and uninstalling it removes them) and can
+# be disabled like any third-party plugin (EMBEDPLUG_DISABLE_PLUGINS=sentence-transformers).
+ST_ENTRY_POINT = "sentence-transformers"
+ST_MODULE = "embedplug._st_plugin"
+ST_DISTRIBUTION = "sentence-transformers"
+ST_IMPORT_NAME = "sentence_transformers"
+# name -> module of every entry point embedplug itself ships, in load order.
+_BUILTIN_ENTRY_POINTS = {BUILTIN_DISTRIBUTION: BUILTIN_MODULE, ST_ENTRY_POINT: ST_MODULE}
 STRICT_ENV = "EMBEDPLUG_STRICT_PLUGINS"
 DISABLE_ENV = "EMBEDPLUG_DISABLE_PLUGINS"
 
@@ -141,6 +151,8 @@ class _PluginRecord:
     samplers: list[str] = dataclasses.field(default_factory=list)
     errors: list[str] = dataclasses.field(default_factory=list)
     disabled: bool = False
+    # loss name -> which implementation runs it (embedplug.implementations.implementation_of)
+    implementations: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def names(self, kind: _Kind) -> list[str]:
         return self.losses if kind is LOSS else self.samplers
@@ -160,6 +172,8 @@ class _PluginRecord:
 
 
 def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return dict(value)
     return list(value) if isinstance(value, list) else value
 
 
@@ -208,25 +222,64 @@ def _is_builtin(distribution: str | None) -> bool:
     return _normalize(distribution) == BUILTIN_DISTRIBUTION
 
 
-def _fallback_builtin_entry_point() -> importlib.metadata.EntryPoint:
-    # Without installed metadata (a source checkout on PYTHONPATH) the built-in entry point is invisible;
-    # loading it directly keeps the built-in losses available instead of silently vanishing.
-    return importlib.metadata.EntryPoint(name=BUILTIN_DISTRIBUTION, value=BUILTIN_MODULE, group=ENTRY_POINT_GROUP)
+def _fallback_builtin_entry_point(name: str = BUILTIN_DISTRIBUTION) -> importlib.metadata.EntryPoint:
+    # Without installed metadata (a source checkout on PYTHONPATH, or metadata installed before an entry
+    # point was added) a built-in entry point is invisible; loading it directly keeps the built-in losses
+    # available instead of silently vanishing.
+    return importlib.metadata.EntryPoint(name=name, value=_BUILTIN_ENTRY_POINTS[name], group=ENTRY_POINT_GROUP)
+
+
+def _builtin_rank(entry_point: Any, distribution: str | None) -> int:
+    """Position of one of embedplug's own entry points in :data:`_BUILTIN_ENTRY_POINTS`; len() for others."""
+    names = list(_BUILTIN_ENTRY_POINTS)
+    if _is_builtin(distribution) and entry_point.name in names:
+        return names.index(entry_point.name)
+    return len(names)
+
+
+def _sentence_transformers_version() -> str | None:
+    try:
+        return importlib.metadata.version(ST_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _reported_distribution(entry_point: Any, distribution: str | None, version: str | None):
+    # The sentence-transformers plugin registers that library's classes: attribute them to it.
+    if _is_builtin(distribution) and entry_point.name == ST_ENTRY_POINT:
+        return ST_DISTRIBUTION, _sentence_transformers_version()
+    return distribution, version
 
 
 def _load_order(entry_points: Iterable[importlib.metadata.EntryPoint]) -> list[tuple[Any, str | None, str | None]]:
-    """``(entry_point, distribution, version)`` with the built-in first, then a deterministic order.
+    """``(entry_point, distribution, version)`` with the built-ins first, then a deterministic order.
 
-    Built-ins go first so their names can never be taken by a third-party plugin; the rest is sorted by
+    Built-ins go first (embedplug's own losses, then sentence-transformers' that embedplug does not
+    replace) so their names can never be taken by a third-party plugin; the rest is sorted by
     distribution then entry-point name, so which of two conflicting plugins wins does not depend on
-    ``sys.path`` order.
+    ``sys.path`` order. The distribution reported is the entry point's, except for the
+    sentence-transformers plugin (see :data:`ST_DISTRIBUTION`).
     """
     resolved = [(ep, *_distribution_info(ep)) for ep in entry_points]
-    if not any(_is_builtin(distribution) for _, distribution, _ in resolved):
-        from embedplug import __version__
+    present = {ep.name for ep, distribution, _ in resolved if _is_builtin(distribution)}
+    for name in _BUILTIN_ENTRY_POINTS:
+        if name not in present:
+            from embedplug import __version__
 
-        resolved.append((_fallback_builtin_entry_point(), BUILTIN_DISTRIBUTION, __version__))
-    return sorted(resolved, key=lambda item: (not _is_builtin(item[1]), _normalize(item[1]), item[0].name))
+            resolved.append((_fallback_builtin_entry_point(name), BUILTIN_DISTRIBUTION, __version__))
+    ordered = sorted(
+        resolved, key=lambda item: (_builtin_rank(item[0], item[1]), _normalize(item[1]), item[0].name)
+    )
+    return [(ep, *_reported_distribution(ep, distribution, version)) for ep, distribution, version in ordered]
+
+
+def _requirement_missing(entry_point: Any, distribution: str | None) -> bool:
+    """Whether this is the sentence-transformers plugin and sentence-transformers cannot be imported."""
+    if entry_point.value != ST_MODULE or _normalize(distribution) != ST_DISTRIBUTION:
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec(ST_IMPORT_NAME) is None
 
 
 def _describe_exception(exc: BaseException) -> str:
@@ -365,7 +418,8 @@ class PluginRegistry:
 
         Keys: ``name`` (entry-point or in-process name), ``distribution``, ``version``, ``entry_point``,
         ``hooks`` (hook names implemented), ``losses`` and ``samplers`` (names and aliases it registered),
-        ``errors`` (problems, empty when healthy) and ``disabled`` (skipped by ``EMBEDPLUG_DISABLE_PLUGINS``).
+        ``errors`` (problems, empty when healthy), ``disabled`` (skipped by ``EMBEDPLUG_DISABLE_PLUGINS``)
+        and ``implementations`` (``{loss name: implementation}``, see :mod:`embedplug.implementations`).
         """
         with self._lock:
             self._ensure_loaded()
@@ -429,6 +483,8 @@ class PluginRegistry:
     def _load_entry_points(self) -> None:
         disabled = _disabled_names()
         for entry_point, distribution, version in _load_order(_iter_entry_points()):
+            if _requirement_missing(entry_point, distribution):
+                continue  # an optional built-in whose library is not installed: nothing to register
             record = _PluginRecord(
                 name=entry_point.name, distribution=distribution, version=version, entry_point=entry_point.value
             )
@@ -521,6 +577,10 @@ class PluginRegistry:
         for name, obj in staged.items():
             namespace[name] = _Entry(obj, record)
             record.names(kind).append(name)
+            if kind is LOSS:
+                from embedplug.implementations import implementation_of
+
+                record.implementations[name] = implementation_of(obj)
 
     def _forget(self, record: _PluginRecord) -> None:
         if self._plugins.get(record.name) is record:

@@ -40,7 +40,8 @@ def test_plugins_json_is_a_list_of_records_with_the_builtin_first():
     assert builtin["hooks"] == ["embedplug_register_losses", "embedplug_register_samplers"]
     assert builtin["errors"] == []
     assert set(builtin) == {
-        "name", "distribution", "version", "entry_point", "hooks", "losses", "samplers", "errors", "disabled"
+        "name", "distribution", "version", "entry_point", "hooks", "losses", "samplers", "errors", "disabled",
+        "implementations",
     }
 
 

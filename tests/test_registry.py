@@ -203,8 +203,9 @@ def test_entry_point_plugin_is_loaded_and_attributed(fake_site):
         "samplers": ["GoodBatchSampler"],
         "errors": [],
         "disabled": False,
+        "implementations": {"GoodLoss": f"plugin {module_name}", "good": f"plugin {module_name}"},
     }
-    assert [record["name"] for record in registry.list_plugins()] == ["embedplug", "good"]
+    assert [record["name"] for record in registry.list_plugins()] == ["embedplug", "sentence-transformers", "good"]
 
 
 def test_list_plugins_returns_copies():
@@ -221,17 +222,18 @@ def test_unknown_name_is_a_readable_key_error_with_close_matches(throwaway_plugi
     error = caught.value
     assert isinstance(error, UnknownNameError)
     assert error.args == ("SupervisedContrastivLoss",)
-    assert error.close_matches == ["SupervisedContrastiveLoss"]
+    # sentence-transformers' ContrastiveLoss & co. are registered too and may follow the best match.
+    assert error.close_matches[0] == "SupervisedContrastiveLoss"
     message = str(error)
     assert message.startswith("no loss named 'SupervisedContrastivLoss'.")  # not KeyError's repr-quoting
-    assert "Did you mean 'SupervisedContrastiveLoss'?" in message
+    assert "Did you mean 'SupervisedContrastiveLoss'" in message
     assert "supcon-throwaway" in message  # the available names are listed
 
 
 def test_close_matches_ignore_case(throwaway_plugin):
     with pytest.raises(UnknownNameError) as caught:
         embedplug.get_loss("supervisedcontrastiveloss")
-    assert caught.value.close_matches == ["SupervisedContrastiveLoss"]
+    assert caught.value.close_matches[0] == "SupervisedContrastiveLoss"
 
 
 def test_unknown_name_error_says_when_the_name_is_the_other_kind(throwaway_plugin):

@@ -14,6 +14,7 @@ from embedplug.losses.cached_multiple_negatives_ranking import CachedMultipleNeg
 from embedplug.losses.distance_functions import BatchHardTripletLossDistanceFunction
 from embedplug.losses.gist_embed import GISTEmbedLoss
 from embedplug.losses.labelled_contrastive import CircleLoss, MultiSimilarityLoss, SupConLoss
+from embedplug.losses.mega_batch_margin import MegaBatchMarginLoss
 from embedplug.losses.multiple_negatives_ranking import MultipleNegativesRankingLoss
 from embedplug.losses.triplet import TripletDistanceMetric, TripletLoss
 
@@ -31,6 +32,7 @@ BUILTIN_LOSSES: tuple = (
     SupConLoss,
     MultiSimilarityLoss,
     CircleLoss,
+    MegaBatchMarginLoss,
 )
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "EmbeddingLoss",
     "GISTEmbedLoss",
     "MultiSimilarityLoss",
+    "MegaBatchMarginLoss",
     "MultipleNegativesRankingLoss",
     "SupConLoss",
     "TripletDistanceMetric",

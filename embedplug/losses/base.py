@@ -20,6 +20,9 @@ class EmbeddingLoss(nn.Module):
     model_child_name = "model"
     _MODEL_ALIASES = frozenset({"model", "sentence_embedder"})
 
+    # What `embedplug plugins` reports (embedplug.implementations); a loss on plain torch overrides it.
+    embedplug_implementation = "embedplug fused kernel"
+
     def __init__(self, model: nn.Module | None) -> None:
         super().__init__()
         self.model = model

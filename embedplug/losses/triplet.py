@@ -51,6 +51,8 @@ class TripletLoss(EmbeddingLoss):
     Inputs: (anchor, positive, negative) text triplets; no labels.
     """
 
+    embedplug_implementation = "embedplug torch"  # row-wise distances, O(N D): no kernel to fuse
+
     def __init__(
         self,
         model: nn.Module,

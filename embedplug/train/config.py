@@ -7,7 +7,8 @@ A config is a file with these sections (every key optional; see docs/training.md
     [model]       path, max_seq_length
     [guide]       path  (the guide model of GIST losses; "self" guides with the model being trained)
     [data]        task | path, eval_path, format, columns, label_column, train_size, wordnet_dir
-    [loss]        name, options (a table of constructor arguments)
+    [loss]        name, options (a table of constructor arguments), inner (a wrapper's inner loss:
+                  [loss.inner] with its own name, options and inner)
     [sampler]     name, options
     [training]    any SentenceTransformerTrainingArguments field, plus early_stopping_patience
                   and early_stopping_threshold
@@ -70,6 +71,9 @@ class DataSection:
 class LossSection:
     name: str = "MultipleNegativesRankingLoss"
     options: dict = dataclasses.field(default_factory=dict)
+    # The loss a wrapper loss (MatryoshkaLoss, AdaptiveLayerLoss, ...) wraps: a [loss.inner] table with
+    # its own name, options and (for a wrapper in a wrapper) inner; None for an ordinary loss.
+    inner: LossSection | None = None
 
 
 @dataclasses.dataclass
@@ -285,6 +289,8 @@ def build_config(data: Mapping[str, Any], sources: dict[str, str] | None = None)
             setattr(config, key, _checked(value, _TOP_LEVEL[key], key, config))
         elif key == "training":
             config.training = _training_section(_table(value, key, config), config)
+        elif key == "loss":
+            config.loss = _loss_section(_table(value, key, config), key, config)
         elif key in _SECTIONS:
             setattr(config, key, _section(_SECTIONS[key], _table(value, key, config), key, config))
         else:
@@ -310,9 +316,19 @@ def _section(cls: type, values: dict[str, Any], name: str, config: TrainConfig):
         if key not in fields:
             _unknown(dotted, [f"{name}.{known}" for known in fields], f"[{name}]", config)
         expected = type(getattr(section, key))
-        if (name, key) in _FREE_FORM:
+        if (name.split(".")[0], key) in _FREE_FORM:  # loss.inner.options is free-form like loss.options
             value = _table(value, dotted, config)
         setattr(section, key, _checked(value, expected, dotted, config))
+    return section
+
+
+def _loss_section(values: dict[str, Any], name: str, config: TrainConfig) -> LossSection:
+    """[loss] or a nested [loss.inner] (``name`` is its dotted key): the inner table parsed recursively."""
+    values = dict(values)
+    inner = values.pop("inner", None)
+    section = _section(LossSection, values, name, config)
+    if inner is not None:
+        section.inner = _loss_section(_table(inner, f"{name}.inner", config), f"{name}.inner", config)
     return section
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from embedplug.train.config import ConfigError, TrainConfig
+from embedplug.train.config import ConfigError, LossSection, TrainConfig
 
 # Batch-mining losses: single texts with integer class labels. A loss class may also declare
 # ``requires_labels = True`` (or False) itself; that wins over this list.
@@ -15,15 +15,69 @@ LABELLED_LOSSES = frozenset(
 _DISTANCE_OPTION = "distance_metric"
 
 
+# A wrapper loss takes the loss it wraps as this constructor argument (sentence-transformers'
+# MatryoshkaLoss, Matryoshka2dLoss and AdaptiveLayerLoss; a plugin's wrapper following that convention).
+INNER_LOSS_PARAMETER = "loss"
+
+
 def loss_class(config: TrainConfig) -> type:
-    """The registered loss class; an unknown name lists the registered names and close matches."""
+    """The registered loss class of ``[loss]``; an unknown name lists the registered names and close
+    matches. Every nested ``[loss.inner]`` is resolved and its nesting checked too (see :func:`loss_chain`)."""
+    return loss_chain(config)[0][1]
+
+
+def loss_chain(config: TrainConfig) -> list[tuple[str, type, LossSection]]:
+    """``(dotted key, class, section)`` from ``[loss]`` down to its innermost ``[loss.inner...]``.
+
+    A wrong nesting is one line naming the config key: a wrapper without ``[loss.inner]``, an inner
+    loss that is not registered, or an inner loss given to a loss that wraps nothing.
+    """
+    chain = []
+    key, section = "loss", config.loss
+    while section is not None:
+        cls = _registered(config, f"{key}.name", section.name)
+        wraps = takes_inner_loss(cls)
+        if wraps and section.inner is None:
+            raise ConfigError(
+                f"{config.where(f'{key}.name')}: {key}: {section.name} wraps another loss; add a [{key}.inner] table "
+                f'naming it, e.g. [{key}.inner] name = "CachedGISTEmbedLoss"'
+            )
+        if not wraps and section.inner is not None:
+            raise ConfigError(
+                f"{config.where(f'{key}.inner')}: {key}.inner: {section.name} does not wrap another loss (it has "
+                f"no {INNER_LOSS_PARAMETER!r} argument); remove [{key}.inner] or use a wrapper such as MatryoshkaLoss"
+            )
+        chain.append((key, cls, section))
+        key, section = f"{key}.inner", section.inner
+    return chain
+
+
+def _registered(config: TrainConfig, key: str, name: str) -> type:
     import embedplug
     from embedplug.registry import UnknownNameError
 
     try:
-        return embedplug.get_loss(config.loss.name)
+        return embedplug.get_loss(name)
     except UnknownNameError as exc:
-        raise ConfigError(f"{config.where('loss.name')}: loss.name: {exc}") from None
+        raise ConfigError(f"{config.where(key)}: {key}: {exc}") from None
+
+
+def takes_inner_loss(cls: type) -> bool:
+    """Whether ``cls`` is a wrapper loss: its constructor takes the wrapped loss as ``loss``."""
+    try:
+        parameters = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
+    parameter = parameters.get(INNER_LOSS_PARAMETER)
+    return parameter is not None and parameter.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.KEYWORD_ONLY,
+    )
+
+
+def innermost_loss(config: TrainConfig) -> tuple[str, type, LossSection]:
+    """The loss that sees the data: ``[loss]`` itself, or the innermost loss a wrapper wraps."""
+    return loss_chain(config)[-1]
 
 
 def requires_labels(cls: type) -> bool:
@@ -32,7 +86,11 @@ def requires_labels(cls: type) -> bool:
 
 
 def check_data_fits_loss(cls: type, config: TrainConfig, label_column: str | None, columns: list[str]) -> None:
-    """A labelled loss needs a label column; a pair loss needs two or more text columns."""
+    """A labelled loss needs a label column; a pair loss needs two or more text columns.
+
+    For a wrapper loss the innermost loss decides (it is the one that reads the columns)."""
+    if config.loss.inner is not None:
+        _, cls, _ = innermost_loss(config)
     if requires_labels(cls) and not label_column:
         source = f"task {config.data.task!r}" if config.data.task else f"data {config.data.path!r}"
         raise ConfigError(
@@ -49,56 +107,84 @@ def check_data_fits_loss(cls: type, config: TrainConfig, label_column: str | Non
         )
 
 
-def resolve_options(cls: type, config: TrainConfig, model, load_guide) -> dict[str, Any]:
+def resolve_options(
+    cls: type, config: TrainConfig, model, load_guide, section: LossSection | None = None, key: str = "loss"
+) -> dict[str, Any]:
     """Constructor keyword arguments: config options checked against the signature, plus the guide.
 
+    ``section``/``key``: which (possibly nested) loss table, ``[loss]`` by default.
     ``distance_metric`` may be given by name (``"cosine_distance"``): it is looked up on
     ``BatchHardTripletLossDistanceFunction``, whose functions embedplug's fused losses recognise.
     """
+    section = config.loss if section is None else section
     parameters = inspect.signature(cls).parameters
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    options = dict(config.loss.options)
-    for key in options:
-        if key not in parameters and not accepts_any or key in {"model", "guide"}:
-            valid = [name for name in parameters if name not in {"model", "self", "guide"}]
+    reserved = {"model", "guide"} | ({INNER_LOSS_PARAMETER} if takes_inner_loss(cls) else set())
+    options = dict(section.options)
+    for option in options:
+        if option not in parameters and not accepts_any or option in reserved:
+            valid = [name for name in parameters if name not in {"self", *reserved}]
+            hint = ""
+            if option == "guide":
+                hint = " (set the guide model with [guide] path)"
+            elif option == INNER_LOSS_PARAMETER and option in reserved:
+                hint = f" (name the wrapped loss in a [{key}.inner] table)"
             raise ConfigError(
-                f"{config.where(f'loss.options.{key}')}: {config.loss.name} has no option {key!r}"
-                + (" (set the guide model with [guide] path)" if key == "guide" else "")
-                + f"; its options: {', '.join(valid) or '(none)'}"
+                f"{config.where(f'{key}.options.{option}')}: {section.name} has no option {option!r}{hint}; "
+                f"its options: {', '.join(valid) or '(none)'}"
             )
     if isinstance(options.get(_DISTANCE_OPTION), str):
-        options[_DISTANCE_OPTION] = _distance_function(options[_DISTANCE_OPTION], config)
+        options[_DISTANCE_OPTION] = _distance_function(options[_DISTANCE_OPTION], config, key)
     if "guide" in parameters:
         options["guide"] = load_guide()
     return options
 
 
-def _distance_function(name: str, config: TrainConfig):
+def _distance_function(name: str, config: TrainConfig, key: str = "loss"):
     from sentence_transformers.sentence_transformer.losses import BatchHardTripletLossDistanceFunction
 
     function = getattr(BatchHardTripletLossDistanceFunction, name, None)
     if function is None or name.startswith("_"):
         known = [n for n in vars(BatchHardTripletLossDistanceFunction) if not n.startswith("_")]
         raise ConfigError(
-            f"{config.where('loss.options.distance_metric')}: unknown distance_metric {name!r}; "
+            f"{config.where(f'{key}.options.distance_metric')}: unknown distance_metric {name!r}; "
             f"known: {', '.join(known)}"
         )
     return function
 
 
 def build_loss(cls: type, config: TrainConfig, model, load_guide):
-    """``cls(model, **options)`` with the config's options resolved."""
-    options = resolve_options(cls, config, model, load_guide)
-    try:
-        return cls(model, **options)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{config.where('loss.options')}: {config.loss.name}(**options) failed: {exc}") from None
+    """``cls(model, **options)`` with the config's options resolved; a wrapper gets its inner loss,
+    built first, as ``loss=`` (``MatryoshkaLoss(model, loss=CachedGISTEmbedLoss(model, ...), ...)``)."""
+    chain = loss_chain(config) if config.loss.inner is not None else [("loss", cls, config.loss)]
+    loss = None
+    for key, each_class, section in reversed(chain):
+        options = resolve_options(each_class, config, model, load_guide, section, key)
+        if loss is not None:
+            options[INNER_LOSS_PARAMETER] = loss
+        try:
+            loss = each_class(model, **options)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{config.where(f'{key}.options')}: {section.name}(**options) failed: {exc}") from None
+    return loss
 
 
 def describe_backend(loss) -> str:
-    """Which implementation runs ``loss``: embedplug's fused extension, its pure-torch path, or another library."""
+    """Which implementation runs ``loss``: embedplug's fused extension, its pure-torch path, or another
+    library; for a wrapper loss, then ``around`` the loss it wraps."""
+    from torch import nn
+
+    inner = getattr(loss, INNER_LOSS_PARAMETER, None)
+    if isinstance(inner, nn.Module) and takes_inner_loss(type(loss)):
+        return f"{_describe_one(loss)} around {describe_backend(inner)}"
+    return _describe_one(loss)
+
+
+def _describe_one(loss) -> str:
     cls = type(loss)
     where = f"{cls.__module__}.{cls.__qualname__}"
+    if cls.__module__.startswith("sentence_transformers."):
+        return f"{where} (sentence-transformers' own implementation)"
     if not cls.__module__.startswith("embedplug."):
         return f"{where} (not an embedplug loss: no fused kernel)"
     try:

@@ -1,0 +1,27 @@
+"""Which implementation runs a registered loss class, as ``embedplug plugins`` and ``list_plugins()`` report it.
+
+A loss class may say so itself with a string class attribute ``embedplug_implementation`` (embedplug's
+drop-ins do; a third-party plugin may). Otherwise the class's module decides: sentence-transformers'
+own classes are ``"sentence-transformers"``, anything else is named after its top-level package.
+"""
+
+from __future__ import annotations
+
+FUSED = "embedplug fused kernel"
+TORCH = "embedplug torch"
+SENTENCE_TRANSFORMERS = "sentence-transformers"
+
+IMPLEMENTATION_ATTRIBUTE = "embedplug_implementation"
+
+
+def implementation_of(loss_class: type) -> str:
+    """``"embedplug fused kernel"``, ``"embedplug torch"``, ``"sentence-transformers"`` or ``"plugin <package>"``."""
+    declared = getattr(loss_class, IMPLEMENTATION_ATTRIBUTE, None)
+    if isinstance(declared, str) and declared:
+        return declared
+    package = (getattr(loss_class, "__module__", None) or "").split(".")[0]
+    if package == "sentence_transformers":
+        return SENTENCE_TRANSFORMERS
+    if package == "embedplug":
+        return TORCH  # an embedplug class that does not declare a kernel runs on plain torch
+    return f"plugin {package or '(unknown module)'}"
