@@ -11,6 +11,7 @@
 #include <limits>
 #include <vector>
 
+#include "op_input_checks.h"
 #include "hardest_negative_rules.h"
 
 namespace embedplug {
@@ -22,6 +23,7 @@ constexpr int64_t kRowBlock = 64;
 constexpr int64_t kColumnTile = 2048;
 
 void check_inputs(const at::Tensor& anchors, const at::Tensor& candidates) {
+  check_floating_inputs("hardest_off_diagonal_similarity", {{"anchors", &anchors}, {"candidates", &candidates}});
   TORCH_CHECK(anchors.dim() == 2, "embedplug::hardest_off_diagonal_similarity: anchors must be 2-D [N, D], got ",
               anchors.dim(), "-D");
   TORCH_CHECK(candidates.dim() == 2,

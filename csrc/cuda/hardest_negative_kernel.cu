@@ -11,6 +11,7 @@
 
 #include <limits>
 
+#include "op_input_checks.h"
 #include "cuda/cuda_common.cuh"
 #include "hardest_negative_rules.h"
 
@@ -49,6 +50,7 @@ __global__ void hardest_off_diagonal_epilogue(const scalar_t* __restrict__ simil
 
 std::tuple<at::Tensor, at::Tensor> hardest_off_diagonal_similarity_cuda(const at::Tensor& anchors_in,
                                                                         const at::Tensor& candidates_in) {
+  check_floating_inputs("hardest_off_diagonal_similarity", {{"anchors", &anchors_in}, {"candidates", &candidates_in}});
   check_same_cuda_device("hardest_off_diagonal_similarity", {{"anchors", &anchors_in}, {"candidates", &candidates_in}});
   TORCH_CHECK(anchors_in.dim() == 2 && candidates_in.dim() == 2,
               "embedplug::hardest_off_diagonal_similarity: anchors [N, D] and candidates [M, D] must be 2-D");
