@@ -149,8 +149,18 @@ class GradCacheMixin:
         batch_order_reps = [restore_order(column, order) for column, order in zip(reps, orders)]
         if not grad_enabled:
             return self.calculate_loss(batch_order_reps, extra)
+        # A reordered column enters the loss as a leaf of its own: wrappers that backpropagate through
+        # the loss's inputs more than once (MatryoshkaLoss's cached-loss decorator, once per dimension)
+        # then accumulate into it instead of traversing the freed permutation graph a second time.
+        batch_order_reps = [
+            column if order is None else [column[0].detach().requires_grad_()]
+            for column, order in zip(batch_order_reps, orders)
+        ]
         loss = self.calculate_loss(batch_order_reps, extra, with_backward=True).detach().requires_grad_()
-        cache = [[rep.grad for rep in column] for column in reps]
+        cache = [
+            [rep.grad for rep in column] if order is None else sorted_mini_batch_grads(leaf[0].grad, order, column)
+            for column, leaf, order in zip(reps, batch_order_reps, orders)
+        ]
         unused = [str(index) for index, column in enumerate(cache) if any(grad is None for grad in column)]
         if unused:
             raise ValueError(
@@ -168,6 +178,14 @@ class GradCacheMixin:
             )
         )
         return loss
+
+
+def sorted_mini_batch_grads(grad: Tensor | None, order: Tensor, column: list[Tensor]) -> list[Tensor | None]:
+    """The batch-order gradient [N, D] of a reordered column, split back into its mini-batches' rows
+    (embedded in ``order``); [None, ...] when the loss did not use the column."""
+    if grad is None:
+        return [None] * len(column)
+    return list(grad[order.to(grad.device)].split([rep.shape[0] for rep in column]))
 
 
 def length_order(features: dict[str, Any]) -> Tensor | None:
