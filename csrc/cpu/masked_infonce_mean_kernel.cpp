@@ -115,11 +115,8 @@ MeanInfoNCEResult<scalar_t> mean_infonce_strips(const InfoNCEInputs& inputs, con
         row_max_tensor = at::maximum(row_max_tensor, segment_view.amax(1));
       }
       const scalar_t* row_max = row_max_tensor.template data_ptr<scalar_t>();
-      // A row whose entries are all dropped stays at -inf: shifting by 0 keeps exp(-inf) = 0.
       std::vector<scalar_t> shift(rows);
-      for (int64_t r = 0; r < rows; ++r) {
-        shift[r] = row_max[r] == -std::numeric_limits<scalar_t>::infinity() ? scalar_t(0) : -row_max[r];
-      }
+      for (int64_t r = 0; r < rows; ++r) shift[r] = embedplug::infonce::softmax_shift(row_max[r]);
       auto shift_view = at::from_blob(shift.data(), {rows, 1}, tensor_options);
       auto row_sum = at::zeros({rows}, tensor_options);
       for (size_t b = 0; b < blocks.size(); ++b) {
