@@ -240,3 +240,22 @@ def test_dispatch_upcasts_half_precision():
     expected.backward()
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(anchors.grad, a32.grad.half())
+
+
+@requires_extension
+def test_dispatch_without_the_kernel_runs_the_reference_with_the_same_options(monkeypatch):
+    import importlib
+
+    dispatch = importlib.import_module("embedplug.ops.masked_infonce")  # the module, not the function
+
+    anchors, candidates = make_inputs(40, 2, 8, torch.float64, seed=18)
+    options = dict(scale=10.0, positive_anchor=True, partition_mode="per_direction", hardness_mode="all_negatives",
+                   hardness_strength=3.0)
+    results = []
+    for device_types in (dispatch._FUSED_MEAN_DEVICE_TYPES, frozenset()):
+        monkeypatch.setattr(dispatch, "_FUSED_MEAN_DEVICE_TYPES", device_types)
+        a, c = anchors.clone().requires_grad_(), candidates.clone().requires_grad_()
+        loss = masked_infonce_mean(a, c, **options)
+        results.append((loss, *torch.autograd.grad(loss, (a, c))))
+    for fused, fallback in zip(*results):
+        torch.testing.assert_close(fused, fallback, rtol=1e-10, atol=1e-12)
