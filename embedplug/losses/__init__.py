@@ -11,9 +11,11 @@ from embedplug.losses.batch_hard_triplet import BatchHardTripletLoss
 from embedplug.losses.batch_semi_hard_triplet import BatchSemiHardTripletLoss
 from embedplug.losses.cached_gist_embed import CachedGISTEmbedLoss
 from embedplug.losses.cached_multiple_negatives_ranking import CachedMultipleNegativesRankingLoss
+from embedplug.losses.cached_multiple_negatives_symmetric_ranking import CachedMultipleNegativesSymmetricRankingLoss
 from embedplug.losses.distance_functions import BatchHardTripletLossDistanceFunction
 from embedplug.losses.gist_embed import GISTEmbedLoss
 from embedplug.losses.multiple_negatives_ranking import MultipleNegativesRankingLoss
+from embedplug.losses.multiple_negatives_symmetric_ranking import MultipleNegativesSymmetricRankingLoss
 from embedplug.losses.triplet import TripletDistanceMetric, TripletLoss
 
 # Registered by embedplug's own plugin (embedplug._builtin_plugin) under their class names.
@@ -27,6 +29,8 @@ BUILTIN_LOSSES: tuple = (
     CachedGISTEmbedLoss,
     MultipleNegativesRankingLoss,
     CachedMultipleNegativesRankingLoss,
+    MultipleNegativesSymmetricRankingLoss,
+    CachedMultipleNegativesSymmetricRankingLoss,
 )
 
 __all__ = [
@@ -38,9 +42,11 @@ __all__ = [
     "BatchSemiHardTripletLoss",
     "CachedGISTEmbedLoss",
     "CachedMultipleNegativesRankingLoss",
+    "CachedMultipleNegativesSymmetricRankingLoss",
     "EmbeddingLoss",
     "GISTEmbedLoss",
     "MultipleNegativesRankingLoss",
+    "MultipleNegativesSymmetricRankingLoss",
     "TripletDistanceMetric",
     "TripletLoss",
 ]
