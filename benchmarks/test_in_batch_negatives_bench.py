@@ -13,6 +13,7 @@ from embedplug.bench.memory import peak_extra_memory_bytes
 
 GIST = cases.available(cases.GIST_IMPLEMENTATIONS)
 MNRL = cases.available(cases.MNRL_IMPLEMENTATIONS)
+MNRL_VARIANTS = {name: cases.available(cases.mnrl_implementations(name)) for name in cases.MNRL_OPTION_SETS}
 
 
 def _run(benchmark, record, loss, implementation, fn, n, dim):
@@ -34,3 +35,12 @@ def test_gist_forward_backward(benchmark, record, implementation, n):
 @pytest.mark.parametrize("implementation", list(MNRL))
 def test_mnrl_forward_backward(benchmark, record, implementation):
     _run(benchmark, record, "MultipleNegativesRankingLoss", implementation, MNRL[implementation], 8192, 384)
+
+
+@pytest.mark.parametrize("implementation", list(MNRL))
+@pytest.mark.parametrize("option_set", ["symmetric", "hardness"])
+def test_mnrl_options_forward_backward(benchmark, record, option_set, implementation):
+    # symmetric: MultipleNegativesSymmetricRankingLoss (per-direction query-to-doc + doc-to-query);
+    # hardness: in-batch-negative hardness weighting, strength 9.
+    fn = MNRL_VARIANTS[option_set][implementation]
+    _run(benchmark, record, f"MultipleNegativesRankingLoss ({option_set})", implementation, fn, 8192, 384)

@@ -66,11 +66,16 @@ TORCH_LIBRARY(embedplug, m) {
       "int positive_candidate_columns, bool exclude_self) -> (Tensor, Tensor)");
   // The mean over rows of masked_infonce's loss (same options), with its gradient computed in the
   // same pass when compute_grad: returns (loss [], grad_anchors [N, D], grad_candidates [M, D]), the
-  // gradients of the mean ([0, D] each without compute_grad).
+  // gradients of the mean ([0, D] each without compute_grad). MultipleNegativesRankingLoss's options
+  // (masked_infonce_mnrl_rules.h): partition_mode "joint" (one softmax per row) or "per_direction"
+  // (one per block, log-normalisers averaged); hardness_mode "none", "in_batch_negatives",
+  // "hard_negatives" or "all_negatives" adds hardness_strength * stop_grad(sim) to the selected
+  // query-to-doc logits. They come last, with defaults, so calls without them keep their meaning.
   m.def(
       "masked_infonce_mean(Tensor anchors, Tensor candidates, Tensor? guide_anchors, Tensor? guide_candidates, "
       "float scale, str margin_strategy, float margin, bool anchor_anchor, bool positive_anchor, "
-      "int positive_candidate_columns, bool exclude_self, bool compute_grad) -> (Tensor, Tensor, Tensor)");
+      "int positive_candidate_columns, bool exclude_self, bool compute_grad, str partition_mode=\"joint\", "
+      "str hardness_mode=\"none\", float hardness_strength=0.0) -> (Tensor, Tensor, Tensor)");
   // Recomputes the tiles and returns (grad_anchors [N, D], grad_candidates [M, D]) for grad_loss [N].
   m.def(
       "_masked_infonce_backward(Tensor grad_loss, Tensor anchors, Tensor candidates, Tensor? guide_anchors, "

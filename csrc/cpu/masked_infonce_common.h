@@ -1,6 +1,8 @@
-// Shared by the masked in-batch softmax (InfoNCE) kernels: the option and input checks, the softmax
-// blocks a row runs over, the guide's thresholds and the epilogue that turns a similarity tile into
-// masked logits. Semantics (which entries a row keeps) are documented in masked_infonce_kernel.cpp.
+// Shared by the CPU masked in-batch softmax (InfoNCE) kernels: the option and input checks, the
+// softmax blocks a row runs over, the guide's thresholds and the epilogue that turns a similarity
+// tile into masked logits. The rules themselves (column groups, the GIST predicate, the online
+// log-sum-exp) live in infonce_rules.h, shared with the CUDA kernels; semantics are documented there
+// and in masked_infonce_kernel.cpp.
 #pragma once
 
 #include <torch/library.h>
@@ -9,6 +11,7 @@
 #include <string>
 
 #include "cpu/pairwise_tiles.h"
+#include "infonce_rules.h"
 
 namespace embedplug {
 namespace cpu {
@@ -17,7 +20,10 @@ namespace infonce {
 // 256 x 256 fp32 logit tiles (256 KiB) stay in L2 through the epilogue.
 constexpr int64_t kTileSize = 256;
 
-enum class MarginStrategy { kNone, kAbsolute, kRelative };
+using embedplug::infonce::exact_dot;
+using embedplug::infonce::MarginStrategy;
+using embedplug::infonce::RunningLogSumExp;
+using embedplug::infonce::SoftmaxBlock;
 
 inline MarginStrategy parse_margin_strategy(c10::string_view name) {
   const std::string_view view(name.data(), name.size());
@@ -27,18 +33,6 @@ inline MarginStrategy parse_margin_strategy(c10::string_view name) {
   TORCH_CHECK(false, "embedplug: unknown margin_strategy '", std::string(view),
               "'; expected one of 'none', 'absolute', 'relative'");
 }
-
-// One block of the softmax: rows are anchors (or positives), columns the first num_columns rows of
-// anchors (or candidates).
-struct SoftmaxBlock {
-  bool rows_are_positives;
-  bool columns_are_anchors;
-  int64_t num_columns;
-  // Column i of row i is the pair (a_i, p_i): the guide never drops it.
-  bool column_i_is_target_pair;
-  // exclude_self drops the row's own columns: j == i on anchors, j == i (mod N) on candidates.
-  bool excludes_self;
-};
 
 struct InfoNCEOptions {
   double scale;
@@ -51,14 +45,10 @@ struct InfoNCEOptions {
 };
 
 inline std::vector<SoftmaxBlock> softmax_blocks(const InfoNCEOptions& options, int64_t n, int64_t m) {
-  std::vector<SoftmaxBlock> blocks;
-  blocks.push_back({false, false, m, true, false});
-  if (options.anchor_anchor) blocks.push_back({false, true, n, false, options.exclude_self});
-  if (options.positive_anchor) blocks.push_back({true, true, n, true, false});
-  if (options.positive_candidate_columns > 0) {
-    blocks.push_back({true, false, options.positive_candidate_columns, false, options.exclude_self});
-  }
-  return blocks;
+  const embedplug::infonce::SoftmaxBlockList list =
+      embedplug::infonce::softmax_blocks(options.anchor_anchor, options.positive_anchor,
+                                         options.positive_candidate_columns, options.exclude_self, n, m);
+  return std::vector<SoftmaxBlock>(list.blocks, list.blocks + list.count);
 }
 
 // The inputs as contiguous detached matrices: the tile GEMMs run on worker threads, which do not
@@ -127,17 +117,6 @@ inline InfoNCEInputs prepare_inputs(const at::Tensor& anchors, const at::Tensor&
   return inputs;
 }
 
-// The guide similarity used wherever a decision is a near tie: a plain sequential dot product, the
-// same function for the thresholds t_i. It is symmetric and deterministic, so identical rows (an
-// anchor equal to its positive, duplicates in the batch) compare exactly as sentence-transformers
-// compares them, whereas two GEMM calls may round the same pair differently.
-template <typename scalar_t>
-inline scalar_t exact_dot(const scalar_t* x, const scalar_t* y, int64_t dim) {
-  scalar_t sum = 0;
-  for (int64_t k = 0; k < dim; ++k) sum += x[k] * y[k];
-  return sum;
-}
-
 // Per-row thresholds and per-row guide norms (which bound the GEMM rounding error).
 template <typename scalar_t>
 struct GuideState {
@@ -173,16 +152,12 @@ GuideState<scalar_t> make_guide_state(const InfoNCEInputs& inputs, const InfoNCE
   guide.candidate_norm = row_norms<scalar_t>(inputs.guide_candidates);
   guide.max_anchor_norm = *std::max_element(guide.anchor_norm.begin(), guide.anchor_norm.end());
   guide.max_candidate_norm = *std::max_element(guide.candidate_norm.begin(), guide.candidate_norm.end());
-  // A blocked GEMM's error on <x, y> is below dim * unit_roundoff * |x| |y|; 4x that is a safe band
-  // outside which the GEMM value decides a comparison the exact dot would decide the same way.
-  guide.relative_tolerance =
-      scalar_t(2) * static_cast<scalar_t>(guide.dim) * std::numeric_limits<scalar_t>::epsilon();
+  guide.relative_tolerance = embedplug::infonce::gemm_relative_tolerance<scalar_t>(guide.dim);
   guide.threshold.resize(inputs.n);
   const scalar_t margin = static_cast<scalar_t>(options.margin);
   for (int64_t i = 0; i < inputs.n; ++i) {
     const scalar_t target = exact_dot(guide.anchors + i * guide.dim, guide.candidates + i * guide.dim, guide.dim);
-    guide.threshold[i] = options.strategy == MarginStrategy::kAbsolute ? target - margin
-                                                                        : target - std::abs(target) * margin;
+    guide.threshold[i] = embedplug::infonce::guide_threshold(options.strategy, target, margin);
   }
   return guide;
 }
@@ -200,32 +175,14 @@ struct EntryFilter {
   bool guide_keeps_exact(int64_t i, int64_t j) const {
     const scalar_t* row = (block.rows_are_positives ? guide.candidates : guide.anchors) + i * guide.dim;
     const scalar_t* column = (block.columns_are_anchors ? guide.anchors : guide.candidates) + j * guide.dim;
-    return !(exact_dot(row, column, guide.dim) > guide.threshold[i]);
+    return embedplug::infonce::guide_keeps_exact(exact_dot(row, column, guide.dim), guide.threshold[i]);
   }
 
   // Band around row i's threshold that covers every column of the block (largest column norm).
   scalar_t row_band(int64_t i) const {
     const scalar_t row_norm = block.rows_are_positives ? guide.candidate_norm[i] : guide.anchor_norm[i];
     const scalar_t column_norm = block.columns_are_anchors ? guide.max_anchor_norm : guide.max_candidate_norm;
-    return guide.relative_tolerance * row_norm * column_norm;
-  }
-};
-
-// Calls visit(block, filter, row_begin, rows, column_begin, cols, student_tile, guide_tile, thread_id)
-// for every (row tile, block, column tile), in parallel over row tiles (each row tile is owned by one
-// thread), then row_tile_done(row_begin, rows). student_tile is the [rows x cols] GEMM of the block's
-// student rows and columns, writable; guide_tile the guide's (the student tile itself when
-// self-guided, nullptr when unguided).
-
-template <typename scalar_t>
-struct RunningLogSumExp {
-  scalar_t maximum = -std::numeric_limits<scalar_t>::infinity();
-  scalar_t sum = 0;
-  bool saw_nan = false;
-
-  scalar_t value() const {
-    if (saw_nan) return std::numeric_limits<scalar_t>::quiet_NaN();
-    return maximum + std::log(sum);
+    return embedplug::infonce::threshold_band(guide.relative_tolerance, row_norm, column_norm);
   }
 };
 
@@ -238,14 +195,16 @@ template <typename scalar_t>
 inline void write_masked_logits(const EntryFilter<scalar_t>& filter, scalar_t scale, int64_t row_begin,
                                 int64_t rows, int64_t column_begin, int64_t cols, scalar_t* tile,
                                 const scalar_t* guide_tile, int64_t tile_stride, int64_t guide_stride) {
-  constexpr scalar_t dropped = -std::numeric_limits<scalar_t>::infinity();
+  using embedplug::infonce::GuideVerdict;
+  const scalar_t dropped = embedplug::infonce::dropped_logit<scalar_t>();
   const SoftmaxBlock& block = filter.block;
   const int64_t column_end = column_begin + cols;
   std::vector<int64_t> near_threshold;
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t i = row_begin + r;
     scalar_t* logits = tile + r * tile_stride;
-    const bool target_in_tile = block.column_i_is_target_pair && i >= column_begin && i < column_end;
+    const bool target_in_tile =
+        i >= column_begin && i < column_end && embedplug::infonce::is_target_pair(block, i, i);
     const scalar_t target_similarity = target_in_tile ? logits[i - column_begin] : scalar_t(0);
     if (!filter.guided) {
       for (int64_t c = 0; c < cols; ++c) logits[c] *= scale;
@@ -259,8 +218,9 @@ inline void write_masked_logits(const EntryFilter<scalar_t>& filter, scalar_t sc
       near_threshold.clear();
       for (int64_t c = 0; c < cols; ++c) {
         const scalar_t guide_value = guide_row[c];
-        if (guide_value > lower && guide_value <= upper) near_threshold.push_back(c);
-        logits[c] = guide_value > upper ? dropped : scale * logits[c];
+        const GuideVerdict verdict = embedplug::infonce::guide_verdict(guide_value, lower, upper);
+        if (verdict == GuideVerdict::kNearThreshold) near_threshold.push_back(c);
+        logits[c] = verdict == GuideVerdict::kDrop ? dropped : scale * logits[c];
       }
       for (const int64_t c : near_threshold) {
         if (!filter.guide_keeps_exact(i, column_begin + c)) logits[c] = dropped;
@@ -268,8 +228,8 @@ inline void write_masked_logits(const EntryFilter<scalar_t>& filter, scalar_t sc
       if (target_in_tile) logits[i - column_begin] = scale * target_similarity;
     }
     if (block.excludes_self) {
-      // Own columns: j == i among anchors, j == i (mod N) among candidates.
-      const int64_t stride = block.columns_are_anchors ? block.num_columns : filter.n;
+      // Own columns (is_self_column): j == i among anchors, j == i (mod N) among candidates.
+      const int64_t stride = embedplug::infonce::self_column_stride(block, filter.n);
       const int64_t first = i + ((column_begin - i + stride - 1) / stride) * stride;
       for (int64_t j = std::max(first, i); j < column_end; j += stride) {
         if (j >= column_begin) logits[j - column_begin] = dropped;
@@ -284,8 +244,7 @@ inline void write_masked_logits(const EntryFilter<scalar_t>& filter, scalar_t sc
 // those entries are exactly 0 instead, which they are to working precision next to a row sum >= 1.
 template <typename scalar_t>
 at::Tensor& exp_without_underflow(at::Tensor& tile) {
-  // Smallest argument whose exp is still a normal number.
-  const double cutoff = std::is_same_v<scalar_t, float> ? -87.0 : -708.0;
+  const double cutoff = embedplug::infonce::exp_underflow_cutoff<scalar_t>();
   const auto underflows = tile < cutoff;
   return tile.clamp_min_(cutoff).exp_().masked_fill_(underflows, 0);
 }

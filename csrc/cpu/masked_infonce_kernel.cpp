@@ -31,6 +31,11 @@ namespace {
 
 using namespace infonce;
 
+// Calls visit(block, filter, row_begin, rows, column_begin, cols, student_tile, guide_tile, thread_id)
+// for every (row tile, block, column tile), in parallel over row tiles (each row tile is owned by one
+// thread), then row_tile_done(row_begin, rows). student_tile is the [rows x cols] GEMM of the block's
+// student rows and columns, writable; guide_tile the guide's (the student tile itself when
+// self-guided, nullptr when unguided).
 template <typename scalar_t, typename Visit, typename RowTileDone>
 void for_each_softmax_tile(const InfoNCEInputs& inputs, const std::vector<SoftmaxBlock>& blocks,
                            const GuideState<scalar_t>& guide, Visit&& visit, RowTileDone&& row_tile_done) {
@@ -78,8 +83,6 @@ void for_each_softmax_tile(const InfoNCEInputs& inputs, const std::vector<Softma
   });
 }
 
-// Online log-sum-exp of one row: running maximum and the sum of exp(logit - maximum).
-
 std::tuple<at::Tensor, at::Tensor> masked_infonce_cpu(
     const at::Tensor& anchors, const at::Tensor& candidates, const std::optional<at::Tensor>& guide_anchors,
     const std::optional<at::Tensor>& guide_candidates, double scale, c10::string_view margin_strategy,
@@ -96,7 +99,7 @@ std::tuple<at::Tensor, at::Tensor> masked_infonce_cpu(
   AT_DISPATCH_FLOATING_TYPES(anchors.scalar_type(), "masked_infonce_cpu", [&] {
     const GuideState<scalar_t> guide = make_guide_state<scalar_t>(inputs, options);
     const scalar_t tile_scale = static_cast<scalar_t>(scale);
-    std::vector<RunningLogSumExp<scalar_t>> running(inputs.n);
+    std::vector<RunningLogSumExp<scalar_t>> running(inputs.n, RunningLogSumExp<scalar_t>::empty());
     std::vector<scalar_t> target_logit(inputs.n);
     scalar_t* loss_out = loss.data_ptr<scalar_t>();
     scalar_t* log_normalizer_out = log_normalizer.data_ptr<scalar_t>();
@@ -121,19 +124,14 @@ std::tuple<at::Tensor, at::Tensor> masked_infonce_cpu(
               state.saw_nan |= std::isnan(logits[c]);
               tile_maximum = std::max(tile_maximum, logits[c]);
             }
-            const scalar_t new_maximum = std::max(state.maximum, tile_maximum);
-            // A row with nothing kept yet stays at -inf; shifting by 0 keeps exp(-inf) = 0.
-            const bool empty = new_maximum == -std::numeric_limits<scalar_t>::infinity();
-            if (!empty) state.sum *= std::exp(state.maximum - new_maximum);
-            state.maximum = new_maximum;
-            shift[r] = empty ? scalar_t(0) : -new_maximum;
+            shift[r] = state.raise_maximum(tile_maximum);
           }
           auto tile_view = at::from_blob(tile, {rows, cols}, inputs.anchors.options());
           auto shift_view = at::from_blob(shift.data(), {rows, 1}, inputs.anchors.options());
           exp_without_underflow<scalar_t>(tile_view.add_(shift_view));
           const auto row_sums = tile_view.sum(1);
           const scalar_t* sums = row_sums.data_ptr<scalar_t>();
-          for (int64_t r = 0; r < rows; ++r) running[row_begin + r].sum += sums[r];
+          for (int64_t r = 0; r < rows; ++r) running[row_begin + r].add(sums[r]);
         },
         [&](int64_t row_begin, int64_t rows) {
           for (int64_t i = row_begin; i < row_begin + rows; ++i) {

@@ -11,18 +11,26 @@
 // and two for the gradient, per guide block one. Because the loss is a mean, d loss / d sim_ij is
 // known up to the incoming scalar gradient, which the autograd formula applies afterwards
 // (grad_output * saved gradient), as fused linear cross-entropy kernels do.
+//
+// MultipleNegativesRankingLoss's options (masked_infonce_mnrl_rules.h) change two steps: the
+// query-to-doc tiles get the hardness term right after their masked logits are written, and the
+// row's softmax is taken per group of blocks (each block its own group per direction), which only
+// changes the maxima, the sums and the gradient coefficient per group.
 #include <torch/library.h>
 
+#include <algorithm>
 #include <optional>
 
 #include "cpu/masked_infonce_common.h"
 #include "op_input_checks.h"
+#include "masked_infonce_mnrl_rules.h"
 
 namespace embedplug {
 namespace cpu {
 namespace {
 
 using namespace infonce;
+using infonce_mnrl::MnrlOptions;
 
 // Strips of 128 rows while they stay within 16 MiB, so the per-strip gradient GEMMs (inner
 // dimension = strip rows) keep a high arithmetic intensity against the [columns, D] accumulator
@@ -38,9 +46,34 @@ struct MeanInfoNCEResult {
   at::Tensor gradient;  // [N + M, D]: anchors' rows, then candidates'; undefined without compute_grad
 };
 
+// Adds the hardness term to the query-to-doc logits of rows [row_begin, row_begin + rows) and
+// columns [column_begin, column_begin + cols) (rows tile_stride apart), from the raw similarities
+// of the same entries (rows cols apart).
+template <typename scalar_t>
+void add_hardness(const MnrlOptions& mnrl, int64_t n, int64_t row_begin, int64_t rows, int64_t column_begin,
+                  int64_t cols, scalar_t* tile, int64_t tile_stride, const scalar_t* similarity) {
+  const scalar_t strength = static_cast<scalar_t>(mnrl.hardness_strength);
+  const int64_t first_remainder = column_begin % n;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t i = row_begin + r;
+    scalar_t* logits = tile + r * tile_stride;
+    const scalar_t* row_similarity = similarity + r * cols;
+    // column mod N, kept incrementally: one comparison per entry instead of a division.
+    int64_t remainder = first_remainder;
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t j = column_begin + c;
+      if (infonce_mnrl::hardness_applies(mnrl.hardness, remainder == i, j < n)) {
+        logits[c] = infonce_mnrl::hardened_logit(logits[c], row_similarity[c], strength);
+      }
+      if (++remainder == n) remainder = 0;
+    }
+  }
+}
+
 template <typename scalar_t>
 MeanInfoNCEResult<scalar_t> mean_infonce_strips(const InfoNCEInputs& inputs, const std::vector<SoftmaxBlock>& blocks,
-                                                const InfoNCEOptions& options, bool compute_grad) {
+                                                const InfoNCEOptions& options, const MnrlOptions& mnrl,
+                                                bool compute_grad) {
   const GuideState<scalar_t> guide = make_guide_state<scalar_t>(inputs, options);
   const int64_t n = inputs.n, m = inputs.m, dim = inputs.anchors.size(1);
   const auto tensor_options = inputs.anchors.options();
@@ -61,12 +94,19 @@ MeanInfoNCEResult<scalar_t> mean_infonce_strips(const InfoNCEInputs& inputs, con
   auto row_loss = at::empty({n}, tensor_options);
   scalar_t* row_loss_out = row_loss.template data_ptr<scalar_t>();
   const bool separate_guide = inputs.guided && !inputs.self_guided;
+  const int num_blocks = static_cast<int>(blocks.size());
+  const int groups = infonce_mnrl::partition_group_count(mnrl.partition, num_blocks);
+  TORCH_INTERNAL_ASSERT(groups <= infonce_mnrl::kMaxGroups);
 
   at::parallel_for(0, num_strips, 1, [&](int64_t strip_begin, int64_t strip_end) {
     const int thread_id = at::get_thread_num();
     std::vector<scalar_t> strip(static_cast<size_t>(rows_per_strip * total_columns));
     std::vector<scalar_t> guide_buffer(separate_guide ? static_cast<size_t>(rows_per_strip * kTileSize) : 0);
-    std::vector<scalar_t> target_logit(rows_per_strip), row_coefficient(rows_per_strip);
+    // The raw query-to-doc similarities of one column tile, which the hardness term reads after
+    // the tile became logits.
+    std::vector<scalar_t> similarity_buffer(mnrl.hardened() ? static_cast<size_t>(rows_per_strip * kTileSize) : 0);
+    // row_coefficient[g * rows_per_strip + r]: group g's gradient coefficient of row r.
+    std::vector<scalar_t> target_logit(rows_per_strip), row_coefficient(groups * rows_per_strip);
     at::Tensor& gradient = thread_gradients[thread_id];
     if (compute_grad && !gradient.defined()) gradient = at::zeros({n + m, dim}, tensor_options);
 
@@ -85,17 +125,33 @@ MeanInfoNCEResult<scalar_t> mean_infonce_strips(const InfoNCEInputs& inputs, con
         auto segment_view = at::from_blob(segment, {rows, cols}, tensor_options);
         at::mm_out(segment_view, row_source.narrow(0, row_begin, rows), column_source.narrow(0, 0, cols).t());
         const EntryFilter<scalar_t> filter{block, guide, inputs.guided, n};
-        if (separate_guide) {
-          // The guide is only compared with thresholds: one L2-sized tile of it at a time.
-          const auto guide_rows = (block.rows_are_positives ? inputs.guide_candidates : inputs.guide_anchors)
-                                      .narrow(0, row_begin, rows);
-          const auto& guide_columns = block.columns_are_anchors ? inputs.guide_anchors : inputs.guide_candidates;
+        // Block 0 is query-to-doc, the only block hardness weighting touches.
+        const bool hardened = b == 0 && mnrl.hardened();
+        if (separate_guide || hardened) {
+          // The guide is only compared with thresholds, and the hardness term reads the raw
+          // similarity: one L2-sized tile of each at a time.
           for (int64_t column_begin = 0; column_begin < cols; column_begin += kTileSize) {
             const int64_t tile_cols = std::min(kTileSize, cols - column_begin);
-            auto guide_view = at::from_blob(guide_buffer.data(), {rows, tile_cols}, tensor_options);
-            at::mm_out(guide_view, guide_rows, guide_columns.narrow(0, column_begin, tile_cols).t());
-            write_masked_logits(filter, scale, row_begin, rows, column_begin, tile_cols, segment + column_begin,
-                                guide_buffer.data(), cols, tile_cols);
+            scalar_t* tile = segment + column_begin;
+            if (hardened) {
+              for (int64_t r = 0; r < rows; ++r) {
+                std::copy_n(tile + r * cols, tile_cols, similarity_buffer.data() + r * tile_cols);
+              }
+            }
+            if (separate_guide) {
+              const auto guide_rows = (block.rows_are_positives ? inputs.guide_candidates : inputs.guide_anchors)
+                                          .narrow(0, row_begin, rows);
+              const auto& guide_columns = block.columns_are_anchors ? inputs.guide_anchors : inputs.guide_candidates;
+              auto guide_view = at::from_blob(guide_buffer.data(), {rows, tile_cols}, tensor_options);
+              at::mm_out(guide_view, guide_rows, guide_columns.narrow(0, column_begin, tile_cols).t());
+              write_masked_logits(filter, scale, row_begin, rows, column_begin, tile_cols, tile, guide_buffer.data(),
+                                  cols, tile_cols);
+            } else {
+              write_masked_logits(filter, scale, row_begin, rows, column_begin, tile_cols, tile,
+                                  inputs.self_guided ? tile : nullptr, cols, cols);
+            }
+            if (hardened) add_hardness(mnrl, n, row_begin, rows, column_begin, tile_cols, tile, cols,
+                                       similarity_buffer.data());
           }
         } else {
           // Unguided, or self-guided: the similarity itself is the guide value, read before it is
@@ -109,38 +165,57 @@ MeanInfoNCEResult<scalar_t> mean_infonce_strips(const InfoNCEInputs& inputs, con
         }
       }
 
-      // Row maxima over every segment; amax propagates NaN, which then makes the whole row NaN.
-      auto row_max_tensor = at::full({rows}, -std::numeric_limits<scalar_t>::infinity(), tensor_options);
-      for (size_t b = 0; b < blocks.size(); ++b) {
+      // Per softmax group (one for a joint partition, one per block per direction): row maxima
+      // over the group's segments (amax propagates NaN, which then makes the whole row NaN), then
+      // the sums of exp(logit - max).
+      at::Tensor group_max[infonce_mnrl::kMaxGroups], group_sum[infonce_mnrl::kMaxGroups];
+      for (int g = 0; g < groups; ++g) {
+        group_max[g] = at::full({rows}, -std::numeric_limits<scalar_t>::infinity(), tensor_options);
+        group_sum[g] = at::zeros({rows}, tensor_options);
+      }
+      for (int b = 0; b < num_blocks; ++b) {
+        const int g = infonce_mnrl::partition_group(mnrl.partition, b);
         auto segment_view = at::from_blob(segment_of(b), {rows, blocks[b].num_columns}, tensor_options);
-        row_max_tensor = at::maximum(row_max_tensor, segment_view.amax(1));
+        group_max[g] = at::maximum(group_max[g], segment_view.amax(1));
       }
-      const scalar_t* row_max = row_max_tensor.template data_ptr<scalar_t>();
-      // A row whose entries are all dropped stays at -inf: shifting by 0 keeps exp(-inf) = 0.
-      std::vector<scalar_t> shift(rows);
-      for (int64_t r = 0; r < rows; ++r) {
-        shift[r] = row_max[r] == -std::numeric_limits<scalar_t>::infinity() ? scalar_t(0) : -row_max[r];
+      std::vector<scalar_t> shift(groups * rows);
+      for (int g = 0; g < groups; ++g) {
+        const scalar_t* maxima = group_max[g].template data_ptr<scalar_t>();
+        for (int64_t r = 0; r < rows; ++r) shift[g * rows + r] = infonce_mnrl::group_shift(maxima[r]);
       }
-      auto shift_view = at::from_blob(shift.data(), {rows, 1}, tensor_options);
-      auto row_sum = at::zeros({rows}, tensor_options);
-      for (size_t b = 0; b < blocks.size(); ++b) {
+      for (int b = 0; b < num_blocks; ++b) {
+        const int g = infonce_mnrl::partition_group(mnrl.partition, b);
+        auto shift_view = at::from_blob(shift.data() + g * rows, {rows, 1}, tensor_options);
         auto segment_view = at::from_blob(segment_of(b), {rows, blocks[b].num_columns}, tensor_options);
         exp_without_underflow<scalar_t>(segment_view.add_(shift_view));
-        row_sum.add_(segment_view.sum(1));
+        group_sum[g].add_(segment_view.sum(1));
       }
-      const scalar_t* sums = row_sum.template data_ptr<scalar_t>();
+      const scalar_t* maxima[infonce_mnrl::kMaxGroups];
+      const scalar_t* sums[infonce_mnrl::kMaxGroups];
+      for (int g = 0; g < groups; ++g) {
+        maxima[g] = group_max[g].template data_ptr<scalar_t>();
+        sums[g] = group_sum[g].template data_ptr<scalar_t>();
+      }
       for (int64_t r = 0; r < rows; ++r) {
-        const scalar_t log_normalizer = row_max[r] + std::log(sums[r]);
+        scalar_t row_maxima[infonce_mnrl::kMaxGroups], row_sums[infonce_mnrl::kMaxGroups];
+        for (int g = 0; g < groups; ++g) {
+          row_maxima[g] = maxima[g][r];
+          row_sums[g] = sums[g][r];
+          row_coefficient[g * rows_per_strip + r] =
+              infonce_mnrl::group_gradient_coefficient(row_weight, row_sums[g], groups);
+        }
+        const scalar_t log_normalizer = infonce_mnrl::averaged_log_normalizer(row_maxima, row_sums, groups);
         row_loss_out[row_begin + r] = log_normalizer - target_logit[r];
-        row_coefficient[r] = row_weight / sums[r];
       }
       if (!compute_grad) continue;
 
-      // The strip now holds exp(logit - max); times row_weight / sum it is d loss / d sim.
-      auto coefficient_view = at::from_blob(row_coefficient.data(), {rows, 1}, tensor_options);
-      for (size_t b = 0; b < blocks.size(); ++b) {
+      // The strip now holds exp(logit - group max); times its group's coefficient it is d loss / d sim.
+      for (int b = 0; b < num_blocks; ++b) {
         const SoftmaxBlock& block = blocks[b];
         const int64_t cols = block.num_columns;
+        const int g = infonce_mnrl::partition_group(mnrl.partition, b);
+        auto coefficient_view =
+            at::from_blob(row_coefficient.data() + g * rows_per_strip, {rows, 1}, tensor_options);
         auto weights = at::from_blob(segment_of(b), {rows, cols}, tensor_options).mul_(coefficient_view);
         const auto& row_source = block.rows_are_positives ? inputs.candidates : inputs.anchors;
         const auto& column_source = block.columns_are_anchors ? inputs.anchors : inputs.candidates;
@@ -171,16 +246,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_infonce_mean_cpu(
     const at::Tensor& anchors, const at::Tensor& candidates, const std::optional<at::Tensor>& guide_anchors,
     const std::optional<at::Tensor>& guide_candidates, double scale, c10::string_view margin_strategy,
     double margin, bool anchor_anchor, bool positive_anchor, int64_t positive_candidate_columns, bool exclude_self,
-    bool compute_grad) {
+    bool compute_grad, c10::string_view partition_mode, c10::string_view hardness_mode, double hardness_strength) {
   check_floating_inputs("masked_infonce_mean", {{"anchors", &anchors}, {"candidates", &candidates},
                                  {"guide_anchors", optional_tensor(guide_anchors)},
                                  {"guide_candidates", optional_tensor(guide_candidates)}});
+  const MnrlOptions mnrl = infonce_mnrl::make_mnrl_options(partition_mode, hardness_mode, hardness_strength);
   const auto [options, inputs, blocks] =
       make_problem(anchors, candidates, guide_anchors, guide_candidates, scale, margin_strategy, margin,
                    anchor_anchor, positive_anchor, positive_candidate_columns, exclude_self);
   at::Tensor loss, grad_anchors, grad_candidates;
   AT_DISPATCH_FLOATING_TYPES(anchors.scalar_type(), "masked_infonce_mean_cpu", [&] {
-    auto result = mean_infonce_strips<scalar_t>(inputs, blocks, options, compute_grad);
+    auto result = mean_infonce_strips<scalar_t>(inputs, blocks, options, mnrl, compute_grad);
     // The same reduction as loss.mean() on masked_infonce's per-row losses.
     loss = result.row_loss.mean();
     if (compute_grad) {

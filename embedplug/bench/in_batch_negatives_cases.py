@@ -1,7 +1,10 @@
 """Forward+backward of GISTEmbedLoss and MultipleNegativesRankingLoss in each implementation, on identical inputs.
 
 GIST uses sentence-transformers' defaults (temperature 0.01, absolute margin 0, anchor-anchor and
-positive-positive contrast) on (anchor, positive) pairs with a guide of the same width.
+positive-positive contrast) on (anchor, positive) pairs with a guide of the same width. MNRL runs at its
+defaults (cos_sim, scale 20) in three option sets: plain, symmetric (query-to-doc and doc-to-query,
+per-direction softmax: MultipleNegativesSymmetricRankingLoss) and hardness-weighted (Lan et al. 2025:
+in-batch negatives, strength 9).
 """
 
 from __future__ import annotations
@@ -92,18 +95,33 @@ def gist_sentence_transformers(inputs: Inputs) -> None:
         _backward(loss.forward([{}, {}], None), inputs)
 
 
-def mnrl_floor(inputs: Inputs) -> None:
-    _gemm_floor(inputs, student_blocks=1, guide_blocks=0)
+# MultipleNegativesRankingLoss option sets measured, and the student blocks (N x N GEMMs) each needs.
+MNRL_OPTION_SETS: dict[str, dict] = {
+    "plain": {},
+    "symmetric": {"directions": ("query_to_doc", "doc_to_query"), "partition_mode": "per_direction"},
+    "hardness": {"hardness_mode": "in_batch_negatives", "hardness_strength": 9.0},
+}
+_MNRL_STUDENT_BLOCKS = {"plain": 1, "symmetric": 2, "hardness": 1}
 
 
-def mnrl_fused(inputs: Inputs) -> None:
-    _backward(multiple_negatives_ranking_loss(inputs.anchor, inputs.positive), inputs)
+def mnrl_implementations(option_set: str = "plain") -> dict[str, Callable[[Inputs], None]]:
+    """The MNRL implementations for one of :data:`MNRL_OPTION_SETS`, by name."""
+    options = MNRL_OPTION_SETS[option_set]
 
+    def floor(inputs: Inputs) -> None:
+        _gemm_floor(inputs, student_blocks=_MNRL_STUDENT_BLOCKS[option_set], guide_blocks=0)
 
-def mnrl_sentence_transformers(inputs: Inputs) -> None:
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    def fused(inputs: Inputs) -> None:
+        _backward(multiple_negatives_ranking_loss(inputs.anchor, inputs.positive, **options), inputs)
 
-    _backward(MultipleNegativesRankingLoss(None).compute_loss_from_embeddings([inputs.anchor, inputs.positive], None), inputs)
+    def sentence_transformers(inputs: Inputs) -> None:
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+        loss = MultipleNegativesRankingLoss(None, **options)
+        _backward(loss.compute_loss_from_embeddings([inputs.anchor, inputs.positive], None), inputs)
+
+    return {FLOOR: floor, "embedplug fused": fused, "sentence-transformers 6.2": sentence_transformers}
+
 
 
 GIST_IMPLEMENTATIONS: dict[str, Callable[[Inputs], None]] = {
@@ -112,11 +130,7 @@ GIST_IMPLEMENTATIONS: dict[str, Callable[[Inputs], None]] = {
     "embedplug reference": gist_reference,
     "sentence-transformers 6.2": gist_sentence_transformers,
 }
-MNRL_IMPLEMENTATIONS: dict[str, Callable[[Inputs], None]] = {
-    FLOOR: mnrl_floor,
-    "embedplug fused": mnrl_fused,
-    "sentence-transformers 6.2": mnrl_sentence_transformers,
-}
+MNRL_IMPLEMENTATIONS: dict[str, Callable[[Inputs], None]] = mnrl_implementations("plain")
 
 
 def available(implementations: dict[str, Callable[[Inputs], None]]) -> dict[str, Callable[[Inputs], None]]:

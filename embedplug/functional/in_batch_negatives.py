@@ -159,13 +159,10 @@ def mnrl_runs_fused(
 ) -> bool:
     """Whether these MultipleNegativesRankingLoss options run on the fused kernel (else the reference).
 
-    The kernel covers cosine and dot similarity with one joint softmax over any directions; per-direction
-    partitions (with more than one direction), hardness weighting and other similarity functions run on
-    the reference.
+    The kernel covers cosine and dot similarity with every direction set, both partition modes and
+    every hardness mode; any other similarity function runs on the reference.
     """
-    joint = partition_mode == "joint" or len(set(directions)) == 1
-    hardness = hardness_mode is not None and hardness_strength > 0.0
-    return _similarity_name(similarity) is not None and joint and not hardness
+    return _similarity_name(similarity) is not None
 
 
 def multiple_negatives_ranking_loss(
@@ -188,8 +185,11 @@ def multiple_negatives_ranking_loss(
         similarity: "cosine" (``util.cos_sim``), "dot" (``util.dot_score``) or a callable
             ([R, D], [C, D]) -> [R, C] (reference path).
         directions: any of "query_to_doc" (required), "query_to_query", "doc_to_query", "doc_to_doc".
-        partition_mode: "joint" or "per_direction".
-        hardness_mode, hardness_strength: ST's hardness weighting (reference path when active).
+        partition_mode: "joint" (one softmax over every direction) or "per_direction" (one per
+            direction, log-normalisers averaged).
+        hardness_mode, hardness_strength: sentence-transformers' hardness weighting: the query-to-doc
+            logits the mode selects ("in_batch_negatives", "hard_negatives", "all_negatives") get
+            ``+ hardness_strength * stop_grad(similarity)``.
 
     Returns:
         Scalar loss equal to sentence-transformers' ``MultipleNegativesRankingLoss``.
@@ -215,6 +215,8 @@ def multiple_negatives_ranking_loss(
     if name == "cosine":
         # util.cos_sim normalises with F.normalize (eps 1e-12).
         anchor, candidates = F.normalize(anchor, p=2, dim=1), F.normalize(candidates, p=2, dim=1)
+    # The op's blocks come in sentence-transformers' direction order whatever order ``directions``
+    # lists them in: the per-direction average is the same either way.
     return masked_infonce_mean(
         anchor,
         candidates,
@@ -223,6 +225,9 @@ def multiple_negatives_ranking_loss(
         positive_anchor="doc_to_query" in directions,
         positive_candidate_columns=candidates.shape[0] if "doc_to_doc" in directions else 0,
         exclude_self=True,
+        partition_mode=partition_mode,
+        hardness_mode=hardness_mode if hardness_mode is not None and hardness_strength > 0.0 else "none",
+        hardness_strength=hardness_strength,
     )
 
 

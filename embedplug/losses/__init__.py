@@ -11,11 +11,13 @@ from embedplug.losses.batch_hard_triplet import BatchHardTripletLoss
 from embedplug.losses.batch_semi_hard_triplet import BatchSemiHardTripletLoss
 from embedplug.losses.cached_gist_embed import CachedGISTEmbedLoss
 from embedplug.losses.cached_multiple_negatives_ranking import CachedMultipleNegativesRankingLoss
+from embedplug.losses.cached_multiple_negatives_symmetric_ranking import CachedMultipleNegativesSymmetricRankingLoss
 from embedplug.losses.distance_functions import BatchHardTripletLossDistanceFunction
 from embedplug.losses.gist_embed import GISTEmbedLoss
 from embedplug.losses.labelled_contrastive import CircleLoss, MultiSimilarityLoss, SupConLoss
 from embedplug.losses.mega_batch_margin import MegaBatchMarginLoss
 from embedplug.losses.multiple_negatives_ranking import MultipleNegativesRankingLoss
+from embedplug.losses.multiple_negatives_symmetric_ranking import MultipleNegativesSymmetricRankingLoss
 from embedplug.losses.triplet import TripletDistanceMetric, TripletLoss
 
 # Registered by embedplug's own plugin (embedplug._builtin_plugin) under their class names.
@@ -33,6 +35,8 @@ BUILTIN_LOSSES: tuple = (
     MultiSimilarityLoss,
     CircleLoss,
     MegaBatchMarginLoss,
+    MultipleNegativesSymmetricRankingLoss,
+    CachedMultipleNegativesSymmetricRankingLoss,
 )
 
 __all__ = [
@@ -45,12 +49,14 @@ __all__ = [
     "CachedGISTEmbedLoss",
     "CachedMultipleNegativesRankingLoss",
     "CircleLoss",
+    "CachedMultipleNegativesSymmetricRankingLoss",
     "EmbeddingLoss",
     "GISTEmbedLoss",
     "MultiSimilarityLoss",
     "MegaBatchMarginLoss",
     "MultipleNegativesRankingLoss",
     "SupConLoss",
+    "MultipleNegativesSymmetricRankingLoss",
     "TripletDistanceMetric",
     "TripletLoss",
 ]

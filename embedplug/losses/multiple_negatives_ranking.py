@@ -76,22 +76,25 @@ class MultipleNegativesRankingMixin:
         fused = mnrl_runs_fused(
             self.similarity_fct, self.directions, self.partition_mode, self.hardness_mode, self.hardness_strength
         )
-        # Gathered too (with equal per-rank batch sizes; unequal ones run on the reference).
+        if self._gathers():
+            # The gathered fused path merges one joint softmax from three fused calls; per-direction
+            # partitions, hardness weighting and unequal per-rank sizes run on the reference there.
+            fused = fused and self.partition_mode == "joint" and not (self.hardness_mode and self.hardness_strength > 0)
         return fused
 
     def backend_info(self, device_type: str = "cpu") -> dict:
         """Which implementation this loss runs on ``device_type``, and why.
 
-        The fused kernel covers ``util.cos_sim`` and ``util.dot_score`` with one joint softmax over
-        any ``directions``. The reference (sentence-transformers' algorithm on materialised N x N
-        matrices) runs ``partition_mode="per_direction"`` with several directions, active hardness
-        weighting, any other similarity function, and the gathered multi-process batch.
+        The fused kernel covers ``util.cos_sim`` and ``util.dot_score`` with any ``directions``,
+        both partition modes and every hardness mode. The reference (sentence-transformers'
+        algorithm on materialised N x N matrices) runs any other similarity function and the
+        gathered multi-process batch.
         """
         if not self.runs_fused():
             return {
                 "implementation": "reference",
-                "reason": "pure-torch reference: per-direction partition, hardness weighting, a custom "
-                "similarity function, or a gathered batch with unequal per-rank sizes",
+                "reason": "pure-torch reference: a custom similarity function, or a batch gathered across "
+                "processes with per-direction partitions, hardness weighting or unequal per-rank sizes",
             }
         return fused_backend_info(device_type)
 
@@ -186,7 +189,8 @@ class MultipleNegativesRankingLoss(MultipleNegativesRankingMixin, EmbeddingLoss)
     Same constructor, attributes, config, citation, forward and numbers as
     ``sentence_transformers.losses.MultipleNegativesRankingLoss`` (6.2), including ``directions``
     (query_to_doc, query_to_query, doc_to_query, doc_to_doc), ``partition_mode`` and hardness
-    weighting. :meth:`backend_info` says which option combinations run fused.
+    weighting, all fused for ``util.cos_sim`` / ``util.dot_score``; :meth:`backend_info` says
+    which implementation runs.
 
     Args:
         model: the SentenceTransformer being trained.

@@ -49,9 +49,13 @@ if _extension.STATUS.loaded:
 
     torch.library.register_autograd("embedplug::masked_infonce", _backward, setup_context=_setup_context)
 
+    # Position of compute_grad among the mean op's arguments (the MNRL options follow it, with defaults).
+    _MEAN_COMPUTE_GRAD = 11
+
     @torch.library.register_fake("embedplug::masked_infonce_mean")
     def _masked_infonce_mean_fake(anchors, candidates, guide_anchors, guide_candidates, *options):
-        compute_grad = options[-1]
+        # The dispatcher drops trailing arguments equal to their defaults: index from the front.
+        compute_grad = options[_MEAN_COMPUTE_GRAD - 4]
         rows_anchors, rows_candidates = (anchors.shape[0], candidates.shape[0]) if compute_grad else (0, 0)
         return (
             anchors.new_empty(()),
@@ -61,7 +65,7 @@ if _extension.STATUS.loaded:
 
     def _setup_mean_context(ctx, inputs, output):
         _loss, grad_anchors, grad_candidates = output
-        ctx.compute_grad = inputs[-1]
+        ctx.compute_grad = inputs[_MEAN_COMPUTE_GRAD]
         ctx.save_for_backward(grad_anchors, grad_candidates)
         ctx.mark_non_differentiable(grad_anchors, grad_candidates)
 
@@ -75,7 +79,8 @@ if _extension.STATUS.loaded:
             # The saved gradient is a constant here; a second derivative would silently be wrong.
             raise RuntimeError("embedplug::masked_infonce_mean does not support double backward (create_graph=True)")
         grad_anchors, grad_candidates = ctx.saved_tensors
-        return (grad_loss * grad_anchors, grad_loss * grad_candidates, None, None) + (None,) * 8
+        # One entry per argument the dispatcher passed (defaulted trailing ones may be absent).
+        return (grad_loss * grad_anchors, grad_loss * grad_candidates) + (None,) * (len(ctx.needs_input_grad) - 2)
 
     torch.library.register_autograd(
         "embedplug::masked_infonce_mean", _mean_backward, setup_context=_setup_mean_context
@@ -187,10 +192,24 @@ def masked_infonce_mean(
     positive_anchor: bool = False,
     positive_candidate_columns: int = 0,
     exclude_self: bool = True,
+    partition_mode: str = "joint",
+    hardness_mode: str | None = "none",
+    hardness_strength: float = 0.0,
 ) -> torch.Tensor:
-    """``masked_infonce(...)[0].mean()`` in one fused pass that also computes its gradient.
+    """``masked_infonce(...)[0].mean()`` in one fused pass that also computes its gradient, with
+    MultipleNegativesRankingLoss's partition and hardness options.
 
-    Same arguments as :func:`masked_infonce`. The fused kernel computes d mean / d inputs while the
+    Same arguments as :func:`masked_infonce`, and:
+        partition_mode: "joint" (one softmax over a row's blocks) or "per_direction" (one softmax
+            per block: query-to-doc, anchor-anchor, positive-anchor, positive-candidate; the row's
+            log-normaliser is the mean of theirs).
+        hardness_mode: "none" (or None), "in_batch_negatives" (candidates of other rows),
+            "hard_negatives" (the row's own candidates past the first N) or "all_negatives"
+            (every candidate but the positive): those query-to-doc logits get
+            ``+ hardness_strength * stop_grad(<a_i, c_j>)``.
+        hardness_strength: >= 0; 0 turns the weighting off.
+
+    The fused kernel computes d mean / d inputs while the
     softmax strips are at hand (3 GEMMs per student block instead of 4, guide blocks once instead of
     twice) when ``anchors`` or ``candidates`` requires grad under grad mode; backward then only scales
     the saved gradients. Double backward is not supported.
@@ -202,8 +221,9 @@ def masked_infonce_mean(
         anchors, candidates, guide_anchors, guide_candidates, scale, margin_strategy, margin, anchor_anchor,
         positive_anchor, positive_candidate_columns, exclude_self,
     )
+    mnrl_options = (partition_mode, "none" if hardness_mode is None else hardness_mode, float(hardness_strength))
     if arguments[0].device.type in _FUSED_MEAN_DEVICE_TYPES:
         compute_grad = torch.is_grad_enabled() and (anchors.requires_grad or candidates.requires_grad)
-        loss, _, _ = torch.ops.embedplug.masked_infonce_mean(*arguments, compute_grad)
+        loss, _, _ = torch.ops.embedplug.masked_infonce_mean(*arguments, compute_grad, *mnrl_options)
         return loss
-    return reference.masked_infonce(*arguments)[0].mean()
+    return reference.masked_infonce_mean(*arguments, *mnrl_options)

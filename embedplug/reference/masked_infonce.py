@@ -1,11 +1,16 @@
-"""Reference masked in-batch softmax cross-entropy: the semantics of ``embedplug::masked_infonce`` on
-materialised similarity blocks (the fallback, and the oracle the fused kernel is tested against)."""
+"""Reference masked in-batch softmax cross-entropy: the semantics of ``embedplug::masked_infonce`` and
+``embedplug::masked_infonce_mean`` on materialised similarity blocks (the fallback, and the oracle the
+fused kernels are tested against)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 MARGIN_STRATEGIES = ("none", "absolute", "relative")
+PARTITION_MODES = ("joint", "per_direction")
+HARDNESS_MODES = ("none", "in_batch_negatives", "hard_negatives", "all_negatives")
 
 
 def _exact_similarity(rows: torch.Tensor, columns: torch.Tensor, row_index: torch.Tensor, column_index: torch.Tensor):
@@ -48,7 +53,7 @@ def guide_thresholds(guide_anchors: torch.Tensor, guide_positives: torch.Tensor,
     return target - target.abs() * margin
 
 
-def masked_infonce(
+def masked_logit_blocks(
     anchors: torch.Tensor,
     candidates: torch.Tensor,
     guide_anchors: torch.Tensor | None,
@@ -60,15 +65,19 @@ def masked_infonce(
     positive_anchor: bool,
     positive_candidate_columns: int,
     exclude_self: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference for ``embedplug::masked_infonce``: ([N, D], [M, D], ...) -> (loss [N], lse [N]).
-
-    Row i's logits are ``scale * <a_i, candidates>``, then optionally ``<a_i, anchors>``,
-    ``<p_i, anchors>`` and ``<p_i, candidates[:K]>`` (p_i = candidates[i]); entries dropped by
-    ``exclude_self`` or by the guide are -inf. ``loss_i = lse_i - scale * <a_i, p_i>``.
-    """
+    hardness_mode: str = "none",
+    hardness_strength: float = 0.0,
+) -> list[torch.Tensor]:
+    """Row i's softmax blocks, each [N, C_b]: ``scale * <a_i, candidates>`` (query-to-doc), then
+    optionally ``<a_i, anchors>``, ``<p_i, anchors>`` and ``<p_i, candidates[:K]>`` (p_i = candidates[i]),
+    dropped entries -inf. With ``hardness_mode`` the query-to-doc entries it selects get
+    ``+ hardness_strength * stop_grad(<a_i, c_j>)``."""
     if margin_strategy not in MARGIN_STRATEGIES:
         raise ValueError(f"unknown margin_strategy {margin_strategy!r}; expected one of {MARGIN_STRATEGIES}")
+    if hardness_mode not in HARDNESS_MODES:
+        raise ValueError(f"unknown hardness_mode {hardness_mode!r}; expected one of {HARDNESS_MODES}")
+    if not (math.isfinite(hardness_strength) and hardness_strength >= 0):
+        raise ValueError(f"hardness_strength must be a finite non-negative number, got {hardness_strength}")
     n = anchors.shape[0]
     positives = candidates[:n]
     rows = torch.arange(n, device=anchors.device)
@@ -93,8 +102,12 @@ def masked_infonce(
         )
 
     logits = []
-    for student_rows, student_columns, guide_rows, guide_columns, has_target, self_columns in blocks:
-        block = scale * (student_rows @ student_columns.t())
+    for index, (student_rows, student_columns, guide_rows, guide_columns, has_target, self_columns) in enumerate(blocks):
+        similarity = student_rows @ student_columns.t()
+        block = scale * similarity
+        if index == 0 and hardness_mode != "none" and hardness_strength > 0:
+            weighted = hardness_mask(hardness_mode, n, block.shape[1], block.device)
+            block = torch.where(weighted, block + hardness_strength * similarity.detach(), block)
         keep = torch.ones_like(block, dtype=torch.bool)
         if exclude_self and self_columns is not None:
             columns = torch.arange(block.shape[1], device=block.device)
@@ -106,6 +119,90 @@ def masked_infonce(
                 guide_keep[rows, rows] = True
             keep &= guide_keep
         logits.append(block.masked_fill(~keep, float("-inf")))
-    logits = torch.cat(logits, dim=1)
+    return logits
+
+
+def hardness_mask(hardness_mode: str, n: int, num_columns: int, device=None) -> torch.Tensor:
+    """[N, M] bool: the query-to-doc entries (row i, candidate j) that ``hardness_mode`` weights.
+
+    Candidate j is one of row i's own documents when j mod N == i (its positive for j < N, a hard
+    negative after): "in_batch_negatives" weights the others, "hard_negatives" the own hard
+    negatives, "all_negatives" everything but the positive.
+    """
+    rows = torch.arange(n, device=device).unsqueeze(1)
+    columns = torch.arange(num_columns, device=device).unsqueeze(0)
+    own_document = columns % n == rows
+    positive_column = columns < n
+    if hardness_mode == "in_batch_negatives":
+        return ~own_document
+    if hardness_mode == "hard_negatives":
+        return own_document & ~positive_column
+    return ~(own_document & positive_column)
+
+
+def masked_infonce(
+    anchors: torch.Tensor,
+    candidates: torch.Tensor,
+    guide_anchors: torch.Tensor | None,
+    guide_candidates: torch.Tensor | None,
+    scale: float,
+    margin_strategy: str,
+    margin: float,
+    anchor_anchor: bool,
+    positive_anchor: bool,
+    positive_candidate_columns: int,
+    exclude_self: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference for ``embedplug::masked_infonce``: ([N, D], [M, D], ...) -> (loss [N], lse [N]).
+
+    Row i's logits are :func:`masked_logit_blocks` side by side, one softmax over them;
+    ``loss_i = lse_i - scale * <a_i, p_i>``.
+    """
+    logits = torch.cat(
+        masked_logit_blocks(
+            anchors, candidates, guide_anchors, guide_candidates, scale, margin_strategy, margin, anchor_anchor,
+            positive_anchor, positive_candidate_columns, exclude_self,
+        ),
+        dim=1,
+    )
+    rows = torch.arange(anchors.shape[0], device=anchors.device)
     log_normalizer = torch.logsumexp(logits, dim=1)
     return log_normalizer - logits[rows, rows], log_normalizer
+
+
+def masked_infonce_mean(
+    anchors: torch.Tensor,
+    candidates: torch.Tensor,
+    guide_anchors: torch.Tensor | None,
+    guide_candidates: torch.Tensor | None,
+    scale: float,
+    margin_strategy: str,
+    margin: float,
+    anchor_anchor: bool,
+    positive_anchor: bool,
+    positive_candidate_columns: int,
+    exclude_self: bool,
+    partition_mode: str = "joint",
+    hardness_mode: str = "none",
+    hardness_strength: float = 0.0,
+) -> torch.Tensor:
+    """Reference for ``embedplug::masked_infonce_mean`` (without ``compute_grad``): the scalar
+    ``mean_i(log_normalizer_i - target_logit_i)``.
+
+    ``partition_mode`` "joint" takes one softmax over a row's blocks (``masked_infonce(...)[0].mean()``
+    with the hardness term); "per_direction" one per block, the log-normaliser the mean of the
+    blocks' log-sum-exps (sentence-transformers' ``partition_mode="per_direction"``).
+    """
+    if partition_mode not in PARTITION_MODES:
+        raise ValueError(f"unknown partition_mode {partition_mode!r}; expected one of {PARTITION_MODES}")
+    blocks = masked_logit_blocks(
+        anchors, candidates, guide_anchors, guide_candidates, scale, margin_strategy, margin, anchor_anchor,
+        positive_anchor, positive_candidate_columns, exclude_self, hardness_mode, hardness_strength,
+    )
+    rows = torch.arange(anchors.shape[0], device=anchors.device)
+    target_logit = blocks[0][rows, rows]
+    if partition_mode == "joint":
+        log_normalizer = torch.logsumexp(torch.cat(blocks, dim=1), dim=1)
+    else:
+        log_normalizer = sum(torch.logsumexp(block, dim=1) for block in blocks) / len(blocks)
+    return (log_normalizer - target_logit).mean()

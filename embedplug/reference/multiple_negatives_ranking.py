@@ -1,6 +1,6 @@
 """Reference MultipleNegativesRankingLoss: sentence-transformers 6.2's algorithm on materialised
-similarity matrices, for the options the fused kernel does not cover (per-direction partitions,
-hardness weighting, arbitrary similarity functions, rows offset into gathered candidates)."""
+similarity matrices, for what the fused kernel does not cover (arbitrary similarity functions, rows
+offset into gathered candidates)."""
 
 from __future__ import annotations
 

@@ -65,3 +65,22 @@ def test_scaling_study_compares_like_with_like_and_writes_table_json_and_plot(tm
     scaling.write_plot(points, tmp_path / "scaling.png")
     assert len(json.loads((tmp_path / "scaling.json").read_text())) == len(points)
     assert (tmp_path / "scaling.png").stat().st_size > 0
+
+
+def test_every_mnrl_option_set_computes_the_same_gradient_as_sentence_transformers():
+    import pytest
+
+    from embedplug.bench import in_batch_negatives_cases
+
+    pytest.importorskip("sentence_transformers")
+    for option_set in in_batch_negatives_cases.MNRL_OPTION_SETS:
+        implementations = in_batch_negatives_cases.available(in_batch_negatives_cases.mnrl_implementations(option_set))
+        inputs = in_batch_negatives_cases.make_inputs(64, 8)
+        gradients = {}
+        for name in ("embedplug fused", "sentence-transformers 6.2"):
+            if name in implementations:
+                implementations[name](inputs)
+                gradients[name] = inputs.anchor.grad.clone()
+        expected = gradients.pop("sentence-transformers 6.2")
+        for grad in gradients.values():
+            assert (grad - expected).abs().max() < 1e-5, option_set

@@ -189,6 +189,78 @@ def test_infonce_non_contiguous_and_nan_rows():
         assert_cuda_matches_cpu(fn, [anchors, poisoned, guide_anchors, guide_candidates], torch.float64)
 
 
+# MultipleNegativesRankingLoss's options of masked_infonce_mean (csrc/masked_infonce_mnrl_rules.h):
+# per-direction partitions and hardness weighting, over MNRL's block sets (query-to-doc, + doc-to-query,
+# all four directions), with hard-negative columns (M = 3N) so every hardness mode selects something.
+MNRL_BLOCK_SETS = {
+    "q2d": dict(anchor_anchor=False, positive_anchor=False, doc_to_doc=False),
+    "q2d+d2q": dict(anchor_anchor=False, positive_anchor=True, doc_to_doc=False),
+    "all": dict(anchor_anchor=True, positive_anchor=True, doc_to_doc=True),
+}
+MNRL_HARDNESS_MODES = ("none", "in_batch_negatives", "hard_negatives", "all_negatives")
+
+
+def _mnrl_option_grid():
+    for block_set in MNRL_BLOCK_SETS:
+        for partition in ("joint", "per_direction"):
+            for hardness in MNRL_HARDNESS_MODES:
+                for strength in (0.0, 5.0):
+                    if hardness == "none" and strength:
+                        continue
+                    yield pytest.param(
+                        block_set, partition, hardness, strength, id=f"{block_set}-{partition}-{hardness}-{strength:g}"
+                    )
+
+
+def _mnrl_mean(block_set, partition, hardness, strength, guided=False):
+    blocks = MNRL_BLOCK_SETS[block_set]
+
+    def fn(a, c, ga, gc):
+        return masked_infonce_mean(
+            a,
+            c,
+            ga,
+            gc,
+            scale=20.0,
+            margin_strategy="absolute" if guided else "none",
+            margin=0.0,
+            anchor_anchor=blocks["anchor_anchor"],
+            positive_anchor=blocks["positive_anchor"],
+            positive_candidate_columns=c.shape[0] if blocks["doc_to_doc"] else 0,
+            exclude_self=True,
+            partition_mode=partition,
+            hardness_mode=hardness,
+            hardness_strength=strength,
+        )
+
+    return fn
+
+
+@pytest.mark.parametrize("block_set, partition, hardness, strength", list(_mnrl_option_grid()))
+@pytest.mark.parametrize("n", (1, 127, 257))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_infonce_mean_mnrl_options_match_cpu(block_set, partition, hardness, strength, n, dtype):
+    if not _has_cuda_kernel("masked_infonce_mean"):
+        pytest.fail("embedplug::masked_infonce_mean has no CUDA kernel")
+    anchors, candidates, _, _ = _infonce_inputs(n, 3, 32, dtype, seed=n)
+    fn = _mnrl_mean(block_set, partition, hardness, strength)
+    assert_cuda_matches_cpu(fn, [anchors, candidates, None, None], dtype)
+
+
+@pytest.mark.parametrize("partition", ["joint", "per_direction"])
+@pytest.mark.parametrize("hardness", MNRL_HARDNESS_MODES[1:])
+def test_infonce_mean_mnrl_options_with_guide_and_nan_rows(partition, hardness):
+    # Guide filtering drops entries before the hardness term (a dropped entry stays dropped); a NaN
+    # candidate row poisons its groups on both backends alike.
+    anchors, candidates, guide_anchors, guide_candidates = _infonce_inputs(300, 3, 32, torch.float64, seed=5)
+    fn = _mnrl_mean("all", partition, hardness, 5.0, guided=True)
+    assert_cuda_matches_cpu(fn, [anchors, candidates, guide_anchors, guide_candidates], torch.float64)
+    poisoned = candidates.clone()
+    poisoned[401] = float("nan")
+    fn = _mnrl_mean("q2d+d2q", partition, hardness, 5.0)
+    assert_cuda_matches_cpu(fn, [anchors, poisoned, None, None], torch.float64)
+
+
 def test_gradcheck_on_cuda():
     generator = torch.Generator().manual_seed(3)
     embeddings = (torch.randn(12, 5, generator=generator, dtype=torch.float64) * 3).cuda().requires_grad_()
@@ -202,6 +274,10 @@ def test_gradcheck_on_cuda():
     leaves = (anchors.requires_grad_(), candidates.requires_grad_())
     torch.autograd.gradcheck(lambda a, c: masked_infonce(a, c, guide_anchors, guide_candidates, **options)[0], leaves)
     torch.autograd.gradcheck(lambda a, c: masked_infonce_mean(a, c, guide_anchors, guide_candidates, **options), leaves)
+    # Per-direction partitions (the hardness term is detached, so finite differences cannot check it:
+    # the option-grid parity test above covers it against the CPU kernel).
+    mnrl_mean = _mnrl_mean("all", "per_direction", "none", 0.0)
+    torch.autograd.gradcheck(lambda a, c: mnrl_mean(a, c, None, None), leaves)
 
 
 def test_opcheck_on_cuda():
@@ -218,6 +294,9 @@ def test_opcheck_on_cuda():
     candidates.requires_grad_()
     arguments = (anchors, candidates, guide_anchors, guide_candidates, 20.0, "absolute", 0.0, True, False, 16, False)
     opcheck(torch.ops.embedplug.masked_infonce.default, arguments)
+    mnrl_arguments = (anchors, candidates, None, None, 20.0, "none", 0.0, True, True, 32, True, True)
+    for mnrl_options in (("per_direction", "none", 0.0), ("joint", "all_negatives", 5.0), ("per_direction", "hard_negatives", 2.0)):
+        opcheck(torch.ops.embedplug.masked_infonce_mean.default, (*mnrl_arguments, *mnrl_options))
 
 
 def test_compile_fullgraph_on_cuda():
