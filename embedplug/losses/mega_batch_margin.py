@@ -107,12 +107,22 @@ class MegaBatchMarginLoss(GradCacheMixin, EmbeddingLoss):
         return mega_batch_margin_loss(embeddings[0], embeddings[1], self.positive_margin, self.negative_margin)
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None) -> Tensor:
+        if self.use_mini_batched_version:
+            return self.forward_mini_batched(sentence_features, labels)
+        return self.forward_non_mini_batched(sentence_features, labels)
+
+    def forward_mini_batched(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None) -> Tensor:
+        """sentence-transformers' GradCache path: mini-batches embedded without a graph, then replayed."""
         sentence_features = list(sentence_features)
         self._validate_input(sentence_features)
-        if self.use_mini_batched_version:
-            return self.forward_cached(sentence_features, labels)
+        return self.forward_cached(sentence_features, labels)
+
+    def forward_non_mini_batched(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None) -> Tensor:
+        """The whole batch embedded with its graph in one pass."""
         from sentence_transformers.base.losses.merged_forward import embed_columns
 
+        sentence_features = list(sentence_features)
+        self._validate_input(sentence_features)
         return self.compute_loss_from_embeddings(embed_columns(self.model, sentence_features), labels)
 
     def get_config_dict(self) -> dict[str, Any]:
