@@ -6,12 +6,15 @@
 // normalised as torch.nn.functional.normalize does). Columns split into positives (same label,
 // j != i) and negatives (other label); each loss keeps some of them and runs one log-sum-exp over
 // a group of kept columns (SupCon: positives and negatives together; MultiSimilarity and Circle:
-// one over the positives, one over the negatives). A row is evaluated in four sweeps over its
-// columns, each a reduction the CUDA kernel does with a block reduce:
+// one over the positives, one over the negatives). The CUDA kernel evaluates a row in four sweeps
+// over its columns, each a block reduce:
 //   1. scan_column: pair counts, row maximum, the miner's hardest positive / negative, non-finite;
 //   2. column_group + column_logit: the maximum logit of each group;
 //   3. the sum of exp(logit - group maximum) per group (and SupCon's sum of positive logits);
 //   4. finish_row, then column_weight: d loss_i / d s_ij for every column.
+// The CPU kernel (csrc/cpu/labelled_contrastive_tiles.h) visits each unordered pair once per pass
+// and merges per-tile maxima and exp sums online; it applies the same predicates and logits
+// (keeps_positive / keeps_negative, unshifted_logit, logit_slope) and the same finish_row.
 // The formulas, their evaluation order and PyTorch-metric-learning 2.9's conventions (its logsumexp
 // with add_one, Softplus's threshold, AvgNonZero's "loss > 0") are reproduced so that float32
 // results equal PML's to rounding.
@@ -107,33 +110,39 @@ C10_HOST_DEVICE inline RowScan<scalar_t> merge_scans(const RowScan<scalar_t>& a,
   return out;
 }
 
-// The group a column enters (kNoGroup: left out). MultiSimilarityMiner (similarity, so "inverted")
-// keeps a positive p when s_ip - epsilon < max_n s_in and a negative n when s_in + epsilon >
-// min_p s_ip, comparing in the tensor's dtype; an anchor without negatives keeps no positive and
-// one without positives no negative (the infinities of its sort sentinels).
+// MultiSimilarityMiner (similarity, so "inverted") keeps a positive p when s_ip - epsilon < max_n
+// s_in and a negative n when s_in + epsilon > min_p s_ip, comparing in the tensor's dtype; an anchor
+// without negatives keeps no positive and one without positives no negative (the infinities of its
+// sort sentinels). Without the miner every pair is kept.
+template <typename scalar_t>
+C10_HOST_DEVICE inline bool keeps_positive(const ContrastiveParams<scalar_t>& p, scalar_t hardest_negative, scalar_t s) {
+  return !p.mine || (s - p.epsilon) < hardest_negative;
+}
+template <typename scalar_t>
+C10_HOST_DEVICE inline bool keeps_negative(const ContrastiveParams<scalar_t>& p, scalar_t hardest_positive, scalar_t s) {
+  return !p.mine || (s + p.epsilon) > hardest_positive;
+}
+
+// The group a column enters (kNoGroup: left out).
 template <typename scalar_t>
 C10_HOST_DEVICE inline int32_t column_group(const ContrastiveParams<scalar_t>& p, const RowScan<scalar_t>& scan,
                                             scalar_t s, bool is_self, bool same_label) {
   if (is_self) return kNoGroup;
   if (p.loss == ContrastiveLoss::kSupCon) return kNegativeGroup;  // one softmax over every other column
-  if (p.mine) {
-    if (same_label) return (s - p.epsilon) < scan.hardest_negative ? kPositiveGroup : kNoGroup;
-    return (s + p.epsilon) > scan.hardest_positive ? kNegativeGroup : kNoGroup;
-  }
-  return same_label ? kPositiveGroup : kNegativeGroup;
+  if (same_label) return keeps_positive(p, scan.hardest_negative, s) ? kPositiveGroup : kNoGroup;
+  return keeps_negative(p, scan.hardest_positive, s) ? kNegativeGroup : kNoGroup;
 }
 
-// The logit a column contributes to its group, in PML's evaluation order.
-//   SupCon: s / T - max_j (s_ij / T)   (the shift PML subtracts "for numerical stability")
+// The logit of a column in `group` before any row-dependent shift:
+//   SupCon: s / T
 //   MultiSimilarity: alpha * (base - s) for positives, beta * (s - base) for negatives
 //   Circle: (-gamma * relu(1 + m - s)) * (s - (1 - m)) for positives,
 //           (gamma * relu(s + m)) * (s - m) for negatives (relu factors detached)
 template <typename scalar_t>
-C10_HOST_DEVICE inline scalar_t column_logit(const ContrastiveParams<scalar_t>& p, const RowScan<scalar_t>& scan,
-                                             scalar_t s, int32_t group) {
+C10_HOST_DEVICE inline scalar_t unshifted_logit(const ContrastiveParams<scalar_t>& p, scalar_t s, int32_t group) {
   switch (p.loss) {
     case ContrastiveLoss::kSupCon:
-      return s / p.temperature - scan.maximum / p.temperature;
+      return s / p.temperature;
     case ContrastiveLoss::kMultiSimilarity:
       return group == kPositiveGroup ? p.alpha * (p.base - s) : p.beta * (s - p.base);
     case ContrastiveLoss::kCircle:
@@ -141,6 +150,16 @@ C10_HOST_DEVICE inline scalar_t column_logit(const ContrastiveParams<scalar_t>& 
       if (group == kPositiveGroup) return (-p.gamma * rule_relu((scalar_t(1) + p.m) - s)) * (s - (scalar_t(1) - p.m));
       return (p.gamma * rule_relu(s - (-p.m))) * (s - p.m);
   }
+}
+
+// The logit a column contributes to its group, in PML's evaluation order: SupCon subtracts the
+// row's maximum s_ij / T "for numerical stability" (it cancels in the softmax, so a kernel that
+// runs an online log-sum-exp may use unshifted_logit throughout); the others are unshifted.
+template <typename scalar_t>
+C10_HOST_DEVICE inline scalar_t column_logit(const ContrastiveParams<scalar_t>& p, const RowScan<scalar_t>& scan,
+                                             scalar_t s, int32_t group) {
+  if (p.loss == ContrastiveLoss::kSupCon) return s / p.temperature - scan.maximum / p.temperature;
+  return unshifted_logit(p, s, group);
 }
 
 // d logit / d s with the detached factors held constant.

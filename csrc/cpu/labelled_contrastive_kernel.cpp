@@ -1,20 +1,17 @@
 // Label-aware contrastive losses (SupCon, MultiSimilarity with or without MultiSimilarityMiner,
 // Circle) as pytorch-metric-learning 2.9 computes them per anchor, without any N x N matrix.
 //
-// Anchors are processed in row blocks: one GEMM gives a block's cosine similarities against every
-// column (for_each_distance_row_block, cosine distance d = 1 - s), and the rules of
-// csrc/labelled_contrastive_rules.h turn each row into its loss in four sweeps (scan, group maxima,
-// exp sums, weights). The exp of a whole block runs vectorised in one call. The gradient of
-// sum_i w_i loss_i is applied block by block by pair_weight_gradient (weights -w_i d loss_i / d s_ij
-// on d = 1 - s): with compute_grad the forward does it with w_i = 1 for the anchors the reducer
-// counts (the reduction weights them all alike), and the backward rescales that unit gradient or,
-// for any other incoming gradient, recomputes the rows. Memory: the block buffers and one N x D
-// accumulator per thread.
+// The passes over upper-triangular Gram tiles are in labelled_contrastive_tiles.h: each unordered
+// pair of unit rows is computed once per pass and serves both of its rows, the per-group
+// log-sum-exps are merged online, and the gradient of sum_a w_a loss_a is applied as M = W + W^T
+// with two tile GEMMs. With compute_grad the forward runs the gradient pass with w_a = 1 for the
+// anchors the reducer counts (the reduction weights them all alike), and the backward rescales
+// that unit gradient or, for any other incoming gradient, recomputes the passes with w = grad.
 #include <torch/library.h>
 
 #include <optional>
 
-#include "cpu/masked_infonce_common.h"
+#include "cpu/labelled_contrastive_tiles.h"
 #include "cpu/pairwise_tiles.h"
 #include "labelled_contrastive_common.h"
 #include "labelled_contrastive_rules.h"
@@ -25,133 +22,148 @@ namespace cpu {
 namespace {
 
 using namespace labelled_contrastive;
-using rules::ColumnGroup;
+using namespace contrastive_tiles;
 using rules::ContrastiveLoss;
 using rules::ContrastiveParams;
 using rules::GroupSums;
 using rules::RowResult;
 using rules::RowScan;
 
-// Evaluates the rows [row_begin, row_end) of a distance block. `scratch` is a [rows x N] buffer;
-// with `row_weight` non-null it ends holding the pair weights -row_weight(a, loss_a) * d loss_a / d s
-// (pair_weight_gradient's convention on cosine distances), else it is scratch only.
-template <typename scalar_t, typename RowWeight>
-void evaluate_block(const ContrastiveParams<scalar_t>& p, const int64_t* labels, int64_t n, int64_t row_begin,
-                    int64_t row_end, const scalar_t* distances, scalar_t* scratch, scalar_t* losses,
-                    int64_t* positive_pairs, int64_t* negative_pairs, RowWeight* row_weight) {
-  const int64_t rows = row_end - row_begin;
-  std::vector<RowScan<scalar_t>> scans(rows);
-  std::vector<GroupSums<scalar_t>> sums(rows);
-  constexpr scalar_t dropped = -std::numeric_limits<scalar_t>::infinity();
-  // Sweeps 1 and 2; the shifted logits (logit - group maximum, -inf outside any group) go to scratch.
-  for (int64_t a = row_begin; a < row_end; ++a) {
-    const scalar_t* d = distances + (a - row_begin) * n;
-    scalar_t* shifted = scratch + (a - row_begin) * n;
-    const int64_t label = labels[a];
-    RowScan<scalar_t>& scan = scans[a - row_begin];
-    for (int64_t j = 0; j < n; ++j) rules::scan_column(scan, scalar_t(1) - d[j], j == a, labels[j] == label);
-    GroupSums<scalar_t>& group = sums[a - row_begin];
-    group.maximum[0] = group.maximum[1] = rules::group_maximum_start(p);
-    for (int64_t j = 0; j < n; ++j) {
-      const scalar_t s = scalar_t(1) - d[j];
-      const bool same_label = labels[j] == label;
-      const int32_t g = rules::column_group(p, scan, s, j == a, same_label);
-      if (g == rules::kNoGroup) {
-        shifted[j] = dropped;
-        continue;
-      }
-      const scalar_t logit = rules::column_logit(p, scan, s, g);
-      shifted[j] = logit;
-      group.maximum[g] = rules::rule_max(group.maximum[g], logit);
-      ++group.kept[g];
-      if (same_label) group.positive_logit_sum += logit;
-    }
-    for (int64_t j = 0; j < n; ++j) {
-      if (shifted[j] == dropped) continue;
-      const int32_t g = rules::column_group(p, scan, scalar_t(1) - d[j], j == a, labels[j] == label);
-      const scalar_t maximum = group.maximum[g];
-      shifted[j] = maximum == dropped ? dropped : shifted[j] - maximum;
-    }
-  }
-  // Sweep 3, vectorised over the block (exact zeros where the exp underflows or the column is out).
-  auto block = at::from_blob(scratch, {rows, n}, at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value));
-  infonce::exp_without_underflow<scalar_t>(block);
-  for (int64_t a = row_begin; a < row_end; ++a) {
-    const scalar_t* d = distances + (a - row_begin) * n;
-    scalar_t* e = scratch + (a - row_begin) * n;
-    const int64_t label = labels[a];
-    const RowScan<scalar_t>& scan = scans[a - row_begin];
-    GroupSums<scalar_t>& group = sums[a - row_begin];
-    group.exp_sum[0] = rules::group_sum_start(p, group.maximum[0]);
-    group.exp_sum[1] = rules::group_sum_start(p, group.maximum[1]);
-    // Sweep 3 needs each column's group; a NaN similarity falls in some group and makes its sum NaN.
-    for (int64_t j = 0; j < n; ++j) {
-      const int32_t g = rules::column_group(p, scan, scalar_t(1) - d[j], j == a, labels[j] == label);
-      if (g != rules::kNoGroup) group.exp_sum[g] += e[j];
-    }
-    const RowResult<scalar_t> result = rules::finish_row(p, scan, group);
-    losses[a] = result.loss;
-    positive_pairs[a] = result.positive_pairs;
-    negative_pairs[a] = result.negative_pairs;
-    if (row_weight == nullptr) continue;
-    const scalar_t w = (*row_weight)(a, result.loss);
-    if (w == scalar_t(0)) {
-      std::fill(e, e + n, scalar_t(0));
-      continue;
-    }
-    // Sweep 4: e holds exp(logit - maximum); weight = coefficient * e * slope (+ SupCon's offset).
-    for (int64_t j = 0; j < n; ++j) {
-      const scalar_t s = scalar_t(1) - d[j];
-      const bool same_label = labels[j] == label;
-      const int32_t g = rules::column_group(p, scan, s, j == a, same_label);
-      if (g == rules::kNoGroup) {
-        e[j] = scalar_t(0);
-        continue;
-      }
-      const scalar_t weight = result.coefficient[g] * e[j] * rules::logit_slope(p, s, g);
-      e[j] = -w * (same_label ? weight + result.positive_offset : weight);
-    }
-  }
-}
-
 struct ContrastiveOutputs {
   at::Tensor losses, positive_pairs, negative_pairs, unit_grad;
 };
 
+template <typename States>
+void merge_into_first(std::vector<States>& per_thread, int64_t n) {
+  if (per_thread.size() < 2) return;
+  at::parallel_for(0, n, 2048, [&](int64_t begin, int64_t end) {
+    for (int64_t a = begin; a < end; ++a) {
+      for (size_t t = 1; t < per_thread.size(); ++t) per_thread[0].merge(per_thread[t], a);
+    }
+  });
+}
+
+template <typename scalar_t>
+Tile<scalar_t> tile_of(const TilePair& pair, const scalar_t* gram) {
+  return {gram, pair.row_begin, pair.row_end - pair.row_begin, pair.col_begin, pair.col_end - pair.col_begin,
+          pair.on_diagonal()};
+}
+
+// Whether any row holds NaN or +-Inf: then every similarity row does (each row meets every other),
+// which is what the rules' per-row non-finite test sees.
+bool any_non_finite_row(const at::Tensor& unit) { return !unit.isfinite().all().item<bool>(); }
+
 // The losses, pair counts and (with row_weight) the gradient of sum_a row_weight(a, loss_a) loss_a.
-template <typename scalar_t, typename RowWeight>
-ContrastiveOutputs run_contrastive(const at::Tensor& embeddings, const int64_t* labels, const ContrastiveOptions& options,
-                                   RowWeight* row_weight) {
+template <ContrastiveLoss Loss, bool Mine, typename scalar_t, typename RowWeight>
+ContrastiveOutputs run_tiles(const at::Tensor& embeddings, const int64_t* labels, const ContrastiveOptions& options,
+                             RowWeight* row_weight) {
   const auto x = embeddings.detach().contiguous();
-  const int64_t n = x.size(0);
+  const int64_t n = x.size(0), dim = x.size(1);
+  const at::Tensor unit = prepare_operand(x, DistanceKind::kCosine).rows;
+  const LabelClasses classes(labels, n);
+  const int32_t* ids = classes.ids.data();
+  const int64_t tile = contrastive_tile_size(n);
+  const ContrastiveParams<scalar_t> p = options.params<scalar_t>();
+  const PairRule<Loss, Mine, scalar_t> rule(p);
+  const int num_threads = std::max(at::get_num_threads(), 1);
+  std::vector<TileScratch<scalar_t>> scratch(num_threads);
+  for (auto& own : scratch) own.reserve(tile);
+
+  std::vector<Thresholds<scalar_t>> thresholds(Mine ? num_threads : 0, Thresholds<scalar_t>(n));
+  if (Mine) {
+    for_each_gram_tile<scalar_t>(unit, tile, [&](const TilePair& pair, const scalar_t* gram, int thread_id) {
+      scan_tile<Loss, Mine>(tile_of(pair, gram), ids, scratch[thread_id], thresholds[thread_id]);
+    });
+    merge_into_first(thresholds, n);
+  }
+  const Thresholds<scalar_t>* miner = Mine ? &thresholds[0] : nullptr;
+  std::vector<GroupStates<scalar_t>> groups(num_threads, GroupStates<scalar_t>(n));
+  for_each_gram_tile<scalar_t>(unit, tile, [&](const TilePair& pair, const scalar_t* gram, int thread_id) {
+    group_sums_tile(rule, tile_of(pair, gram), ids, miner, scratch[thread_id], groups[thread_id]);
+  });
+  merge_into_first(groups, n);
+
   ContrastiveOutputs out;
   out.losses = at::empty({n}, x.options());
   out.positive_pairs = at::empty({n}, x.options().dtype(at::kLong));
   out.negative_pairs = at::empty({n}, x.options().dtype(at::kLong));
   out.unit_grad = at::empty({0}, x.options());
-  const ContrastiveParams<scalar_t> p = options.params<scalar_t>();
   scalar_t* losses = out.losses.data_ptr<scalar_t>();
   int64_t* positive_pairs = out.positive_pairs.data_ptr<int64_t>();
   int64_t* negative_pairs = out.negative_pairs.data_ptr<int64_t>();
-  const int64_t block = row_block_size(n);
-  if (row_weight != nullptr) {
-    out.unit_grad = pair_weight_gradient<scalar_t>(
-        x, DistanceKind::kCosine, block, [&](int64_t row_begin, int64_t row_end, const scalar_t* distances, scalar_t* weights) {
-          evaluate_block(p, labels, n, row_begin, row_end, distances, weights, losses, positive_pairs, negative_pairs,
-                         row_weight);
-        });
-    return out;
+  RowGradients<scalar_t> gradients(row_weight != nullptr ? n : 0);
+  const GroupStates<scalar_t>& group = groups[0];
+  const bool non_finite = any_non_finite_row(unit);
+  for (int64_t a = 0; a < n; ++a) {
+    RowScan<scalar_t> scan;
+    scan.positives = classes.class_size[a] - 1;
+    scan.negatives = n - classes.class_size[a];
+    scan.non_finite = non_finite;
+    GroupSums<scalar_t> sums;
+    for (int g = 0; g < 2; ++g) {
+      sums.maximum[g] = group.maximum[g][a];
+      sums.exp_sum[g] = group.exp_sum[g][a];
+      sums.kept[g] = group.kept[g][a];
+      // MultiSimilarity's logsumexp appends a zero logit to each group (PML's add_one).
+      if (Loss == ContrastiveLoss::kMultiSimilarity) {
+        merge_log_sum_exp(sums.maximum[g], sums.exp_sum[g], scalar_t(0), scalar_t(1));
+      }
+    }
+    sums.positive_logit_sum = group.positive_logit_sum[a];
+    const RowResult<scalar_t> result = rules::finish_row(p, scan, sums);
+    losses[a] = result.loss;
+    positive_pairs[a] = result.positive_pairs;
+    negative_pairs[a] = result.negative_pairs;
+    if (row_weight == nullptr) continue;
+    const scalar_t w = (*row_weight)(a, result.loss);
+    for (int g = 0; g < 2; ++g) {
+      gradients.maximum[g * n + a] = sums.maximum[g];
+      gradients.coefficient[g * n + a] = w == scalar_t(0) ? scalar_t(0) : w * result.coefficient[g];
+    }
+    gradients.positive_offset[a] = w == scalar_t(0) ? scalar_t(0) : w * result.positive_offset;
   }
-  const GemmOperand operand = prepare_row_block_operand(x, DistanceKind::kCosine, block);
-  std::vector<std::vector<scalar_t>> scratch(at::get_num_threads());
-  for_each_distance_row_block<scalar_t>(
-      operand, DistanceKind::kCosine, block, [&](int64_t row_begin, int64_t row_end, const scalar_t* distances, int thread_id) {
-        auto& buffer = scratch[thread_id];
-        buffer.resize(static_cast<size_t>((row_end - row_begin) * n));
-        evaluate_block<scalar_t, RowWeight>(p, labels, n, row_begin, row_end, distances, buffer.data(), losses,
-                                            positive_pairs, negative_pairs, nullptr);
-      });
+  if (row_weight == nullptr) return out;
+
+  // grad pass: M = W + W^T per tile, applied to the tile's two sets of rows by two GEMMs.
+  std::vector<at::Tensor> accumulators(num_threads);
+  for_each_gram_tile<scalar_t>(unit, tile, [&](const TilePair& pair, const scalar_t* gram, int thread_id) {
+    TileScratch<scalar_t>& own = scratch[thread_id];
+    at::Tensor& accumulator = accumulators[thread_id];
+    if (!accumulator.defined()) accumulator = at::zeros({n, dim}, x.options());
+    const Tile<scalar_t> t = tile_of(pair, gram);
+    symmetric_pair_weights_tile(rule, t, ids, miner, gradients, own);
+    const auto pair_weights = at::from_blob(own.row_values.data(), {t.rows, t.cols}, x.options());
+    accumulator.narrow(0, t.row_begin, t.rows).addmm_(pair_weights, unit.narrow(0, t.col_begin, t.cols));
+    if (!t.diagonal) {
+      accumulator.narrow(0, t.col_begin, t.cols).addmm_(pair_weights.t(), unit.narrow(0, t.row_begin, t.rows));
+    }
+  });
+  auto pair_total = at::zeros({n, dim}, x.options());
+  for (const auto& accumulator : accumulators) {
+    if (accumulator.defined()) pair_total.add_(accumulator);
+  }
+  // d/du_a = G_a = sum_j M_aj u_j; through normalize: (G_a - (u_a . G_a) u_a) / max(|x_a|, eps),
+  // which is finish_pair_gradient's cosine step with distance weights -M.
+  const auto self_total = unit.mul(pair_total).sum(1);
+  out.unit_grad = finish_pair_gradient(x, unit, DistanceKind::kCosine, self_total.neg(), pair_total.neg());
   return out;
+}
+
+template <typename scalar_t, typename RowWeight>
+ContrastiveOutputs run_contrastive(const at::Tensor& embeddings, const int64_t* labels, const ContrastiveOptions& options,
+                                   RowWeight* row_weight) {
+  switch (options.loss) {
+    case ContrastiveLoss::kSupCon:
+      return run_tiles<ContrastiveLoss::kSupCon, false, scalar_t>(embeddings, labels, options, row_weight);
+    case ContrastiveLoss::kMultiSimilarity:
+      if (options.mining_epsilon) {
+        return run_tiles<ContrastiveLoss::kMultiSimilarity, true, scalar_t>(embeddings, labels, options, row_weight);
+      }
+      return run_tiles<ContrastiveLoss::kMultiSimilarity, false, scalar_t>(embeddings, labels, options, row_weight);
+    case ContrastiveLoss::kCircle:
+    default:
+      return run_tiles<ContrastiveLoss::kCircle, false, scalar_t>(embeddings, labels, options, row_weight);
+  }
 }
 
 void check_inputs(const char* op, const at::Tensor& embeddings, const at::Tensor& labels) {

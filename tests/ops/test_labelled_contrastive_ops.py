@@ -81,7 +81,8 @@ def test_fused_matches_reference(op, n, dtype):
 
 @requires_extension
 @each_op
-@pytest.mark.parametrize("n, samples_per_class", [(120, 4), (120, 120), (600, 4), (600, 30)])
+# 2100 rows: full 256-row Gram tiles, diagonal and off-diagonal, and a ragged last tile.
+@pytest.mark.parametrize("n, samples_per_class", [(120, 4), (120, 120), (600, 4), (600, 30), (2100, 8)])
 @pytest.mark.parametrize("uniform", [False, True], ids=["recomputed", "from_forward"])
 def test_backward_matches_reference_autograd(op, n, samples_per_class, uniform):
     # The reducer's gradient (uniform on the counted anchors) reuses the forward's unit gradient;

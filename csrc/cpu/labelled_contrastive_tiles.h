@@ -1,0 +1,453 @@
+// The CPU passes of the label-aware contrastive losses (SupCon, MultiSimilarity with or without its
+// miner, Circle) over upper-triangular Gram tiles of the unit rows.
+//
+// Why tiles: s_ij = s_ji, and what a pair contributes depends on the pair (its label test, its logit
+// in a group) and on the row it is read from (that row's miner thresholds, group maxima and
+// coefficients). So each unordered pair is computed once per pass, half a GEMM, and feeds both of
+// its rows: the tile for the row side, the tile's transpose for the column side. The passes:
+//   scan  pair counts, non-finite rows and the miner's hardest positive / negative. For losses
+//         without the miner it is folded into the next pass; with the miner the thresholds must be
+//         final before any pair is kept or dropped, so it is a pass of its own;
+//   lse   per row and group the maximum and exp sum of the kept logits, merged tile by tile as an
+//         online softmax does ((m, s) with (m', s') -> (M, s e^(m - M) + s' e^(m' - M))), plus kept
+//         counts and SupCon's positive-logit sum; rules::finish_row turns them into the row's loss
+//         and gradient coefficients;
+//   grad  per tile the pair weights W[a, j] = row_weight_a * d loss_a / d s_aj from the row side
+//         and W[j, a] from the column side, M = W + W^T, then G[I] += M U[J] and G[J] += M^T U[I].
+// Multiply-adds: N^2 D / 2 for each of lse and grad's recomputation, N^2 D for grad's two tile
+// GEMMs; 2 N^2 D in all (2.5 with the miner), against 3 N^2 D for full rows with a row-side and a
+// column-side gradient GEMM. Memory: per thread a few tile buffers, O(N) row states and, in the
+// grad pass, one N x D accumulator.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "cpu/pairwise_tiles.h"
+#include "infonce_rules.h"
+#include "labelled_contrastive_rules.h"
+
+namespace embedplug {
+namespace cpu {
+namespace contrastive_tiles {
+
+using rules::ContrastiveLoss;
+using rules::ContrastiveParams;
+using rules::kNegativeGroup;
+using rules::kPositiveGroup;
+
+template <typename scalar_t>
+constexpr scalar_t minus_infinity() {
+  return -std::numeric_limits<scalar_t>::infinity();
+}
+
+// Gram tiles of 256 x 256 (256 KiB in fp32) stay in L2 while the epilogue reads them; small batches
+// get smaller tiles so that both threads have tiles to work on.
+inline int64_t contrastive_tile_size(int64_t n) {
+  const int64_t per_side = (n + 7) / 8;
+  return std::clamp<int64_t>((per_side + 15) / 16 * 16, 32, 256);
+}
+
+// Labels as dense int32 class ids, and each sample's class size: the label test then vectorises
+// (no 64-bit compares in SSE2), and pair counts need no pass over the pairs.
+struct LabelClasses {
+  std::vector<int32_t> ids;
+  std::vector<int64_t> class_size;  // per sample: how many samples share its label, itself included
+
+  LabelClasses(const int64_t* labels, int64_t n) : ids(n), class_size(n) {
+    std::vector<int64_t> sorted(labels, labels + n);
+    std::sort(sorted.begin(), sorted.end());
+    sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
+    std::vector<int64_t> members(sorted.size(), 0);
+    for (int64_t i = 0; i < n; ++i) {
+      ids[i] = static_cast<int32_t>(std::lower_bound(sorted.begin(), sorted.end(), labels[i]) - sorted.begin());
+      ++members[ids[i]];
+    }
+    for (int64_t i = 0; i < n; ++i) class_size[i] = members[ids[i]];
+  }
+};
+
+// The miner's thresholds per row: its hardest (least similar) positive and hardest negative.
+template <typename scalar_t>
+struct Thresholds {
+  std::vector<scalar_t> hardest_positive, hardest_negative;
+
+  explicit Thresholds(int64_t n)
+      : hardest_positive(n, std::numeric_limits<scalar_t>::infinity()), hardest_negative(n, minus_infinity<scalar_t>()) {}
+
+  void merge(const Thresholds& other, int64_t a) {
+    hardest_positive[a] = rules::rule_min(hardest_positive[a], other.hardest_positive[a]);
+    hardest_negative[a] = rules::rule_max(hardest_negative[a], other.hardest_negative[a]);
+  }
+};
+
+// (m, s) <- the log-sum-exp state of both sets: exp sums rescaled to the larger maximum. A state
+// with m = -inf holds nothing (its s is ignored); m is never NaN (NaN logits lose every
+// comparison) while s may be.
+template <typename scalar_t>
+inline void merge_log_sum_exp(scalar_t& m, scalar_t& s, scalar_t other_m, scalar_t other_s) {
+  if (!(other_m > minus_infinity<scalar_t>())) return;
+  if (!(m > minus_infinity<scalar_t>())) {
+    m = other_m;
+    s = other_s;
+  } else if (other_m > m) {
+    s = s * rules::rule_exp(m - other_m) + other_s;
+    m = other_m;
+  } else {
+    s = s + other_s * rules::rule_exp(other_m - m);
+  }
+}
+
+// lse pass results, one entry per row and group.
+template <typename scalar_t>
+struct GroupStates {
+  std::vector<scalar_t> maximum[2], exp_sum[2];
+  std::vector<int64_t> kept[2];
+  std::vector<scalar_t> positive_logit_sum;
+
+  explicit GroupStates(int64_t n) : positive_logit_sum(n, scalar_t(0)) {
+    for (int g = 0; g < 2; ++g) {
+      maximum[g].assign(n, minus_infinity<scalar_t>());
+      exp_sum[g].assign(n, scalar_t(0));
+      kept[g].assign(n, 0);
+    }
+  }
+
+  void merge(const GroupStates& other, int64_t a) {
+    for (int g = 0; g < 2; ++g) {
+      merge_log_sum_exp(maximum[g][a], exp_sum[g][a], other.maximum[g][a], other.exp_sum[g][a]);
+      kept[g][a] += other.kept[g][a];
+    }
+    positive_logit_sum[a] += other.positive_logit_sum[a];
+  }
+};
+
+// What a pair contributes, as branch-free functions of its similarity and label test. `Loss` and
+// `Mine` are template arguments so that the rules' switches fold away and the tile loops vectorise.
+template <ContrastiveLoss Loss, bool Mine, typename scalar_t>
+struct PairRule {
+  ContrastiveParams<scalar_t> p;
+
+  explicit PairRule(ContrastiveParams<scalar_t> params) : p(params) {
+    p.loss = Loss;
+    p.mine = Mine;
+  }
+
+  // Whether the pair's logit goes to the positive group (SupCon has one group, the negative slot).
+  static bool in_positive_group(bool same) { return Loss != ContrastiveLoss::kSupCon && same; }
+
+  scalar_t logit(scalar_t s, bool same) const {
+    if (Loss == ContrastiveLoss::kSupCon) return rules::unshifted_logit(p, s, kNegativeGroup);
+    const scalar_t positive = rules::unshifted_logit(p, s, kPositiveGroup);
+    const scalar_t negative = rules::unshifted_logit(p, s, kNegativeGroup);
+    return same ? positive : negative;
+  }
+
+  scalar_t slope(scalar_t s, bool same) const {
+    const scalar_t positive = rules::logit_slope(p, s, kPositiveGroup);
+    const scalar_t negative = rules::logit_slope(p, s, kNegativeGroup);
+    return in_positive_group(same) ? positive : negative;
+  }
+
+  // Whether a row with these thresholds keeps the pair; the anchor's own column is the caller's.
+  bool keeps(scalar_t s, bool same, scalar_t hardest_positive, scalar_t hardest_negative) const {
+    if (!Mine) return true;
+    const bool positive = rules::keeps_positive(p, hardest_negative, s);
+    const bool negative = rules::keeps_negative(p, hardest_positive, s);
+    return same ? positive : negative;
+  }
+};
+
+// A Gram tile as the loops read it: s between rows [row_begin, row_begin + rows) and columns
+// [col_begin, col_begin + cols), row-major. On a diagonal tile (columns = rows) column r is row r's
+// anchor and only the row side is updated (the column side would count each pair twice).
+template <typename scalar_t>
+struct Tile {
+  const scalar_t* gram;
+  int64_t row_begin, rows, col_begin, cols;
+  bool diagonal;
+};
+
+// Per-thread scratch: two tile-sized buffers and per-column accumulators.
+template <typename scalar_t>
+struct TileScratch {
+  std::vector<scalar_t> row_values, column_values;  // logits, shifted logits, exps, pair weights
+  std::vector<scalar_t> row_maximum, column_maximum, column_sum, column_positive_logit_sum;
+  std::vector<int32_t> column_kept;
+
+  void reserve(int64_t tile) {
+    row_values.resize(static_cast<size_t>(tile * tile));
+    column_values.resize(static_cast<size_t>(tile * tile));
+    row_maximum.resize(static_cast<size_t>(2 * tile));
+    column_maximum.resize(static_cast<size_t>(2 * tile));
+    column_sum.resize(static_cast<size_t>(2 * tile));
+    column_positive_logit_sum.resize(static_cast<size_t>(tile));
+    column_kept.resize(static_cast<size_t>(2 * tile));
+  }
+};
+
+// x clamped from below at the exp cutoff; NaN stays NaN. ATen's vectorised exp leaves its fast path
+// for inputs whose result underflows (~50x slower); at the cutoff exp is ~1e-38 (fp32) / 1e-308
+// (fp64), which adds nothing next to a group sum >= 1 (the group maximum adds exp(0) = 1).
+template <typename scalar_t>
+inline scalar_t clamp_to_cutoff(scalar_t x) {
+  const scalar_t cutoff = infonce::exp_underflow_cutoff<scalar_t>();
+  return x < cutoff ? cutoff : x;
+}
+
+template <typename scalar_t>
+void exp_in_place(scalar_t* values, int64_t entries) {
+  at::from_blob(values, {entries}, at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value)).exp_();
+}
+
+// The miner's scan over one tile: each row's hardest positive / negative, and each column's.
+template <ContrastiveLoss Loss, bool Mine, typename scalar_t>
+void scan_tile(const Tile<scalar_t>& t, const int32_t* ids, TileScratch<scalar_t>& scratch, Thresholds<scalar_t>& out) {
+  const scalar_t inf = std::numeric_limits<scalar_t>::infinity();
+  const int32_t* column_ids = ids + t.col_begin;
+  scalar_t* column_positive = scratch.column_maximum.data();
+  scalar_t* column_negative = column_positive + t.cols;
+  std::fill(column_positive, column_positive + t.cols, inf);
+  std::fill(column_negative, column_negative + t.cols, -inf);
+  for (int64_t r = 0; r < t.rows; ++r) {
+    const int64_t a = t.row_begin + r;
+    const int32_t label = ids[a];
+    const scalar_t* s = t.gram + r * t.cols;
+    const int64_t self = t.diagonal ? r : -1;
+    scalar_t hardest_positive = inf, hardest_negative = -inf;
+    for (int64_t c = 0; c < t.cols; ++c) {
+      const bool same = column_ids[c] == label;
+      hardest_negative = rules::rule_max(hardest_negative, same ? -inf : s[c]);
+      hardest_positive = rules::rule_min(hardest_positive, (same && c != self) ? s[c] : inf);
+    }
+    out.hardest_positive[a] = rules::rule_min(out.hardest_positive[a], hardest_positive);
+    out.hardest_negative[a] = rules::rule_max(out.hardest_negative[a], hardest_negative);
+    if (t.diagonal) continue;
+    for (int64_t c = 0; c < t.cols; ++c) {
+      const bool same = column_ids[c] == label;
+      column_negative[c] = rules::rule_max(column_negative[c], same ? -inf : s[c]);
+      column_positive[c] = rules::rule_min(column_positive[c], same ? s[c] : inf);
+    }
+  }
+  if (t.diagonal) return;
+  for (int64_t c = 0; c < t.cols; ++c) {
+    const int64_t j = t.col_begin + c;
+    out.hardest_positive[j] = rules::rule_min(out.hardest_positive[j], column_positive[c]);
+    out.hardest_negative[j] = rules::rule_max(out.hardest_negative[j], column_negative[c]);
+  }
+}
+
+// The lse pass over one tile, merged into `out` for its rows and (off the diagonal) its columns.
+template <ContrastiveLoss Loss, bool Mine, typename scalar_t>
+void group_sums_tile(const PairRule<Loss, Mine, scalar_t>& rule, const Tile<scalar_t>& t, const int32_t* ids,
+                     const Thresholds<scalar_t>* thresholds, TileScratch<scalar_t>& scratch, GroupStates<scalar_t>& out) {
+  constexpr bool kSupCon = Loss == ContrastiveLoss::kSupCon;
+  const scalar_t ninf = minus_infinity<scalar_t>();
+  const bool columns = !t.diagonal;
+  const int32_t* column_ids = ids + t.col_begin;
+  const scalar_t* column_hardest_positive = Mine ? thresholds->hardest_positive.data() + t.col_begin : nullptr;
+  const scalar_t* column_hardest_negative = Mine ? thresholds->hardest_negative.data() + t.col_begin : nullptr;
+  scalar_t* column_maximum = scratch.column_maximum.data();  // [2][cols]
+  scalar_t* column_sum = scratch.column_sum.data();          // [2][cols]
+  scalar_t* column_positive_logit_sum = scratch.column_positive_logit_sum.data();
+  int32_t* column_kept = scratch.column_kept.data();         // [2][cols]
+  scalar_t* row_maximum = scratch.row_maximum.data();        // [rows][2]
+  std::fill(column_maximum, column_maximum + 2 * t.cols, ninf);
+  std::fill(column_sum, column_sum + 2 * t.cols, scalar_t(0));
+  std::fill(column_positive_logit_sum, column_positive_logit_sum + t.cols, scalar_t(0));
+  std::fill(column_kept, column_kept + 2 * t.cols, 0);
+
+  // Logits, group maxima, kept counts and SupCon's positive-logit sums.
+  for (int64_t r = 0; r < t.rows; ++r) {
+    const int64_t a = t.row_begin + r;
+    const int32_t label = ids[a];
+    const scalar_t hardest_positive = Mine ? thresholds->hardest_positive[a] : scalar_t(0);
+    const scalar_t hardest_negative = Mine ? thresholds->hardest_negative[a] : scalar_t(0);
+    const scalar_t* s = t.gram + r * t.cols;
+    scalar_t* logits = scratch.row_values.data() + r * t.cols;
+    const int64_t self = t.diagonal ? r : -1;
+    scalar_t maximum_positive = ninf, maximum_negative = ninf, positive_logit_sum = 0;
+    int32_t kept_positive = 0, kept_negative = 0;
+    for (int64_t c = 0; c < t.cols; ++c) {
+      const bool same = column_ids[c] == label;
+      const scalar_t logit = rule.logit(s[c], same);
+      logits[c] = logit;
+      const bool keep = rule.keeps(s[c], same, hardest_positive, hardest_negative) && c != self;
+      const bool positive = keep && rule.in_positive_group(same);
+      const bool negative = keep && !rule.in_positive_group(same);
+      maximum_positive = rules::rule_max(maximum_positive, positive ? logit : ninf);
+      maximum_negative = rules::rule_max(maximum_negative, negative ? logit : ninf);
+      kept_positive += positive;
+      kept_negative += negative;
+      if (kSupCon) positive_logit_sum += (keep && same) ? logit : scalar_t(0);
+    }
+    row_maximum[2 * r] = maximum_positive;
+    row_maximum[2 * r + 1] = maximum_negative;
+    out.kept[0][a] += kept_positive;
+    out.kept[1][a] += kept_negative;
+    out.positive_logit_sum[a] += positive_logit_sum;
+    if (!columns) continue;
+    for (int64_t c = 0; c < t.cols; ++c) {
+      const bool same = column_ids[c] == label;
+      const scalar_t logit = logits[c];
+      const bool keep = !Mine || rule.keeps(s[c], same, column_hardest_positive[c], column_hardest_negative[c]);
+      const bool positive = keep && rule.in_positive_group(same);
+      const bool negative = keep && !rule.in_positive_group(same);
+      column_maximum[c] = rules::rule_max(column_maximum[c], positive ? logit : ninf);
+      column_maximum[t.cols + c] = rules::rule_max(column_maximum[t.cols + c], negative ? logit : ninf);
+      column_kept[c] += positive;
+      column_kept[t.cols + c] += negative;
+      if (kSupCon) column_positive_logit_sum[c] += same ? logit : scalar_t(0);
+    }
+  }
+
+  // Shifted logits (dropped pairs at the cutoff, i.e. exp ~ 0), their exps, then the sums.
+  for (int64_t r = 0; r < t.rows; ++r) {
+    const int64_t a = t.row_begin + r;
+    const int32_t label = ids[a];
+    const scalar_t hardest_positive = Mine ? thresholds->hardest_positive[a] : scalar_t(0);
+    const scalar_t hardest_negative = Mine ? thresholds->hardest_negative[a] : scalar_t(0);
+    const scalar_t* s = t.gram + r * t.cols;
+    scalar_t* row_side = scratch.row_values.data() + r * t.cols;  // logits in, shifted logits out
+    scalar_t* column_side = scratch.column_values.data() + r * t.cols;
+    const scalar_t maximum_positive = row_maximum[2 * r], maximum_negative = row_maximum[2 * r + 1];
+    const scalar_t cutoff = infonce::exp_underflow_cutoff<scalar_t>();
+    const int64_t self = t.diagonal ? r : -1;
+    if (columns) {
+      for (int64_t c = 0; c < t.cols; ++c) {
+        const bool same = column_ids[c] == label;
+        const bool keep = !Mine || rule.keeps(s[c], same, column_hardest_positive[c], column_hardest_negative[c]);
+        const scalar_t shift = rule.in_positive_group(same) ? column_maximum[c] : column_maximum[t.cols + c];
+        column_side[c] = keep ? clamp_to_cutoff(row_side[c] - shift) : cutoff;
+      }
+    }
+    for (int64_t c = 0; c < t.cols; ++c) {
+      const bool same = column_ids[c] == label;
+      const bool keep = rule.keeps(s[c], same, hardest_positive, hardest_negative) && c != self;
+      const scalar_t shift = rule.in_positive_group(same) ? maximum_positive : maximum_negative;
+      row_side[c] = keep ? clamp_to_cutoff(row_side[c] - shift) : cutoff;
+    }
+  }
+  const int64_t entries = t.rows * t.cols;
+  exp_in_place(scratch.row_values.data(), entries);
+  if (columns) exp_in_place(scratch.column_values.data(), entries);
+  for (int64_t r = 0; r < t.rows; ++r) {
+    const int64_t a = t.row_begin + r;
+    const int32_t label = ids[a];
+    const scalar_t* row_side = scratch.row_values.data() + r * t.cols;
+    const scalar_t* column_side = scratch.column_values.data() + r * t.cols;
+    scalar_t sum_positive = 0, sum_negative = 0;
+    for (int64_t c = 0; c < t.cols; ++c) {
+      const bool positive = rule.in_positive_group(column_ids[c] == label);
+      sum_positive += positive ? row_side[c] : scalar_t(0);
+      sum_negative += positive ? scalar_t(0) : row_side[c];
+    }
+    merge_log_sum_exp(out.maximum[0][a], out.exp_sum[0][a], row_maximum[2 * r], sum_positive);
+    merge_log_sum_exp(out.maximum[1][a], out.exp_sum[1][a], row_maximum[2 * r + 1], sum_negative);
+    if (!columns) continue;
+    for (int64_t c = 0; c < t.cols; ++c) {
+      const bool positive = rule.in_positive_group(column_ids[c] == label);
+      column_sum[c] += positive ? column_side[c] : scalar_t(0);
+      column_sum[t.cols + c] += positive ? scalar_t(0) : column_side[c];
+    }
+  }
+  if (!columns) return;
+  for (int64_t c = 0; c < t.cols; ++c) {
+    const int64_t j = t.col_begin + c;
+    for (int g = 0; g < 2; ++g) {
+      merge_log_sum_exp(out.maximum[g][j], out.exp_sum[g][j], column_maximum[g * t.cols + c], column_sum[g * t.cols + c]);
+      out.kept[g][j] += column_kept[g * t.cols + c];
+    }
+    out.positive_logit_sum[j] += column_positive_logit_sum[c];
+  }
+}
+
+// What the grad pass reads per row, as [2][N] / [N] arrays for vector loads along a tile's columns:
+// the groups' final maxima and finish_row's coefficients and SupCon offset, each already multiplied
+// by the row's loss weight (and exactly 0 for a row of weight 0, even when its coefficients are NaN).
+template <typename scalar_t>
+struct RowGradients {
+  std::vector<scalar_t> maximum, coefficient, positive_offset;
+  explicit RowGradients(int64_t n) : maximum(2 * n), coefficient(2 * n), positive_offset(n) {}
+};
+
+// M[r][c] = W[a, j] + W[j, a] for one tile, W[a, j] = row_weight_a * d loss_a / d s_aj, into
+// scratch.row_values. On a diagonal tile each unordered pair appears twice, each time whole.
+template <ContrastiveLoss Loss, bool Mine, typename scalar_t>
+void symmetric_pair_weights_tile(const PairRule<Loss, Mine, scalar_t>& rule, const Tile<scalar_t>& t, const int32_t* ids,
+                                 const Thresholds<scalar_t>* thresholds, const RowGradients<scalar_t>& rows,
+                                 TileScratch<scalar_t>& scratch) {
+  constexpr bool kSupCon = Loss == ContrastiveLoss::kSupCon;
+  const int64_t n = static_cast<int64_t>(rows.positive_offset.size());
+  const int32_t* column_ids = ids + t.col_begin;
+  const scalar_t* column_hardest_positive = Mine ? thresholds->hardest_positive.data() + t.col_begin : nullptr;
+  const scalar_t* column_hardest_negative = Mine ? thresholds->hardest_negative.data() + t.col_begin : nullptr;
+  const scalar_t* column_maximum_positive = rows.maximum.data() + t.col_begin;
+  const scalar_t* column_maximum_negative = rows.maximum.data() + n + t.col_begin;
+  const scalar_t* column_coefficient_positive = rows.coefficient.data() + t.col_begin;
+  const scalar_t* column_coefficient_negative = rows.coefficient.data() + n + t.col_begin;
+  const scalar_t* column_offset = rows.positive_offset.data() + t.col_begin;
+  const scalar_t cutoff = infonce::exp_underflow_cutoff<scalar_t>();
+  for (int64_t r = 0; r < t.rows; ++r) {
+    const int64_t a = t.row_begin + r;
+    const int32_t label = ids[a];
+    const scalar_t hardest_positive = Mine ? thresholds->hardest_positive[a] : scalar_t(0);
+    const scalar_t hardest_negative = Mine ? thresholds->hardest_negative[a] : scalar_t(0);
+    const scalar_t maximum_positive = rows.maximum[a], maximum_negative = rows.maximum[n + a];
+    const scalar_t* s = t.gram + r * t.cols;
+    scalar_t* row_side = scratch.row_values.data() + r * t.cols;
+    scalar_t* column_side = scratch.column_values.data() + r * t.cols;
+    const int64_t self = t.diagonal ? r : -1;
+    for (int64_t c = 0; c < t.cols; ++c) {
+      const bool same = column_ids[c] == label;
+      const scalar_t logit = rule.logit(s[c], same);
+      const bool positive = rule.in_positive_group(same);
+      const bool keep_row = rule.keeps(s[c], same, hardest_positive, hardest_negative) && c != self;
+      const bool keep_column =
+          (!Mine || rule.keeps(s[c], same, column_hardest_positive[c], column_hardest_negative[c])) && c != self;
+      const scalar_t row_shift = positive ? maximum_positive : maximum_negative;
+      const scalar_t column_shift = positive ? column_maximum_positive[c] : column_maximum_negative[c];
+      row_side[c] = keep_row ? clamp_to_cutoff(logit - row_shift) : cutoff;
+      column_side[c] = keep_column ? clamp_to_cutoff(logit - column_shift) : cutoff;
+    }
+  }
+  const int64_t entries = t.rows * t.cols;
+  exp_in_place(scratch.row_values.data(), entries);
+  exp_in_place(scratch.column_values.data(), entries);
+  for (int64_t r = 0; r < t.rows; ++r) {
+    const int64_t a = t.row_begin + r;
+    const int32_t label = ids[a];
+    const scalar_t hardest_positive = Mine ? thresholds->hardest_positive[a] : scalar_t(0);
+    const scalar_t hardest_negative = Mine ? thresholds->hardest_negative[a] : scalar_t(0);
+    const scalar_t coefficient_positive = rows.coefficient[a], coefficient_negative = rows.coefficient[n + a];
+    const scalar_t offset = rows.positive_offset[a];
+    const scalar_t* s = t.gram + r * t.cols;
+    scalar_t* row_side = scratch.row_values.data() + r * t.cols;  // exps in, M out
+    const scalar_t* column_side = scratch.column_values.data() + r * t.cols;
+    const int64_t self = t.diagonal ? r : -1;
+    for (int64_t c = 0; c < t.cols; ++c) {
+      const bool same = column_ids[c] == label;
+      const bool positive = rule.in_positive_group(same);
+      const bool keep_row = rule.keeps(s[c], same, hardest_positive, hardest_negative) && c != self;
+      const bool keep_column =
+          (!Mine || rule.keeps(s[c], same, column_hardest_positive[c], column_hardest_negative[c])) && c != self;
+      const scalar_t slope = rule.slope(s[c], same);
+      const scalar_t row_coefficient = positive ? coefficient_positive : coefficient_negative;
+      const scalar_t column_coefficient = positive ? column_coefficient_positive[c] : column_coefficient_negative[c];
+      scalar_t weight = (keep_row ? row_coefficient * row_side[c] * slope : scalar_t(0)) +
+                        (keep_column ? column_coefficient * column_side[c] * slope : scalar_t(0));
+      // SupCon's -1 / (T |P|) on every positive pair, from both of its rows.
+      if (kSupCon) weight += same ? (keep_row ? offset : scalar_t(0)) + (keep_column ? column_offset[c] : scalar_t(0)) : scalar_t(0);
+      row_side[c] = weight;
+    }
+  }
+}
+
+}  // namespace contrastive_tiles
+}  // namespace cpu
+}  // namespace embedplug
