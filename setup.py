@@ -39,7 +39,9 @@ def _extensions():
     )
 
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    cxx_flags = opt + ["-fopenmp", "-std=c++20", "-DEMBEDPLUG_HAS_OPENMP"]
+    # As PyTorch builds itself: no IEEE result changes, but conditional float operations may then be
+    # if-converted, which the vectoriser needs (the fused epilogues are full of selects).
+    cxx_flags = opt + ["-fno-trapping-math", "-fno-math-errno", "-fopenmp", "-std=c++20", "-DEMBEDPLUG_HAS_OPENMP"]
     define_macros = []
     extra = {"cxx": cxx_flags}
     extension_cls = CppExtension

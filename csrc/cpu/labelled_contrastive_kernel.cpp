@@ -72,7 +72,7 @@ ContrastiveOutputs run_tiles(const at::Tensor& embeddings, const int64_t* labels
   std::vector<Thresholds<scalar_t>> thresholds(Mine ? num_threads : 0, Thresholds<scalar_t>(n));
   if (Mine) {
     for_each_gram_tile<scalar_t>(unit, tile, [&](const TilePair& pair, const scalar_t* gram, int thread_id) {
-      scan_tile<Loss, Mine>(tile_of(pair, gram), ids, scratch[thread_id], thresholds[thread_id]);
+      scan_tile(tile_of(pair, gram), ids, scratch[thread_id], thresholds[thread_id]);
     });
     merge_into_first(thresholds, n);
   }

@@ -133,32 +133,50 @@ template <ContrastiveLoss Loss, bool Mine, typename scalar_t>
 struct PairRule {
   ContrastiveParams<scalar_t> p;
 
-  explicit PairRule(ContrastiveParams<scalar_t> params) : p(params) {
-    p.loss = Loss;
-    p.mine = Mine;
+  explicit PairRule(ContrastiveParams<scalar_t> params) : p(params) {}
+
+  // The parameters with the loss and the miner switch as constants the compiler sees: a member
+  // read inside the loop would keep the rules' switches as branches, and branches stop the loop
+  // from vectorising.
+  // Built field by field: the vectoriser gives up on a loop holding an aggregate copy.
+  ContrastiveParams<scalar_t> constant() const {
+    ContrastiveParams<scalar_t> q;
+    q.loss = Loss;
+    q.mine = Mine;
+    q.temperature = p.temperature;
+    q.alpha = p.alpha;
+    q.beta = p.beta;
+    q.base = p.base;
+    q.m = p.m;
+    q.gamma = p.gamma;
+    q.epsilon = p.epsilon;
+    return q;
   }
 
   // Whether the pair's logit goes to the positive group (SupCon has one group, the negative slot).
   static bool in_positive_group(bool same) { return Loss != ContrastiveLoss::kSupCon && same; }
 
   scalar_t logit(scalar_t s, bool same) const {
-    if (Loss == ContrastiveLoss::kSupCon) return rules::unshifted_logit(p, s, kNegativeGroup);
-    const scalar_t positive = rules::unshifted_logit(p, s, kPositiveGroup);
-    const scalar_t negative = rules::unshifted_logit(p, s, kNegativeGroup);
+    const ContrastiveParams<scalar_t> q = constant();
+    if (Loss == ContrastiveLoss::kSupCon) return rules::unshifted_logit(q, s, kNegativeGroup);
+    const scalar_t positive = rules::unshifted_logit(q, s, kPositiveGroup);
+    const scalar_t negative = rules::unshifted_logit(q, s, kNegativeGroup);
     return same ? positive : negative;
   }
 
   scalar_t slope(scalar_t s, bool same) const {
-    const scalar_t positive = rules::logit_slope(p, s, kPositiveGroup);
-    const scalar_t negative = rules::logit_slope(p, s, kNegativeGroup);
+    const ContrastiveParams<scalar_t> q = constant();
+    const scalar_t positive = rules::logit_slope(q, s, kPositiveGroup);
+    const scalar_t negative = rules::logit_slope(q, s, kNegativeGroup);
     return in_positive_group(same) ? positive : negative;
   }
 
   // Whether a row with these thresholds keeps the pair; the anchor's own column is the caller's.
   bool keeps(scalar_t s, bool same, scalar_t hardest_positive, scalar_t hardest_negative) const {
     if (!Mine) return true;
-    const bool positive = rules::keeps_positive(p, hardest_negative, s);
-    const bool negative = rules::keeps_negative(p, hardest_positive, s);
+    const ContrastiveParams<scalar_t> q = constant();
+    const bool positive = rules::keeps_positive(q, hardest_negative, s);
+    const bool negative = rules::keeps_negative(q, hardest_positive, s);
     return same ? positive : negative;
   }
 };
@@ -179,8 +197,14 @@ struct TileScratch {
   std::vector<scalar_t> row_values, column_values;  // logits, shifted logits, exps, pair weights
   std::vector<scalar_t> row_maximum, column_maximum, column_sum, column_positive_logit_sum;
   std::vector<int32_t> column_kept;
+  std::vector<int32_t> column_index;  // 0, 1, ..., tile - 1
+  std::vector<scalar_t> positive_logits, negative_logits;  // one row's kept logits per group
 
   void reserve(int64_t tile) {
+    positive_logits.resize(static_cast<size_t>(tile));
+    negative_logits.resize(static_cast<size_t>(tile));
+    column_index.resize(static_cast<size_t>(tile));
+    for (int64_t c = 0; c < tile; ++c) column_index[c] = static_cast<int32_t>(c);
     row_values.resize(static_cast<size_t>(tile * tile));
     column_values.resize(static_cast<size_t>(tile * tile));
     row_maximum.resize(static_cast<size_t>(2 * tile));
@@ -205,11 +229,17 @@ void exp_in_place(scalar_t* values, int64_t entries) {
   at::from_blob(values, {entries}, at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value)).exp_();
 }
 
+// The tile loops are written for the vectoriser: every load unconditional (a load under a
+// condition keeps the branch), the anchor's own column found by an int32 compare against
+// TileScratch::column_index (no 64-bit compares in SSE2), and the row reductions under
+// `omp simd reduction`, which licenses reassociating them (IEEE order otherwise forbids it).
+
 // The miner's scan over one tile: each row's hardest positive / negative, and each column's.
-template <ContrastiveLoss Loss, bool Mine, typename scalar_t>
+template <typename scalar_t>
 void scan_tile(const Tile<scalar_t>& t, const int32_t* ids, TileScratch<scalar_t>& scratch, Thresholds<scalar_t>& out) {
   const scalar_t inf = std::numeric_limits<scalar_t>::infinity();
   const int32_t* column_ids = ids + t.col_begin;
+  const int32_t* column_index = scratch.column_index.data();
   scalar_t* column_positive = scratch.column_maximum.data();
   scalar_t* column_negative = column_positive + t.cols;
   std::fill(column_positive, column_positive + t.cols, inf);
@@ -217,21 +247,33 @@ void scan_tile(const Tile<scalar_t>& t, const int32_t* ids, TileScratch<scalar_t
   for (int64_t r = 0; r < t.rows; ++r) {
     const int64_t a = t.row_begin + r;
     const int32_t label = ids[a];
+    const int32_t self = t.diagonal ? static_cast<int32_t>(r) : -1;
     const scalar_t* s = t.gram + r * t.cols;
-    const int64_t self = t.diagonal ? r : -1;
-    scalar_t hardest_positive = inf, hardest_negative = -inf;
+    // Candidates to row buffers first, reductions in loops of their own (see group_sums_tile).
+    scalar_t* positives = scratch.positive_logits.data();
+    scalar_t* negatives = scratch.negative_logits.data();
+#pragma omp simd
     for (int64_t c = 0; c < t.cols; ++c) {
       const bool same = column_ids[c] == label;
-      hardest_negative = rules::rule_max(hardest_negative, same ? -inf : s[c]);
-      hardest_positive = rules::rule_min(hardest_positive, (same && c != self) ? s[c] : inf);
+      negatives[c] = same ? -inf : s[c];
+      positives[c] = (same & (column_index[c] != self)) ? s[c] : inf;
+    }
+    scalar_t hardest_positive = inf, hardest_negative = -inf;
+#pragma omp simd reduction(min : hardest_positive) reduction(max : hardest_negative)
+    for (int64_t c = 0; c < t.cols; ++c) {
+      hardest_negative = hardest_negative < negatives[c] ? negatives[c] : hardest_negative;
+      hardest_positive = positives[c] < hardest_positive ? positives[c] : hardest_positive;
     }
     out.hardest_positive[a] = rules::rule_min(out.hardest_positive[a], hardest_positive);
     out.hardest_negative[a] = rules::rule_max(out.hardest_negative[a], hardest_negative);
     if (t.diagonal) continue;
+#pragma omp simd
     for (int64_t c = 0; c < t.cols; ++c) {
       const bool same = column_ids[c] == label;
-      column_negative[c] = rules::rule_max(column_negative[c], same ? -inf : s[c]);
-      column_positive[c] = rules::rule_min(column_positive[c], same ? s[c] : inf);
+      const scalar_t negative = same ? -inf : s[c];
+      const scalar_t positive = same ? s[c] : inf;
+      column_negative[c] = column_negative[c] < negative ? negative : column_negative[c];
+      column_positive[c] = positive < column_positive[c] ? positive : column_positive[c];
     }
   }
   if (t.diagonal) return;
@@ -244,65 +286,104 @@ void scan_tile(const Tile<scalar_t>& t, const int32_t* ids, TileScratch<scalar_t
 
 // The lse pass over one tile, merged into `out` for its rows and (off the diagonal) its columns.
 template <ContrastiveLoss Loss, bool Mine, typename scalar_t>
-void group_sums_tile(const PairRule<Loss, Mine, scalar_t>& rule, const Tile<scalar_t>& t, const int32_t* ids,
+void group_sums_tile(const PairRule<Loss, Mine, scalar_t> rule, const Tile<scalar_t>& t, const int32_t* ids,
                      const Thresholds<scalar_t>* thresholds, TileScratch<scalar_t>& scratch, GroupStates<scalar_t>& out) {
+  using Rule = PairRule<Loss, Mine, scalar_t>;
   constexpr bool kSupCon = Loss == ContrastiveLoss::kSupCon;
   const scalar_t ninf = minus_infinity<scalar_t>();
+  const scalar_t cutoff = infonce::exp_underflow_cutoff<scalar_t>();
   const bool columns = !t.diagonal;
   const int32_t* column_ids = ids + t.col_begin;
+  const int32_t* column_index = scratch.column_index.data();
   const scalar_t* column_hardest_positive = Mine ? thresholds->hardest_positive.data() + t.col_begin : nullptr;
   const scalar_t* column_hardest_negative = Mine ? thresholds->hardest_negative.data() + t.col_begin : nullptr;
-  scalar_t* column_maximum = scratch.column_maximum.data();  // [2][cols]
-  scalar_t* column_sum = scratch.column_sum.data();          // [2][cols]
+  scalar_t* column_maximum_positive = scratch.column_maximum.data();
+  scalar_t* column_maximum_negative = column_maximum_positive + t.cols;
+  scalar_t* column_sum_positive = scratch.column_sum.data();
+  scalar_t* column_sum_negative = column_sum_positive + t.cols;
   scalar_t* column_positive_logit_sum = scratch.column_positive_logit_sum.data();
-  int32_t* column_kept = scratch.column_kept.data();         // [2][cols]
-  scalar_t* row_maximum = scratch.row_maximum.data();        // [rows][2]
-  std::fill(column_maximum, column_maximum + 2 * t.cols, ninf);
-  std::fill(column_sum, column_sum + 2 * t.cols, scalar_t(0));
+  int32_t* column_kept_positive = scratch.column_kept.data();
+  int32_t* column_kept_negative = column_kept_positive + t.cols;
+  scalar_t* row_maximum = scratch.row_maximum.data();  // [rows][2]
+  std::fill(column_maximum_positive, column_maximum_positive + 2 * t.cols, ninf);
+  std::fill(column_sum_positive, column_sum_positive + 2 * t.cols, scalar_t(0));
   std::fill(column_positive_logit_sum, column_positive_logit_sum + t.cols, scalar_t(0));
-  std::fill(column_kept, column_kept + 2 * t.cols, 0);
+  std::fill(column_kept_positive, column_kept_positive + 2 * t.cols, 0);
 
   // Logits, group maxima, kept counts and SupCon's positive-logit sums.
   for (int64_t r = 0; r < t.rows; ++r) {
     const int64_t a = t.row_begin + r;
     const int32_t label = ids[a];
+    const int32_t self = t.diagonal ? static_cast<int32_t>(r) : -1;
     const scalar_t hardest_positive = Mine ? thresholds->hardest_positive[a] : scalar_t(0);
     const scalar_t hardest_negative = Mine ? thresholds->hardest_negative[a] : scalar_t(0);
     const scalar_t* s = t.gram + r * t.cols;
     scalar_t* logits = scratch.row_values.data() + r * t.cols;
-    const int64_t self = t.diagonal ? r : -1;
-    scalar_t maximum_positive = ninf, maximum_negative = ninf, positive_logit_sum = 0;
+    // The kept logits per group go to two row buffers and are reduced by loops of their own: a
+    // float max reduction next to the selects keeps the loop from vectorising.
+    scalar_t* positive_logits = scratch.positive_logits.data();
+    scalar_t* negative_logits = scratch.negative_logits.data();
+    scalar_t positive_logit_sum = 0;
     int32_t kept_positive = 0, kept_negative = 0;
+#pragma omp simd reduction(+ : kept_positive, kept_negative, positive_logit_sum)
     for (int64_t c = 0; c < t.cols; ++c) {
       const bool same = column_ids[c] == label;
       const scalar_t logit = rule.logit(s[c], same);
       logits[c] = logit;
-      const bool keep = rule.keeps(s[c], same, hardest_positive, hardest_negative) && c != self;
-      const bool positive = keep && rule.in_positive_group(same);
-      const bool negative = keep && !rule.in_positive_group(same);
-      maximum_positive = rules::rule_max(maximum_positive, positive ? logit : ninf);
-      maximum_negative = rules::rule_max(maximum_negative, negative ? logit : ninf);
-      kept_positive += positive;
-      kept_negative += negative;
-      if (kSupCon) positive_logit_sum += (keep && same) ? logit : scalar_t(0);
+      const bool keep = rule.keeps(s[c], same, hardest_positive, hardest_negative) & (column_index[c] != self);
+      const bool positive = keep & Rule::in_positive_group(same);
+      const bool negative = keep & !Rule::in_positive_group(same);
+      positive_logits[c] = positive ? logit : ninf;
+      negative_logits[c] = negative ? logit : ninf;
+      kept_positive += positive ? 1 : 0;
+      kept_negative += negative ? 1 : 0;
+      if (kSupCon) positive_logit_sum += (keep & same) ? logit : scalar_t(0);
+    }
+    scalar_t maximum_positive = ninf, maximum_negative = ninf;
+#pragma omp simd reduction(max : maximum_positive, maximum_negative)
+    for (int64_t c = 0; c < t.cols; ++c) {
+      maximum_positive = maximum_positive < positive_logits[c] ? positive_logits[c] : maximum_positive;
+      maximum_negative = maximum_negative < negative_logits[c] ? negative_logits[c] : maximum_negative;
     }
     row_maximum[2 * r] = maximum_positive;
     row_maximum[2 * r + 1] = maximum_negative;
     out.kept[0][a] += kept_positive;
     out.kept[1][a] += kept_negative;
-    out.positive_logit_sum[a] += positive_logit_sum;
+    if (kSupCon) out.positive_logit_sum[a] += positive_logit_sum;
     if (!columns) continue;
+    // The column side: without the miner, off the diagonal, it keeps the row side's pairs, whose
+    // masked logits are already in the buffers; with it, each column applies its own thresholds.
+    if (Mine) {
+#pragma omp simd
+      for (int64_t c = 0; c < t.cols; ++c) {
+        const bool same = column_ids[c] == label;
+        const scalar_t column_positive = Mine ? column_hardest_positive[c] : scalar_t(0);
+        const scalar_t column_negative = Mine ? column_hardest_negative[c] : scalar_t(0);
+        const bool keep = rule.keeps(s[c], same, column_positive, column_negative);
+        const bool positive = keep & Rule::in_positive_group(same);
+        const bool negative = keep & !Rule::in_positive_group(same);
+        positive_logits[c] = positive ? logits[c] : ninf;
+        negative_logits[c] = negative ? logits[c] : ninf;
+        column_kept_positive[c] += positive ? 1 : 0;
+        column_kept_negative[c] += negative ? 1 : 0;
+      }
+    } else {
+#pragma omp simd
+      for (int64_t c = 0; c < t.cols; ++c) {
+        const bool positive = Rule::in_positive_group(column_ids[c] == label);
+        column_kept_positive[c] += positive ? 1 : 0;
+        column_kept_negative[c] += positive ? 0 : 1;
+      }
+    }
+#pragma omp simd
     for (int64_t c = 0; c < t.cols; ++c) {
-      const bool same = column_ids[c] == label;
-      const scalar_t logit = logits[c];
-      const bool keep = !Mine || rule.keeps(s[c], same, column_hardest_positive[c], column_hardest_negative[c]);
-      const bool positive = keep && rule.in_positive_group(same);
-      const bool negative = keep && !rule.in_positive_group(same);
-      column_maximum[c] = rules::rule_max(column_maximum[c], positive ? logit : ninf);
-      column_maximum[t.cols + c] = rules::rule_max(column_maximum[t.cols + c], negative ? logit : ninf);
-      column_kept[c] += positive;
-      column_kept[t.cols + c] += negative;
-      if (kSupCon) column_positive_logit_sum[c] += same ? logit : scalar_t(0);
+      const scalar_t maximum_positive = column_maximum_positive[c], maximum_negative = column_maximum_negative[c];
+      column_maximum_positive[c] = maximum_positive < positive_logits[c] ? positive_logits[c] : maximum_positive;
+      column_maximum_negative[c] = maximum_negative < negative_logits[c] ? negative_logits[c] : maximum_negative;
+    }
+    if (kSupCon) {
+#pragma omp simd
+      for (int64_t c = 0; c < t.cols; ++c) column_positive_logit_sum[c] += column_ids[c] == label ? logits[c] : scalar_t(0);
     }
   }
 
@@ -310,26 +391,30 @@ void group_sums_tile(const PairRule<Loss, Mine, scalar_t>& rule, const Tile<scal
   for (int64_t r = 0; r < t.rows; ++r) {
     const int64_t a = t.row_begin + r;
     const int32_t label = ids[a];
+    const int32_t self = t.diagonal ? static_cast<int32_t>(r) : -1;
     const scalar_t hardest_positive = Mine ? thresholds->hardest_positive[a] : scalar_t(0);
     const scalar_t hardest_negative = Mine ? thresholds->hardest_negative[a] : scalar_t(0);
     const scalar_t* s = t.gram + r * t.cols;
     scalar_t* row_side = scratch.row_values.data() + r * t.cols;  // logits in, shifted logits out
     scalar_t* column_side = scratch.column_values.data() + r * t.cols;
     const scalar_t maximum_positive = row_maximum[2 * r], maximum_negative = row_maximum[2 * r + 1];
-    const scalar_t cutoff = infonce::exp_underflow_cutoff<scalar_t>();
-    const int64_t self = t.diagonal ? r : -1;
     if (columns) {
+#pragma omp simd
       for (int64_t c = 0; c < t.cols; ++c) {
         const bool same = column_ids[c] == label;
-        const bool keep = !Mine || rule.keeps(s[c], same, column_hardest_positive[c], column_hardest_negative[c]);
-        const scalar_t shift = rule.in_positive_group(same) ? column_maximum[c] : column_maximum[t.cols + c];
+        const scalar_t column_positive = Mine ? column_hardest_positive[c] : scalar_t(0);
+        const scalar_t column_negative = Mine ? column_hardest_negative[c] : scalar_t(0);
+        const bool keep = rule.keeps(s[c], same, column_positive, column_negative);
+        const scalar_t shift_positive = column_maximum_positive[c], shift_negative = column_maximum_negative[c];
+        const scalar_t shift = Rule::in_positive_group(same) ? shift_positive : shift_negative;
         column_side[c] = keep ? clamp_to_cutoff(row_side[c] - shift) : cutoff;
       }
     }
+#pragma omp simd
     for (int64_t c = 0; c < t.cols; ++c) {
       const bool same = column_ids[c] == label;
-      const bool keep = rule.keeps(s[c], same, hardest_positive, hardest_negative) && c != self;
-      const scalar_t shift = rule.in_positive_group(same) ? maximum_positive : maximum_negative;
+      const bool keep = rule.keeps(s[c], same, hardest_positive, hardest_negative) & (column_index[c] != self);
+      const scalar_t shift = Rule::in_positive_group(same) ? maximum_positive : maximum_negative;
       row_side[c] = keep ? clamp_to_cutoff(row_side[c] - shift) : cutoff;
     }
   }
@@ -342,34 +427,38 @@ void group_sums_tile(const PairRule<Loss, Mine, scalar_t>& rule, const Tile<scal
     const scalar_t* row_side = scratch.row_values.data() + r * t.cols;
     const scalar_t* column_side = scratch.column_values.data() + r * t.cols;
     scalar_t sum_positive = 0, sum_negative = 0;
+#pragma omp simd reduction(+ : sum_positive, sum_negative)
     for (int64_t c = 0; c < t.cols; ++c) {
-      const bool positive = rule.in_positive_group(column_ids[c] == label);
-      sum_positive += positive ? row_side[c] : scalar_t(0);
-      sum_negative += positive ? scalar_t(0) : row_side[c];
+      const bool positive = Rule::in_positive_group(column_ids[c] == label);
+      const scalar_t e = row_side[c];
+      sum_positive += positive ? e : scalar_t(0);
+      sum_negative += positive ? scalar_t(0) : e;
     }
     merge_log_sum_exp(out.maximum[0][a], out.exp_sum[0][a], row_maximum[2 * r], sum_positive);
     merge_log_sum_exp(out.maximum[1][a], out.exp_sum[1][a], row_maximum[2 * r + 1], sum_negative);
     if (!columns) continue;
+#pragma omp simd
     for (int64_t c = 0; c < t.cols; ++c) {
-      const bool positive = rule.in_positive_group(column_ids[c] == label);
-      column_sum[c] += positive ? column_side[c] : scalar_t(0);
-      column_sum[t.cols + c] += positive ? scalar_t(0) : column_side[c];
+      const bool positive = Rule::in_positive_group(column_ids[c] == label);
+      const scalar_t e = column_side[c];
+      column_sum_positive[c] += positive ? e : scalar_t(0);
+      column_sum_negative[c] += positive ? scalar_t(0) : e;
     }
   }
   if (!columns) return;
   for (int64_t c = 0; c < t.cols; ++c) {
     const int64_t j = t.col_begin + c;
-    for (int g = 0; g < 2; ++g) {
-      merge_log_sum_exp(out.maximum[g][j], out.exp_sum[g][j], column_maximum[g * t.cols + c], column_sum[g * t.cols + c]);
-      out.kept[g][j] += column_kept[g * t.cols + c];
-    }
+    merge_log_sum_exp(out.maximum[0][j], out.exp_sum[0][j], column_maximum_positive[c], column_sum_positive[c]);
+    merge_log_sum_exp(out.maximum[1][j], out.exp_sum[1][j], column_maximum_negative[c], column_sum_negative[c]);
+    out.kept[0][j] += column_kept_positive[c];
+    out.kept[1][j] += column_kept_negative[c];
     out.positive_logit_sum[j] += column_positive_logit_sum[c];
   }
 }
 
 // What the grad pass reads per row, as [2][N] / [N] arrays for vector loads along a tile's columns:
-// the groups' final maxima and finish_row's coefficients and SupCon offset, each already multiplied
-// by the row's loss weight (and exactly 0 for a row of weight 0, even when its coefficients are NaN).
+// the groups' final maxima, and finish_row's coefficients and SupCon offset multiplied by the row's
+// loss weight (exactly 0 for a row of weight 0, even when its coefficients are NaN).
 template <typename scalar_t>
 struct RowGradients {
   std::vector<scalar_t> maximum, coefficient, positive_offset;
@@ -377,14 +466,17 @@ struct RowGradients {
 };
 
 // M[r][c] = W[a, j] + W[j, a] for one tile, W[a, j] = row_weight_a * d loss_a / d s_aj, into
-// scratch.row_values. On a diagonal tile each unordered pair appears twice, each time whole.
+// scratch.row_values. On a diagonal tile each unordered pair appears twice, each time whole, and
+// the anchor's own entry is 0.
 template <ContrastiveLoss Loss, bool Mine, typename scalar_t>
-void symmetric_pair_weights_tile(const PairRule<Loss, Mine, scalar_t>& rule, const Tile<scalar_t>& t, const int32_t* ids,
+void symmetric_pair_weights_tile(const PairRule<Loss, Mine, scalar_t> rule, const Tile<scalar_t>& t, const int32_t* ids,
                                  const Thresholds<scalar_t>* thresholds, const RowGradients<scalar_t>& rows,
                                  TileScratch<scalar_t>& scratch) {
+  using Rule = PairRule<Loss, Mine, scalar_t>;
   constexpr bool kSupCon = Loss == ContrastiveLoss::kSupCon;
   const int64_t n = static_cast<int64_t>(rows.positive_offset.size());
   const int32_t* column_ids = ids + t.col_begin;
+  const int32_t* column_index = scratch.column_index.data();
   const scalar_t* column_hardest_positive = Mine ? thresholds->hardest_positive.data() + t.col_begin : nullptr;
   const scalar_t* column_hardest_negative = Mine ? thresholds->hardest_negative.data() + t.col_begin : nullptr;
   const scalar_t* column_maximum_positive = rows.maximum.data() + t.col_begin;
@@ -393,27 +485,33 @@ void symmetric_pair_weights_tile(const PairRule<Loss, Mine, scalar_t>& rule, con
   const scalar_t* column_coefficient_negative = rows.coefficient.data() + n + t.col_begin;
   const scalar_t* column_offset = rows.positive_offset.data() + t.col_begin;
   const scalar_t cutoff = infonce::exp_underflow_cutoff<scalar_t>();
+  // One loop per side and step: each stays simple enough for if-conversion.
   for (int64_t r = 0; r < t.rows; ++r) {
     const int64_t a = t.row_begin + r;
     const int32_t label = ids[a];
+    const int32_t self = t.diagonal ? static_cast<int32_t>(r) : -1;
     const scalar_t hardest_positive = Mine ? thresholds->hardest_positive[a] : scalar_t(0);
     const scalar_t hardest_negative = Mine ? thresholds->hardest_negative[a] : scalar_t(0);
     const scalar_t maximum_positive = rows.maximum[a], maximum_negative = rows.maximum[n + a];
     const scalar_t* s = t.gram + r * t.cols;
     scalar_t* row_side = scratch.row_values.data() + r * t.cols;
     scalar_t* column_side = scratch.column_values.data() + r * t.cols;
-    const int64_t self = t.diagonal ? r : -1;
+#pragma omp simd
     for (int64_t c = 0; c < t.cols; ++c) {
       const bool same = column_ids[c] == label;
-      const scalar_t logit = rule.logit(s[c], same);
-      const bool positive = rule.in_positive_group(same);
-      const bool keep_row = rule.keeps(s[c], same, hardest_positive, hardest_negative) && c != self;
-      const bool keep_column =
-          (!Mine || rule.keeps(s[c], same, column_hardest_positive[c], column_hardest_negative[c])) && c != self;
-      const scalar_t row_shift = positive ? maximum_positive : maximum_negative;
-      const scalar_t column_shift = positive ? column_maximum_positive[c] : column_maximum_negative[c];
-      row_side[c] = keep_row ? clamp_to_cutoff(logit - row_shift) : cutoff;
-      column_side[c] = keep_column ? clamp_to_cutoff(logit - column_shift) : cutoff;
+      const bool keep = rule.keeps(s[c], same, hardest_positive, hardest_negative) & (column_index[c] != self);
+      const scalar_t shift = Rule::in_positive_group(same) ? maximum_positive : maximum_negative;
+      row_side[c] = keep ? clamp_to_cutoff(rule.logit(s[c], same) - shift) : cutoff;
+    }
+#pragma omp simd
+    for (int64_t c = 0; c < t.cols; ++c) {
+      const bool same = column_ids[c] == label;
+      const scalar_t column_positive = Mine ? column_hardest_positive[c] : scalar_t(0);
+      const scalar_t column_negative = Mine ? column_hardest_negative[c] : scalar_t(0);
+      const bool keep = rule.keeps(s[c], same, column_positive, column_negative) & (column_index[c] != self);
+      const scalar_t shift_positive = column_maximum_positive[c], shift_negative = column_maximum_negative[c];
+      const scalar_t shift = Rule::in_positive_group(same) ? shift_positive : shift_negative;
+      column_side[c] = keep ? clamp_to_cutoff(rule.logit(s[c], same) - shift) : cutoff;
     }
   }
   const int64_t entries = t.rows * t.cols;
@@ -422,6 +520,7 @@ void symmetric_pair_weights_tile(const PairRule<Loss, Mine, scalar_t>& rule, con
   for (int64_t r = 0; r < t.rows; ++r) {
     const int64_t a = t.row_begin + r;
     const int32_t label = ids[a];
+    const int32_t self = t.diagonal ? static_cast<int32_t>(r) : -1;
     const scalar_t hardest_positive = Mine ? thresholds->hardest_positive[a] : scalar_t(0);
     const scalar_t hardest_negative = Mine ? thresholds->hardest_negative[a] : scalar_t(0);
     const scalar_t coefficient_positive = rows.coefficient[a], coefficient_negative = rows.coefficient[n + a];
@@ -429,21 +528,30 @@ void symmetric_pair_weights_tile(const PairRule<Loss, Mine, scalar_t>& rule, con
     const scalar_t* s = t.gram + r * t.cols;
     scalar_t* row_side = scratch.row_values.data() + r * t.cols;  // exps in, M out
     const scalar_t* column_side = scratch.column_values.data() + r * t.cols;
-    const int64_t self = t.diagonal ? r : -1;
+#pragma omp simd
     for (int64_t c = 0; c < t.cols; ++c) {
       const bool same = column_ids[c] == label;
-      const bool positive = rule.in_positive_group(same);
-      const bool keep_row = rule.keeps(s[c], same, hardest_positive, hardest_negative) && c != self;
-      const bool keep_column =
-          (!Mine || rule.keeps(s[c], same, column_hardest_positive[c], column_hardest_negative[c])) && c != self;
-      const scalar_t slope = rule.slope(s[c], same);
-      const scalar_t row_coefficient = positive ? coefficient_positive : coefficient_negative;
-      const scalar_t column_coefficient = positive ? column_coefficient_positive[c] : column_coefficient_negative[c];
-      scalar_t weight = (keep_row ? row_coefficient * row_side[c] * slope : scalar_t(0)) +
-                        (keep_column ? column_coefficient * column_side[c] * slope : scalar_t(0));
-      // SupCon's -1 / (T |P|) on every positive pair, from both of its rows.
-      if (kSupCon) weight += same ? (keep_row ? offset : scalar_t(0)) + (keep_column ? column_offset[c] : scalar_t(0)) : scalar_t(0);
-      row_side[c] = weight;
+      const bool other = column_index[c] != self;
+      const bool keep = rule.keeps(s[c], same, hardest_positive, hardest_negative) & other;
+      const scalar_t coefficient = Rule::in_positive_group(same) ? coefficient_positive : coefficient_negative;
+      const scalar_t term = coefficient * row_side[c] * rule.slope(s[c], same);
+      // SupCon's -1 / (T |P|) on every positive pair, from both of its rows (the column's below).
+      const scalar_t shifted = kSupCon ? ((same & other) ? offset : scalar_t(0)) : scalar_t(0);
+      row_side[c] = (keep ? term : scalar_t(0)) + shifted;
+    }
+#pragma omp simd
+    for (int64_t c = 0; c < t.cols; ++c) {
+      const bool same = column_ids[c] == label;
+      const bool other = column_index[c] != self;
+      const scalar_t column_positive = Mine ? column_hardest_positive[c] : scalar_t(0);
+      const scalar_t column_negative = Mine ? column_hardest_negative[c] : scalar_t(0);
+      const bool keep = rule.keeps(s[c], same, column_positive, column_negative) & other;
+      const scalar_t positive_coefficient = column_coefficient_positive[c], negative_coefficient = column_coefficient_negative[c];
+      const scalar_t coefficient = Rule::in_positive_group(same) ? positive_coefficient : negative_coefficient;
+      const scalar_t term = coefficient * column_side[c] * rule.slope(s[c], same);
+      const scalar_t column_shift = column_offset[c];
+      const scalar_t shifted = kSupCon ? ((same & other) ? column_shift : scalar_t(0)) : scalar_t(0);
+      row_side[c] += (keep ? term : scalar_t(0)) + shifted;
     }
   }
 }
