@@ -3,21 +3,23 @@
 //
 // Why tiles: s_ij = s_ji, and what a pair contributes depends on the pair (its label test, its logit
 // in a group) and on the row it is read from (that row's miner thresholds, group maxima and
-// coefficients). So each unordered pair is computed once per pass, half a GEMM, and feeds both of
-// its rows: the tile for the row side, the tile's transpose for the column side. The passes:
-//   scan  pair counts, non-finite rows and the miner's hardest positive / negative. For losses
-//         without the miner it is folded into the next pass; with the miner the thresholds must be
-//         final before any pair is kept or dropped, so it is a pass of its own;
+// coefficients). So each unordered pair is computed once per pass, half a GEMM, and feeds both of its
+// rows: along a tile row for the row's side, and through per-column arrays (the column rows'
+// thresholds, maxima, coefficients, running sums) for the column's side, with no transpose. Passes:
+//   scan  with the miner only: each row's hardest positive and negative, which must be final before
+//         any pair is kept or dropped. Pair counts come from the class sizes and non-finite rows
+//         from the unit rows (a NaN row makes every similarity row non-finite), so the losses
+//         without the miner need no scan;
 //   lse   per row and group the maximum and exp sum of the kept logits, merged tile by tile as an
 //         online softmax does ((m, s) with (m', s') -> (M, s e^(m - M) + s' e^(m' - M))), plus kept
 //         counts and SupCon's positive-logit sum; rules::finish_row turns them into the row's loss
 //         and gradient coefficients;
-//   grad  per tile the pair weights W[a, j] = row_weight_a * d loss_a / d s_aj from the row side
-//         and W[j, a] from the column side, M = W + W^T, then G[I] += M U[J] and G[J] += M^T U[I].
-// Multiply-adds: N^2 D / 2 for each of lse and grad's recomputation, N^2 D for grad's two tile
-// GEMMs; 2 N^2 D in all (2.5 with the miner), against 3 N^2 D for full rows with a row-side and a
-// column-side gradient GEMM. Memory: per thread a few tile buffers, O(N) row states and, in the
-// grad pass, one N x D accumulator.
+//   grad  per tile M[a, j] = W[a, j] + W[j, a], W[a, j] = row_weight_a * d loss_a / d s_aj, then
+//         G[I] += M U[J] and G[J] += M^T U[I].
+// Multiply-adds: N^2 D / 2 for the lse pass and for the grad pass's recomputation, N^2 D for its two
+// tile GEMMs; 2 N^2 D in all (2.5 with the miner's scan), against 3 N^2 D for full rows with a
+// row-side and a column-side gradient GEMM. Memory: per thread a few tile buffers, O(N) row states
+// and, in the grad pass, one N x D accumulator.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -183,7 +185,8 @@ struct PairRule {
 
 // A Gram tile as the loops read it: s between rows [row_begin, row_begin + rows) and columns
 // [col_begin, col_begin + cols), row-major. On a diagonal tile (columns = rows) column r is row r's
-// anchor and only the row side is updated (the column side would count each pair twice).
+// anchor; the scan and lse passes update only the row side there (the column side would count each
+// pair twice), and the grad pass writes the whole symmetric M.
 template <typename scalar_t>
 struct Tile {
   const scalar_t* gram;

@@ -6,7 +6,9 @@ import json
 import subprocess
 import sys
 
-from embedplug.bench import batch_hard_cases
+import pytest
+
+from embedplug.bench import batch_hard_cases, labelled_contrastive_cases
 from embedplug.bench.memory import peak_extra_memory_bytes
 
 
@@ -84,3 +86,17 @@ def test_every_mnrl_option_set_computes_the_same_gradient_as_sentence_transforme
         expected = gradients.pop("sentence-transformers 6.2")
         for grad in gradients.values():
             assert (grad - expected).abs().max() < 1e-5, option_set
+
+
+@pytest.mark.parametrize("loss", list(labelled_contrastive_cases.LOSSES))
+def test_labelled_contrastive_cases_compute_pytorch_metric_learnings_gradient(loss):
+    implementations = labelled_contrastive_cases.available_implementations(loss)
+    if "embedplug fused" not in implementations or labelled_contrastive_cases.PML not in implementations:
+        pytest.skip("needs embedplug._C and pytorch-metric-learning")
+    inputs = labelled_contrastive_cases.make_inputs(96, 8)
+    gradients = []
+    for name in ("embedplug fused", labelled_contrastive_cases.PML):
+        implementations[name](inputs)
+        gradients.append(inputs.embeddings.grad.clone())
+    assert gradients[0].abs().max() > 0
+    assert (gradients[0] - gradients[1]).abs().max() < 1e-5 * gradients[1].abs().max().clamp_min(1)
