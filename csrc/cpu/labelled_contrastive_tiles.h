@@ -179,7 +179,7 @@ struct PairRule {
     const ContrastiveParams<scalar_t> q = constant();
     const bool positive = rules::keeps_positive(q, hardest_negative, s);
     const bool negative = rules::keeps_negative(q, hardest_positive, s);
-    return same ? positive : negative;
+    return (same & positive) | (!same & negative);  // a select between two bools is not if-converted
   }
 };
 
