@@ -181,6 +181,15 @@ struct PairRule {
     const bool negative = rules::keeps_negative(q, hardest_positive, s);
     return (same & positive) | (!same & negative);  // a select between two bools is not if-converted
   }
+
+  // keeps() for the row of column c, whose thresholds are read from per-column arrays (only with the
+  // miner: without it the arrays are null and every pair is kept).
+  bool column_keeps(scalar_t s, bool same, const scalar_t* hardest_positive, const scalar_t* hardest_negative,
+                    int64_t c) const {
+    if (!Mine) return true;
+    const scalar_t positive_threshold = hardest_positive[c], negative_threshold = hardest_negative[c];
+    return keeps(s, same, positive_threshold, negative_threshold);
+  }
 };
 
 // A Gram tile as the loops read it: s between rows [row_begin, row_begin + rows) and columns
@@ -192,6 +201,24 @@ struct Tile {
   const scalar_t* gram;
   int64_t row_begin, rows, col_begin, cols;
   bool diagonal;
+};
+
+// What each row loop of a tile reads about its row: the anchor, its label, its own column on a
+// diagonal tile (-1: none) and, with the miner, its thresholds.
+template <bool Mine, typename scalar_t>
+struct TileRow {
+  int64_t a;
+  int32_t label, self;
+  scalar_t hardest_positive, hardest_negative;
+  const scalar_t* s;
+
+  TileRow(const Tile<scalar_t>& t, int64_t r, const int32_t* ids, const Thresholds<scalar_t>* thresholds)
+      : a(t.row_begin + r),
+        label(ids[a]),
+        self(t.diagonal ? static_cast<int32_t>(r) : -1),
+        hardest_positive(Mine ? thresholds->hardest_positive[a] : scalar_t(0)),
+        hardest_negative(Mine ? thresholds->hardest_negative[a] : scalar_t(0)),
+        s(t.gram + r * t.cols) {}
 };
 
 // Per-thread scratch: two tile-sized buffers and per-column accumulators.
@@ -315,12 +342,11 @@ void group_sums_tile(const PairRule<Loss, Mine, scalar_t> rule, const Tile<scala
 
   // Logits, group maxima, kept counts and SupCon's positive-logit sums.
   for (int64_t r = 0; r < t.rows; ++r) {
-    const int64_t a = t.row_begin + r;
-    const int32_t label = ids[a];
-    const int32_t self = t.diagonal ? static_cast<int32_t>(r) : -1;
-    const scalar_t hardest_positive = Mine ? thresholds->hardest_positive[a] : scalar_t(0);
-    const scalar_t hardest_negative = Mine ? thresholds->hardest_negative[a] : scalar_t(0);
-    const scalar_t* s = t.gram + r * t.cols;
+    const TileRow<Mine, scalar_t> row(t, r, ids, thresholds);
+    const int64_t a = row.a;
+    const int32_t label = row.label, self = row.self;
+    const scalar_t hardest_positive = row.hardest_positive, hardest_negative = row.hardest_negative;
+    const scalar_t* s = row.s;
     scalar_t* logits = scratch.row_values.data() + r * t.cols;
     // The kept logits per group go to two row buffers and are reduced by loops of their own: a
     // float max reduction next to the selects keeps the loop from vectorising.
@@ -360,9 +386,8 @@ void group_sums_tile(const PairRule<Loss, Mine, scalar_t> rule, const Tile<scala
 #pragma omp simd
       for (int64_t c = 0; c < t.cols; ++c) {
         const bool same = column_ids[c] == label;
-        const scalar_t column_positive = Mine ? column_hardest_positive[c] : scalar_t(0);
-        const scalar_t column_negative = Mine ? column_hardest_negative[c] : scalar_t(0);
-        const bool keep = rule.keeps(s[c], same, column_positive, column_negative);
+        const bool keep =
+            rule.column_keeps(s[c], same, column_hardest_positive, column_hardest_negative, c);
         const bool positive = keep & Rule::in_positive_group(same);
         const bool negative = keep & !Rule::in_positive_group(same);
         positive_logits[c] = positive ? logits[c] : ninf;
@@ -392,12 +417,11 @@ void group_sums_tile(const PairRule<Loss, Mine, scalar_t> rule, const Tile<scala
 
   // Shifted logits (dropped pairs at the cutoff, i.e. exp ~ 0), their exps, then the sums.
   for (int64_t r = 0; r < t.rows; ++r) {
-    const int64_t a = t.row_begin + r;
-    const int32_t label = ids[a];
-    const int32_t self = t.diagonal ? static_cast<int32_t>(r) : -1;
-    const scalar_t hardest_positive = Mine ? thresholds->hardest_positive[a] : scalar_t(0);
-    const scalar_t hardest_negative = Mine ? thresholds->hardest_negative[a] : scalar_t(0);
-    const scalar_t* s = t.gram + r * t.cols;
+    const TileRow<Mine, scalar_t> row(t, r, ids, thresholds);
+    const int64_t a = row.a;
+    const int32_t label = row.label, self = row.self;
+    const scalar_t hardest_positive = row.hardest_positive, hardest_negative = row.hardest_negative;
+    const scalar_t* s = row.s;
     scalar_t* row_side = scratch.row_values.data() + r * t.cols;  // logits in, shifted logits out
     scalar_t* column_side = scratch.column_values.data() + r * t.cols;
     const scalar_t maximum_positive = row_maximum[2 * r], maximum_negative = row_maximum[2 * r + 1];
@@ -405,9 +429,8 @@ void group_sums_tile(const PairRule<Loss, Mine, scalar_t> rule, const Tile<scala
 #pragma omp simd
       for (int64_t c = 0; c < t.cols; ++c) {
         const bool same = column_ids[c] == label;
-        const scalar_t column_positive = Mine ? column_hardest_positive[c] : scalar_t(0);
-        const scalar_t column_negative = Mine ? column_hardest_negative[c] : scalar_t(0);
-        const bool keep = rule.keeps(s[c], same, column_positive, column_negative);
+        const bool keep =
+            rule.column_keeps(s[c], same, column_hardest_positive, column_hardest_negative, c);
         const scalar_t shift_positive = column_maximum_positive[c], shift_negative = column_maximum_negative[c];
         const scalar_t shift = Rule::in_positive_group(same) ? shift_positive : shift_negative;
         column_side[c] = keep ? clamp_to_cutoff(row_side[c] - shift) : cutoff;
@@ -490,13 +513,12 @@ void symmetric_pair_weights_tile(const PairRule<Loss, Mine, scalar_t> rule, cons
   const scalar_t cutoff = infonce::exp_underflow_cutoff<scalar_t>();
   // One loop per side and step: each stays simple enough for if-conversion.
   for (int64_t r = 0; r < t.rows; ++r) {
-    const int64_t a = t.row_begin + r;
-    const int32_t label = ids[a];
-    const int32_t self = t.diagonal ? static_cast<int32_t>(r) : -1;
-    const scalar_t hardest_positive = Mine ? thresholds->hardest_positive[a] : scalar_t(0);
-    const scalar_t hardest_negative = Mine ? thresholds->hardest_negative[a] : scalar_t(0);
+    const TileRow<Mine, scalar_t> row(t, r, ids, thresholds);
+    const int64_t a = row.a;
+    const int32_t label = row.label, self = row.self;
+    const scalar_t hardest_positive = row.hardest_positive, hardest_negative = row.hardest_negative;
     const scalar_t maximum_positive = rows.maximum[a], maximum_negative = rows.maximum[n + a];
-    const scalar_t* s = t.gram + r * t.cols;
+    const scalar_t* s = row.s;
     scalar_t* row_side = scratch.row_values.data() + r * t.cols;
     scalar_t* column_side = scratch.column_values.data() + r * t.cols;
 #pragma omp simd
@@ -509,9 +531,8 @@ void symmetric_pair_weights_tile(const PairRule<Loss, Mine, scalar_t> rule, cons
 #pragma omp simd
     for (int64_t c = 0; c < t.cols; ++c) {
       const bool same = column_ids[c] == label;
-      const scalar_t column_positive = Mine ? column_hardest_positive[c] : scalar_t(0);
-      const scalar_t column_negative = Mine ? column_hardest_negative[c] : scalar_t(0);
-      const bool keep = rule.keeps(s[c], same, column_positive, column_negative) & (column_index[c] != self);
+      const bool keep =
+          rule.column_keeps(s[c], same, column_hardest_positive, column_hardest_negative, c) & (column_index[c] != self);
       const scalar_t shift_positive = column_maximum_positive[c], shift_negative = column_maximum_negative[c];
       const scalar_t shift = Rule::in_positive_group(same) ? shift_positive : shift_negative;
       column_side[c] = keep ? clamp_to_cutoff(rule.logit(s[c], same) - shift) : cutoff;
@@ -521,14 +542,13 @@ void symmetric_pair_weights_tile(const PairRule<Loss, Mine, scalar_t> rule, cons
   exp_in_place(scratch.row_values.data(), entries);
   exp_in_place(scratch.column_values.data(), entries);
   for (int64_t r = 0; r < t.rows; ++r) {
-    const int64_t a = t.row_begin + r;
-    const int32_t label = ids[a];
-    const int32_t self = t.diagonal ? static_cast<int32_t>(r) : -1;
-    const scalar_t hardest_positive = Mine ? thresholds->hardest_positive[a] : scalar_t(0);
-    const scalar_t hardest_negative = Mine ? thresholds->hardest_negative[a] : scalar_t(0);
+    const TileRow<Mine, scalar_t> row(t, r, ids, thresholds);
+    const int64_t a = row.a;
+    const int32_t label = row.label, self = row.self;
+    const scalar_t hardest_positive = row.hardest_positive, hardest_negative = row.hardest_negative;
     const scalar_t coefficient_positive = rows.coefficient[a], coefficient_negative = rows.coefficient[n + a];
     const scalar_t offset = rows.positive_offset[a];
-    const scalar_t* s = t.gram + r * t.cols;
+    const scalar_t* s = row.s;
     scalar_t* row_side = scratch.row_values.data() + r * t.cols;  // exps in, M out
     const scalar_t* column_side = scratch.column_values.data() + r * t.cols;
 #pragma omp simd
@@ -546,9 +566,8 @@ void symmetric_pair_weights_tile(const PairRule<Loss, Mine, scalar_t> rule, cons
     for (int64_t c = 0; c < t.cols; ++c) {
       const bool same = column_ids[c] == label;
       const bool other = column_index[c] != self;
-      const scalar_t column_positive = Mine ? column_hardest_positive[c] : scalar_t(0);
-      const scalar_t column_negative = Mine ? column_hardest_negative[c] : scalar_t(0);
-      const bool keep = rule.keeps(s[c], same, column_positive, column_negative) & other;
+      const bool keep =
+          rule.column_keeps(s[c], same, column_hardest_positive, column_hardest_negative, c) & other;
       const scalar_t positive_coefficient = column_coefficient_positive[c], negative_coefficient = column_coefficient_negative[c];
       const scalar_t coefficient = Rule::in_positive_group(same) ? positive_coefficient : negative_coefficient;
       const scalar_t term = coefficient * column_side[c] * rule.slope(s[c], same);
