@@ -138,9 +138,15 @@ ContrastiveOutputs run_tiles(const at::Tensor& embeddings, const int64_t* labels
       accumulator.narrow(0, t.col_begin, t.cols).addmm_(pair_weights.t(), unit.narrow(0, t.row_begin, t.rows));
     }
   });
-  auto pair_total = at::zeros({n, dim}, x.options());
+  // Summed into the first thread's accumulator: no further N x D buffer.
+  at::Tensor pair_total;
   for (const auto& accumulator : accumulators) {
-    if (accumulator.defined()) pair_total.add_(accumulator);
+    if (!accumulator.defined()) continue;
+    if (pair_total.defined()) {
+      pair_total.add_(accumulator);
+    } else {
+      pair_total = accumulator;
+    }
   }
   // d/du_a = G_a = sum_j M_aj u_j; through normalize: (G_a - (u_a . G_a) u_a) / max(|x_a|, eps),
   // which is finish_pair_gradient's cosine step with distance weights -M.

@@ -204,5 +204,39 @@ inline void check_cuda_embeddings_and_labels(const char* op, const at::Tensor& e
   check_same_cuda_device(op, {{"embeddings", &embeddings}, {"labels", &labels}});
 }
 
+// Backward shared by the per-anchor losses (batch-all, semi-hard), as the CPU kernels'
+// per_anchor_loss_backward: the gradient of sum(grad_sums * loss_sums) w.r.t. embeddings. A uniform
+// incoming gradient rescales the forward's unit gradient; any other recomputes the row blocks, where
+// `launch_weights(distances, labels, classes, grads, row_begin, weights)` is the loss's epilogue
+// launch with weights switched on (a generic lambda: its pointer arguments carry scalar_t).
+template <typename LaunchWeights>
+at::Tensor per_anchor_loss_backward(const char* op, const at::Tensor& grad_sums, const at::Tensor& embeddings,
+                                    const at::Tensor& labels, const at::Tensor& unit_grad, c10::string_view distance,
+                                    LaunchWeights&& launch_weights) {
+  check_cuda_embeddings_and_labels(op, embeddings, labels);
+  check_same_cuda_device(op, {{"embeddings", &embeddings}, {"grad_sums", &grad_sums}, {"unit_grad", &unit_grad}});
+  TORCH_CHECK(grad_sums.dim() == 1 && grad_sums.size(0) == embeddings.size(0), "embedplug: grad_sums must be [N]");
+  const at::cuda::CUDAGuard guard(embeddings.device());
+  if (unit_grad.numel() > 0) {
+    TORCH_CHECK(unit_grad.sizes() == embeddings.sizes(), "embedplug: unit_grad must be empty or [N, D]");
+    if (uniform_gradient(grad_sums)) return unit_grad * grad_sums[0].to(unit_grad.scalar_type());
+  }
+  const DistanceKind kind = parse_distance(std::string_view(distance.data(), distance.size()));
+  const auto labels_contiguous = labels.contiguous();
+  const DeviceClasses classes = device_classes(labels_contiguous);
+  at::Tensor grad;
+  AT_DISPATCH_FLOATING_TYPES(embeddings.scalar_type(), "per_anchor_loss_backward_cuda", [&] {
+    const auto x = embeddings.detach().contiguous();
+    const auto grad_per_anchor = grad_sums.detach().to(x.scalar_type()).contiguous();
+    const scalar_t* grads = grad_per_anchor.data_ptr<scalar_t>();
+    const GemmOperand operand = prepare_row_block_operand(x, kind, kNormBlockRows);
+    grad = pair_weight_gradient<scalar_t>(
+        x, operand, kind, [&](int64_t row_begin, int64_t, const at::Tensor& block, at::Tensor& weights) {
+          launch_weights(block, labels_contiguous, classes, grads, row_begin, weights.data_ptr<scalar_t>());
+        });
+  });
+  return grad;
+}
+
 }  // namespace cuda
 }  // namespace embedplug

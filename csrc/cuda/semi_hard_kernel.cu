@@ -8,6 +8,8 @@
 // pair's two weights applied by pair_weight_gradient (two GEMMs per block, no atomics).
 #include <torch/library.h>
 
+#include <type_traits>
+
 #include "cuda/pairwise_blocks.cuh"
 
 namespace embedplug {
@@ -136,30 +138,13 @@ std::tuple<at::Tensor, at::Tensor> semi_hard_triplet_loss_forward_cuda(const at:
 at::Tensor semi_hard_triplet_loss_backward_cuda(const at::Tensor& grad_sums, const at::Tensor& embeddings,
                                                 const at::Tensor& labels, const at::Tensor& unit_grad,
                                                 c10::string_view distance, double margin) {
-  check_cuda_embeddings_and_labels("_semi_hard_triplet_loss_backward", embeddings, labels);
-  check_same_cuda_device("_semi_hard_triplet_loss_backward",
-                         {{"embeddings", &embeddings}, {"grad_sums", &grad_sums}, {"unit_grad", &unit_grad}});
-  TORCH_CHECK(grad_sums.dim() == 1 && grad_sums.size(0) == embeddings.size(0), "embedplug: grad_sums must be [N]");
-  const at::cuda::CUDAGuard guard(embeddings.device());
-  if (unit_grad.numel() > 0) {
-    TORCH_CHECK(unit_grad.sizes() == embeddings.sizes(), "embedplug: unit_grad must be empty or [N, D]");
-    if (uniform_gradient(grad_sums)) return unit_grad * grad_sums[0].to(unit_grad.scalar_type());
-  }
-  const DistanceKind kind = parse_distance(std::string_view(distance.data(), distance.size()));
-  const auto labels_contiguous = labels.contiguous();
-  const DeviceClasses classes = device_classes(labels_contiguous);
-  at::Tensor grad;
-  AT_DISPATCH_FLOATING_TYPES(embeddings.scalar_type(), "semi_hard_triplet_loss_backward_cuda", [&] {
-    const auto x = embeddings.detach().contiguous();
-    const auto grad_per_anchor = grad_sums.detach().to(x.scalar_type()).contiguous();
-    const GemmOperand operand = prepare_row_block_operand(x, kind, kNormBlockRows);
-    grad = pair_weight_gradient<scalar_t>(
-        x, operand, kind, [&](int64_t row_begin, int64_t, const at::Tensor& block, at::Tensor& weights) {
-          launch_rows<scalar_t>(block, labels_contiguous, classes, grad_per_anchor.data_ptr<scalar_t>(), margin,
-                                row_begin, nullptr, weights.data_ptr<scalar_t>());
-        });
-  });
-  return grad;
+  return per_anchor_loss_backward(
+      "_semi_hard_triplet_loss_backward", grad_sums, embeddings, labels, unit_grad, distance,
+      [margin](const at::Tensor& block, const at::Tensor& labels_contiguous, const DeviceClasses& classes,
+               const auto* grads, int64_t row_begin, auto* weights) {
+        using scalar_t = std::remove_pointer_t<decltype(weights)>;
+        launch_rows<scalar_t>(block, labels_contiguous, classes, grads, margin, row_begin, nullptr, weights);
+      });
 }
 
 }  // namespace
