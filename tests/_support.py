@@ -80,3 +80,20 @@ def assert_compiles_like_eager(loss_fn) -> None:
     (compiled_grad,) = torch.autograd.grad(result, embeddings)
     torch.testing.assert_close(result, eager)
     torch.testing.assert_close(compiled_grad, eager_grad)
+
+
+# Bad (embeddings, labels) for any loss on labelled embeddings, with the error each must raise:
+# `@each_bad_labelled_input` parametrizes a test over (embeddings, labels, error, match).
+each_bad_labelled_input = pytest.mark.parametrize(
+    "embeddings, labels, error, match",
+    [
+        (torch.randn(4, 3, 2), torch.zeros(4, dtype=torch.long), ValueError, "2-D"),
+        (torch.ones(4, 3, dtype=torch.long), torch.zeros(4, dtype=torch.long), TypeError, "floating-point"),
+        (torch.randn(4, 3), torch.zeros(5, dtype=torch.long), ValueError, "expects 4 labels"),
+        (torch.randn(4, 3), torch.zeros(4), TypeError, "integer tensor"),
+        (torch.randn(0, 3), torch.zeros(0, dtype=torch.long), ValueError, "empty batch"),
+        (torch.randn(4, 3), [0, 0, 1, 1], TypeError, "torch.Tensor"),
+        (torch.randn(4, 3), torch.zeros(4, dtype=torch.long, device="meta"), ValueError, "same device|move them"),
+    ],
+    ids=["3-D", "integer embeddings", "label count", "float labels", "empty", "list labels", "device"],
+)

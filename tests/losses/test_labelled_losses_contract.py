@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import pytest
 import torch
-from _support import KERNEL_DISTANCES, label_structures, loss_and_grad, st_distance_function
+from _support import KERNEL_DISTANCES, each_bad_labelled_input, label_structures, loss_and_grad, st_distance_function
 
 import embedplug
 from embedplug import functional, losses
@@ -213,19 +213,7 @@ def test_labels_of_shape_n_by_1_are_accepted_like_sentence_transformers(loss):
 
 
 @each_loss
-@pytest.mark.parametrize(
-    "embeddings, labels, error, match",
-    [
-        (torch.randn(4, 3, 2), torch.zeros(4, dtype=torch.long), ValueError, "2-D"),
-        (torch.ones(4, 3, dtype=torch.long), torch.zeros(4, dtype=torch.long), TypeError, "floating-point"),
-        (torch.randn(4, 3), torch.zeros(5, dtype=torch.long), ValueError, "expects 4 labels"),
-        (torch.randn(4, 3), torch.zeros(4), TypeError, "integer tensor"),
-        (torch.randn(0, 3), torch.zeros(0, dtype=torch.long), ValueError, "empty batch"),
-        (torch.randn(4, 3), [0, 0, 1, 1], TypeError, "torch.Tensor"),
-        (torch.randn(4, 3), torch.zeros(4, dtype=torch.long, device="meta"), ValueError, "same device|move them"),
-    ],
-    ids=["3-D", "integer embeddings", "label count", "float labels", "empty", "list labels", "device"],
-)
+@each_bad_labelled_input
 def test_bad_input_gets_a_clear_error(loss, embeddings, labels, error, match):
     with pytest.raises(error, match=match):
         loss.functional(embeddings, labels)
