@@ -45,15 +45,29 @@ inline void check_finite(double value, const char* name) {
   TORCH_CHECK(std::isfinite(value), "embedplug: ", name, " must be a finite number, got ", value);
 }
 
+// The anchors the reducer counts (rules::counted_by_reducer), from the class sizes: the decision is
+// structural, so it is the same whatever the losses rounded to.
+inline at::Tensor anchors_counted_by_reducer(const at::Tensor& labels, const at::Tensor& losses,
+                                             const ContrastiveOptions& options) {
+  if (options.loss == ContrastiveLoss::kMultiSimilarity) return at::ones_like(losses, losses.options().dtype(at::kBool));
+  const auto flat = labels.reshape({-1});
+  const auto [values, inverse, counts] = at::_unique2(flat, /*sorted=*/false, /*return_inverse=*/true, /*return_counts=*/true);
+  const auto class_size = counts.index_select(0, inverse.reshape({-1}));
+  const auto positives = class_size - 1;
+  const auto negatives = flat.size(0) - class_size;
+  const auto structural = options.loss == ContrastiveLoss::kSupCon ? positives.ge(1).logical_and_((positives + negatives).ge(2))
+                                                                   : positives.ge(1).logical_and_(negatives.ge(1));
+  return structural.logical_or_(losses.isnan());
+}
+
 // Whether grad_losses is g on the anchors the reducer counts and 0 elsewhere (what the reduction
 // always gives): then the gradient is g times the forward's unit gradient.
-inline std::optional<at::Tensor> scaled_unit_gradient(const at::Tensor& grad_losses, const at::Tensor& losses,
-                                               const at::Tensor& unit_grad, const ContrastiveOptions& options) {
+inline std::optional<at::Tensor> scaled_unit_gradient(const at::Tensor& grad_losses, const at::Tensor& labels,
+                                                      const at::Tensor& losses, const at::Tensor& unit_grad,
+                                                      const ContrastiveOptions& options) {
   if (unit_grad.numel() == 0) return std::nullopt;
   TORCH_CHECK(unit_grad.dim() == 2 && unit_grad.size(0) == losses.size(0), "embedplug: unit_grad must be empty or [N, D]");
-  const auto counted = options.loss == ContrastiveLoss::kMultiSimilarity
-                           ? at::ones_like(losses, losses.options().dtype(at::kBool))
-                           : losses.gt(0).logical_or_(losses.isnan());
+  const auto counted = anchors_counted_by_reducer(labels, losses, options);
   const auto grad = grad_losses.to(unit_grad.scalar_type());
   if (!grad.masked_select(counted.logical_not()).eq(0).all().item<bool>()) return std::nullopt;
   const auto on_counted = grad.masked_select(counted);

@@ -16,7 +16,7 @@
 // and merges per-tile maxima and exp sums online; it applies the same predicates and logits
 // (keeps_positive / keeps_negative, unshifted_logit, logit_slope) and the same finish_row.
 // The formulas, their evaluation order and PyTorch-metric-learning 2.9's conventions (its logsumexp
-// with add_one, Softplus's threshold, AvgNonZero's "loss > 0") are reproduced so that float32
+// with add_one, Softplus's threshold, AvgNonZero's "loss > 0" taken in exact arithmetic) are reproduced so that float32
 // results equal PML's to rounding.
 #pragma once
 
@@ -288,11 +288,26 @@ C10_HOST_DEVICE inline scalar_t column_weight(const ContrastiveParams<scalar_t>&
   return same_label ? weight + row.positive_offset : weight;
 }
 
-// Whether AvgNonZeroReducer counts this loss (NaN counted too, so that bad input poisons the mean).
+// Whether the reducer counts anchor i. AvgNonZeroReducer averages over the losses that are > 0; the
+// decision is taken on the exact value, which the pair counts settle, never on a float32 result that
+// rounded a tiny positive loss to 0 (that would rescale the whole batch's gradient):
+//   SupCon: -mean_p log softmax[p] > 0 exactly when the softmax has a second column besides p;
+//   Circle: softplus(.) > 0 for every anchor with a positive and a negative (others are masked to 0);
+//   MultiSimilarity: MeanReducer counts every anchor.
+// NaN is counted, so that bad input poisons the mean instead of silently shrinking the batch.
 template <typename scalar_t>
-C10_HOST_DEVICE inline bool counted_by_reducer(const ContrastiveParams<scalar_t>& p, scalar_t loss) {
-  if (p.loss == ContrastiveLoss::kMultiSimilarity) return true;  // MeanReducer: every anchor
-  return loss > scalar_t(0) || loss != loss;
+C10_HOST_DEVICE inline bool counted_by_reducer(const ContrastiveParams<scalar_t>& p, int64_t positive_pairs,
+                                               int64_t negative_pairs, scalar_t loss) {
+  if (loss != loss) return true;
+  switch (p.loss) {
+    case ContrastiveLoss::kMultiSimilarity:
+      return true;
+    case ContrastiveLoss::kSupCon:
+      return positive_pairs >= 1 && positive_pairs + negative_pairs >= 2;
+    case ContrastiveLoss::kCircle:
+    default:
+      return positive_pairs >= 1 && negative_pairs >= 1;
+  }
 }
 
 }  // namespace rules

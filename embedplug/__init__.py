@@ -5,7 +5,7 @@ is loaded (or its absence reported) by :mod:`embedplug._extension`.
 """
 
 from embedplug import ops as _ops  # noqa: F401  (registers fake kernels and autograd for the loaded ops)
-from embedplug._extension import backend_info
+from embedplug.ops import backend_info
 from embedplug.hookspecs import hookimpl
 from embedplug.registry import get_loss, get_sampler, list_plugins
 

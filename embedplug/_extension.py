@@ -1,7 +1,8 @@
-"""Loads the compiled extension ``embedplug._C`` once and reports which implementation each op uses.
+"""Loads the compiled extension ``embedplug._C`` once and answers what it holds.
 
 The extension registers its ops with the dispatcher when it is imported. If it is missing or
-fails to load, embedplug keeps working on the pure-torch reference and says why, once.
+fails to load, embedplug keeps working on the pure-torch reference and says why, once. Which
+implementation each op runs is reported by :func:`embedplug.ops.backend_info`.
 """
 
 from __future__ import annotations
@@ -58,30 +59,12 @@ def has_kernel(op_name: str, device_type: str) -> bool:
         return False
 
 
-# Ops whose availability backend_info() reports; op modules append themselves on import.
-REPORTED_OPS: list[str] = []
-
-
-def _op_backend(op_name: str, device_type: str) -> dict:
-    if has_kernel(op_name, device_type):
-        return {"implementation": "fused", "reason": f"embedplug._C kernel for {device_type.upper()}"}
+def has_schema(op_name: str) -> bool:
+    """Whether the loaded extension defines the schema ``embedplug::op_name``."""
     if not STATUS.loaded:
-        reason = f"extension not loaded ({STATUS.reason})"
-    else:
-        reason = f"extension has no {device_type.upper()} kernel for this op"
-    return {"implementation": "reference", "reason": f"pure-torch reference: {reason}"}
-
-
-def backend_info() -> dict:
-    """Which implementation each op runs on CPU and CUDA, and why.
-
-    Returns a JSON-able dict ``{"extension": {...}, "ops": {op: {"cpu": {...}, "cuda": {...}}}}``.
-    """
-    import embedplug.ops  # noqa: F401  (populates REPORTED_OPS)
-
-    return {
-        "extension": {"loaded": STATUS.loaded, "reason": STATUS.reason, **STATUS.build_info},
-        "torch": torch.__version__,
-        "cuda_available": torch.cuda.is_available(),
-        "ops": {op: {device: _op_backend(op, device) for device in ("cpu", "cuda")} for op in REPORTED_OPS},
-    }
+        return False
+    try:
+        torch._C._dispatch_has_kernel_for_dispatch_key(f"embedplug::{op_name}", "CPU")
+    except RuntimeError:
+        return False
+    return True

@@ -53,7 +53,7 @@ Tile<scalar_t> tile_of(const TilePair& pair, const scalar_t* gram) {
 // which is what the rules' per-row non-finite test sees.
 bool any_non_finite_row(const at::Tensor& unit) { return !unit.isfinite().all().item<bool>(); }
 
-// The losses, pair counts and (with row_weight) the gradient of sum_a row_weight(a, loss_a) loss_a.
+// The losses, pair counts and (with row_weight) the gradient of sum_a row_weight(a, row_a) loss_a.
 template <ContrastiveLoss Loss, bool Mine, typename scalar_t, typename RowWeight>
 ContrastiveOutputs run_tiles(const at::Tensor& embeddings, const int64_t* labels, const ContrastiveOptions& options,
                              RowWeight* row_weight) {
@@ -115,7 +115,7 @@ ContrastiveOutputs run_tiles(const at::Tensor& embeddings, const int64_t* labels
     positive_pairs[a] = result.positive_pairs;
     negative_pairs[a] = result.negative_pairs;
     if (row_weight == nullptr) continue;
-    const scalar_t w = (*row_weight)(a, result.loss);
+    const scalar_t w = (*row_weight)(a, result);
     for (int g = 0; g < 2; ++g) {
       gradients.maximum[g * n + a] = sums.maximum[g];
       gradients.coefficient[g * n + a] = w == scalar_t(0) ? scalar_t(0) : w * result.coefficient[g];
@@ -190,7 +190,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrastive_forward(c
   AT_DISPATCH_FLOATING_TYPES(embeddings.scalar_type(), "labelled_contrastive_forward_cpu", [&] {
     const ContrastiveParams<scalar_t> p = options.params<scalar_t>();
     // Unit weight on every anchor the reducer averages over: its gradient is 1 / count for each.
-    auto counted = [&](int64_t, scalar_t loss) { return rules::counted_by_reducer(p, loss) ? scalar_t(1) : scalar_t(0); };
+    auto counted = [&](int64_t, const rules::RowResult<scalar_t>& row) {
+      return rules::counted_by_reducer(p, row.positive_pairs, row.negative_pairs, row.loss) ? scalar_t(1) : scalar_t(0);
+    };
     out = run_contrastive<scalar_t>(embeddings, label_ptr, options, compute_grad ? &counted : nullptr);
   });
   return {out.losses, out.positive_pairs, out.negative_pairs, out.unit_grad};
@@ -204,14 +206,14 @@ at::Tensor contrastive_backward(const char* op, const at::Tensor& grad_losses, c
   const int64_t n = embeddings.size(0);
   TORCH_CHECK(grad_losses.dim() == 1 && grad_losses.size(0) == n && losses.dim() == 1 && losses.size(0) == n,
               "embedplug: grad_losses and losses must be [N]");
-  if (auto scaled = scaled_unit_gradient(grad_losses, losses, unit_grad, options)) return *scaled;
+  if (auto scaled = scaled_unit_gradient(grad_losses, labels, losses, unit_grad, options)) return *scaled;
   const auto labels_contiguous = labels.contiguous();
   const int64_t* label_ptr = labels_contiguous.data_ptr<int64_t>();
   at::Tensor grad;
   AT_DISPATCH_FLOATING_TYPES(embeddings.scalar_type(), "labelled_contrastive_backward_cpu", [&] {
     const auto weights = grad_losses.detach().to(embeddings.scalar_type()).contiguous();
     const scalar_t* weight_ptr = weights.data_ptr<scalar_t>();
-    auto incoming = [&](int64_t a, scalar_t) { return weight_ptr[a]; };
+    auto incoming = [&](int64_t a, const rules::RowResult<scalar_t>&) { return weight_ptr[a]; };
     grad = run_contrastive<scalar_t>(embeddings, label_ptr, options, &incoming).unit_grad;
   });
   return grad;

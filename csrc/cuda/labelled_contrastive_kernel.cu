@@ -130,7 +130,7 @@ __global__ void contrastive_rows_kernel(ContrastiveParams<scalar_t> p, scalar_t*
     positive_pairs[a] = result.positive_pairs;
     negative_pairs[a] = result.negative_pairs;
     scalar_t weight = scalar_t(0);
-    if (mode == RowWeights::kUnitOnCounted) weight = rules::counted_by_reducer(p, result.loss) ? scalar_t(1) : scalar_t(0);
+    if (mode == RowWeights::kUnitOnCounted) weight = rules::counted_by_reducer(p, result.positive_pairs, result.negative_pairs, result.loss) ? scalar_t(1) : scalar_t(0);
     if (mode == RowWeights::kIncoming) weight = incoming[a];
     row_weight = weight;
   }
@@ -239,7 +239,7 @@ at::Tensor contrastive_backward(const char* op, const at::Tensor& grad_losses, c
   const int64_t n = embeddings.size(0);
   TORCH_CHECK(grad_losses.dim() == 1 && grad_losses.size(0) == n && losses.dim() == 1 && losses.size(0) == n,
               "embedplug: grad_losses and losses must be [N]");
-  if (auto scaled = scaled_unit_gradient(grad_losses, losses, unit_grad, options)) return *scaled;
+  if (auto scaled = scaled_unit_gradient(grad_losses, labels, losses, unit_grad, options)) return *scaled;
   return run_contrastive(embeddings, labels, options, RowWeights::kIncoming, grad_losses.detach()).grad;
 }
 

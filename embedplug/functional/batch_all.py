@@ -14,8 +14,7 @@ from embedplug._validation import (
     check_labels,
 )
 from embedplug.distances import kernel_distance
-from embedplug.ops import batch_all_triplet_loss_forward
-from embedplug.reference.batch_all import POSITIVE_TRIPLET_THRESHOLD, batch_all_from_distance_matrix
+from embedplug.ops.batch_all import batch_all_from_distance_matrix, batch_all_triplet_loss_forward, reduce_batch_all_sums
 
 
 def batch_all_triplet_loss(
@@ -52,4 +51,4 @@ def batch_all_triplet_loss(
         loss_sums, counts = batch_all_from_distance_matrix(
             check_distance_matrix(distance(embeddings), embeddings, caller), labels, margin
         )
-    return loss_sums.sum() / (counts.sum().to(loss_sums.dtype) + POSITIVE_TRIPLET_THRESHOLD)
+    return reduce_batch_all_sums(loss_sums, counts)

@@ -15,7 +15,7 @@ from embedplug._validation import (
 )
 from embedplug.distances import kernel_distance
 from embedplug.ops import batch_hard_mining
-from embedplug.reference.batch_hard import mine_from_distance_matrix
+from embedplug.ops.batch_hard import mine_from_distance_matrix
 
 
 def batch_hard_triplet_loss(

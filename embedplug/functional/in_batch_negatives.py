@@ -20,7 +20,7 @@ from embedplug._validation import (
     check_same_device,
 )
 from embedplug.ops import masked_infonce, masked_infonce_mean
-from embedplug.reference.multiple_negatives_ranking import multiple_negatives_ranking_loss as reference_mnrl
+from embedplug.ops.masked_infonce import multiple_negatives_ranking_loss as reference_mnrl
 
 # nn.CosineSimilarity's eps, which GISTEmbedLoss uses: x.y / (max(|x|, eps) max(|y|, eps)).
 COSINE_SIMILARITY_EPS = 1e-8

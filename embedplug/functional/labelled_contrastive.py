@@ -1,14 +1,11 @@
 """Label-aware contrastive losses on raw embeddings: SupCon (Khosla et al. 2020), multi-similarity
 (Wang et al. 2019) and circle (Sun et al. 2020), equal to pytorch-metric-learning 2.9's.
 
-The per-anchor losses come from the fused ops (O(N) memory); here only PML's reducers and its
-degenerate-batch rules are applied:
-  * ``GenericPairLoss`` returns 0 when every pair list has at most one entry (a batch of one, or a
-    miner that kept at most one positive and one negative pair); ``SupConLoss`` also when the batch
-    has no positive pair or no negative pair at all. That 0 is ``sum(embeddings * 0)``, as PML's.
-  * ``AvgNonZeroReducer`` (SupCon, circle): the mean over the anchors whose loss is > 0; NaN losses
-    are kept in the mean so that bad input gives NaN rather than a silently smaller batch.
-  * ``MeanReducer`` (multi-similarity): the mean over every anchor.
+The per-anchor losses come from the fused ops (O(N) memory); the reducers are the ops' own
+(:mod:`embedplug.ops.labelled_contrastive`): PML's ``AvgNonZeroReducer`` (SupCon, circle) over the
+anchors whose loss is > 0 in exact arithmetic, ``MeanReducer`` (multi-similarity), and
+``GenericPairLoss``'s 0 for batches with too few pairs (``sum(embeddings * 0)``, as PML's).
+Hyper-parameters are checked once, at the op's boundary.
 """
 
 from __future__ import annotations
@@ -19,36 +16,6 @@ from embedplug._validation import check_embeddings, check_labels
 from embedplug.ops import labelled_contrastive as ops
 
 
-def _check_positive(value: float, name: str, caller: str) -> float:
-    value = float(value)
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"{caller}: {name} must be a positive finite number, got {value}")
-    return value
-
-
-def _check_finite(value: float, name: str, caller: str) -> float:
-    value = float(value)
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"{caller}: {name} must be a finite number, got {value}")
-    return value
-
-
-def _zero_loss(embeddings: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """PML's ``zero_loss``: ``sum(embeddings * 0)`` (0 with a zero gradient; NaN for non-finite input)."""
-    return (embeddings * 0).sum().to(dtype)
-
-
-def _avg_non_zero(losses: torch.Tensor) -> torch.Tensor:
-    counted = (losses > 0) | losses.isnan()
-    total = torch.where(counted, losses, torch.zeros_like(losses)).sum()
-    return total / counted.sum().clamp(min=1).to(losses.dtype)
-
-
-def _few_pairs(positive_pairs: torch.Tensor, negative_pairs: torch.Tensor) -> torch.Tensor:
-    """GenericPairLoss's early exit: every pair list (anchor-positive, anchor-negative) has <= 1 entry."""
-    return (positive_pairs.sum() <= 1) & (negative_pairs.sum() <= 1)
-
-
 def supervised_contrastive_loss(
     embeddings: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1
 ) -> torch.Tensor:
@@ -56,7 +23,7 @@ def supervised_contrastive_loss(
 
     Args:
         embeddings: [N, D] floating tensor (float16/bfloat16 are computed in float32).
-        labels: [N] integer class ids (any shape with N elements).
+        labels: [N] (or [N, 1]) class ids.
         temperature: the softmax temperature T.
 
     Returns:
@@ -67,10 +34,8 @@ def supervised_contrastive_loss(
     caller = "supervised_contrastive_loss"
     check_embeddings(embeddings, caller)
     labels = check_labels(labels, embeddings, caller)
-    temperature = _check_positive(temperature, "temperature", caller)
-    losses, positive, negative = ops.supcon_loss_forward(embeddings, labels, temperature)
-    degenerate = (positive.sum() == 0) | (negative.sum() == 0)
-    return torch.where(degenerate, _zero_loss(embeddings, losses.dtype), _avg_non_zero(losses))
+    outputs = ops.supcon_loss_forward(embeddings, labels, temperature)
+    return ops.reduce_supcon((embeddings,), outputs)
 
 
 def multi_similarity_loss(
@@ -85,7 +50,7 @@ def multi_similarity_loss(
 
     Args:
         embeddings: [N, D] floating tensor.
-        labels: [N] integer class ids (any shape with N elements).
+        labels: [N] (or [N, 1]) class ids.
         alpha, beta, base: PML's ``MultiSimilarityLoss`` parameters (positive scale, negative scale,
             similarity offset).
         mining_epsilon: ``None`` uses every pair; a number uses the pairs
@@ -101,13 +66,8 @@ def multi_similarity_loss(
     caller = "multi_similarity_loss"
     check_embeddings(embeddings, caller)
     labels = check_labels(labels, embeddings, caller)
-    alpha = _check_positive(alpha, "alpha", caller)
-    beta = _check_positive(beta, "beta", caller)
-    base = _check_finite(base, "base", caller)
-    if mining_epsilon is not None:
-        mining_epsilon = _check_finite(mining_epsilon, "mining_epsilon", caller)
-    losses, positive, negative = ops.multi_similarity_loss_forward(embeddings, labels, alpha, beta, base, mining_epsilon)
-    return torch.where(_few_pairs(positive, negative), _zero_loss(embeddings, losses.dtype), losses.mean())
+    outputs = ops.multi_similarity_loss_forward(embeddings, labels, alpha, beta, base, mining_epsilon)
+    return ops.reduce_multi_similarity((embeddings,), outputs)
 
 
 def circle_loss(embeddings: torch.Tensor, labels: torch.Tensor, m: float = 0.4, gamma: float = 80.0) -> torch.Tensor:
@@ -115,7 +75,7 @@ def circle_loss(embeddings: torch.Tensor, labels: torch.Tensor, m: float = 0.4, 
 
     Args:
         embeddings: [N, D] floating tensor.
-        labels: [N] integer class ids (any shape with N elements).
+        labels: [N] (or [N, 1]) class ids.
         m: the relaxation margin (optima 1 - m for positives, m for negatives).
         gamma: the scale.
 
@@ -127,7 +87,5 @@ def circle_loss(embeddings: torch.Tensor, labels: torch.Tensor, m: float = 0.4, 
     caller = "circle_loss"
     check_embeddings(embeddings, caller)
     labels = check_labels(labels, embeddings, caller)
-    m = _check_finite(m, "m", caller)
-    gamma = _check_positive(gamma, "gamma", caller)
-    losses, positive, negative = ops.circle_loss_forward(embeddings, labels, m, gamma)
-    return torch.where(_few_pairs(positive, negative), _zero_loss(embeddings, losses.dtype), _avg_non_zero(losses))
+    outputs = ops.circle_loss_forward(embeddings, labels, m, gamma)
+    return ops.reduce_circle((embeddings,), outputs)

@@ -14,8 +14,14 @@ from embedplug._validation import (
     check_labels,
 )
 from embedplug.distances import kernel_distance
-from embedplug.ops import semi_hard_triplet_loss_forward
-from embedplug.reference.semi_hard import semi_hard_from_distance_matrix
+from embedplug.ops.semi_hard import (
+    positive_pair_count,
+    reduce_semi_hard_sums,
+    semi_hard_from_distance_matrix,
+    semi_hard_triplet_loss_forward,
+)
+
+__all__ = ["batch_semi_hard_triplet_loss", "positive_pair_count"]
 
 
 def batch_semi_hard_triplet_loss(
@@ -55,15 +61,5 @@ def batch_semi_hard_triplet_loss(
         loss_sums = semi_hard_from_distance_matrix(
             check_distance_matrix(distance(embeddings), embeddings, caller), labels, margin
         )
-    return loss_sums.sum() / positive_pair_count(labels).to(loss_sums.dtype).clamp(min=1e-16)
+    return reduce_semi_hard_sums(loss_sums, labels)
 
-
-def positive_pair_count(labels: torch.Tensor) -> torch.Tensor:
-    """Number of ordered pairs (a, p), a != p, with equal labels: sum over samples of (class size - 1).
-
-    O(N log N) with static shapes (a sort and two searches, no ``unique``), so it compiles
-    without graph breaks.
-    """
-    ordered = labels.sort().values
-    class_size = torch.searchsorted(ordered, labels, right=True) - torch.searchsorted(ordered, labels)
-    return (class_size - 1).sum()

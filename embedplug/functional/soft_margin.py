@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from embedplug._validation import check_distance, check_distance_matrix, check_embeddings, check_labels
 from embedplug.distances import kernel_distance
 from embedplug.ops import batch_hard_mining
-from embedplug.reference.batch_hard import mine_from_distance_matrix
+from embedplug.ops.batch_hard import mine_from_distance_matrix
 
 
 def batch_hard_soft_margin_triplet_loss(

@@ -11,7 +11,7 @@ from embedplug._validation import check_distance, check_finite_number
 from embedplug.functional.semi_hard import batch_semi_hard_triplet_loss
 from embedplug.losses.base import LabelledBatchLoss
 from embedplug.losses.distance_functions import BatchHardTripletLossDistanceFunction
-from embedplug.reference.semi_hard import _masked_maximum
+from embedplug.ops.semi_hard import _masked_maximum
 
 
 class BatchSemiHardTripletLoss(LabelledBatchLoss):

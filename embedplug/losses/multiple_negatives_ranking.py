@@ -21,7 +21,7 @@ from embedplug.functional.in_batch_negatives import (
 )
 from embedplug.losses.base import EmbeddingLoss
 from embedplug.ops.masked_infonce import fused_backend_info
-from embedplug.reference.multiple_negatives_ranking import multiple_negatives_ranking_loss as reference_mnrl
+from embedplug.ops.masked_infonce import multiple_negatives_ranking_loss as reference_mnrl
 
 logger = logging.getLogger(__name__)
 

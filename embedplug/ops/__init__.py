@@ -1,24 +1,29 @@
-"""Python front of the extension's ops: fake kernels, autograd, and the fused-or-reference dispatch.
-
-Importing a module here registers its op's fake (meta) kernel and autograd formula, but only when
-``embedplug._C`` loaded; otherwise the functions run the pure-torch reference.
+"""The extension's ops, each declared once (:mod:`embedplug.ops.spec`) and run through one generic
+layer (:mod:`embedplug.ops.layer`): boundary checks, fused-or-reference dispatch, fake kernels and
+autograd (registered only when ``embedplug._C`` loaded), and the backend report.
 """
 
 from embedplug.ops.batch_all import batch_all_triplet_loss_forward
 from embedplug.ops.batch_hard import batch_hard_mining
-from embedplug.ops.labelled_contrastive import circle_loss_forward, multi_similarity_loss_forward, supcon_loss_forward
 from embedplug.ops.hardest_negative import hardest_off_diagonal_similarity
+from embedplug.ops.labelled_contrastive import circle_loss_forward, multi_similarity_loss_forward, supcon_loss_forward
+from embedplug.ops.layer import SPECS, backend, backend_info, force_reference, runs_fused
 from embedplug.ops.masked_infonce import masked_infonce, masked_infonce_mean
 from embedplug.ops.semi_hard import semi_hard_triplet_loss_forward
 
 __all__ = [
+    "SPECS",
+    "backend",
+    "backend_info",
     "batch_all_triplet_loss_forward",
     "batch_hard_mining",
     "circle_loss_forward",
+    "force_reference",
     "hardest_off_diagonal_similarity",
     "masked_infonce",
     "masked_infonce_mean",
     "multi_similarity_loss_forward",
+    "runs_fused",
     "semi_hard_triplet_loss_forward",
     "supcon_loss_forward",
 ]

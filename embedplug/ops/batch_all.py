@@ -1,56 +1,45 @@
-"""``embedplug::batch_all_triplet_loss_forward``: registration and dispatch."""
+"""``embedplug::batch_all_triplet_loss_forward``: per-anchor batch-all triplet sums fused with the distances."""
 
 from __future__ import annotations
 
 import torch
 
-from embedplug import _extension
-from embedplug._validation import check_finite_number, check_same_device
-from embedplug.distances import canonical_distance
+from embedplug.ops import _triplet_sums, layer
+from embedplug.ops.spec import Distance, Embeddings, Labels, OpSpec, Real
 from embedplug.reference import batch_all as reference
+from embedplug.reference.batch_all import (  # noqa: F401  (the custom-distance path)
+    POSITIVE_TRIPLET_THRESHOLD,
+    batch_all_from_distance_matrix,
+)
 
-OP_NAME = "batch_all_triplet_loss_forward"
-_extension.REPORTED_OPS.append(OP_NAME)
 
-# Resolved once so that torch.compile sees a constant, not a dispatcher query.
-_FUSED_DEVICE_TYPES = frozenset(d for d in ("cpu", "cuda") if _extension.has_kernel(OP_NAME, d))
+def _fake(embeddings, labels, distance, margin, compute_grad):
+    n = embeddings.shape[0]
+    unit_grad = embeddings.new_empty(embeddings.shape if compute_grad else (0,))
+    return embeddings.new_empty((n,)), labels.new_empty((n,)), unit_grad
 
-if _extension.STATUS.loaded:
 
-    @torch.library.register_fake("embedplug::batch_all_triplet_loss_forward")
-    def _forward_fake(embeddings, labels, distance, margin, compute_grad):
-        n = embeddings.shape[0]
-        unit_grad = embeddings.new_empty(embeddings.shape if compute_grad else (0,))
-        return embeddings.new_empty((n,)), labels.new_empty((n,)), unit_grad
+def reduce_batch_all_sums(loss_sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """BatchAllTripletLoss: the sum of the triplet losses over (the number above 1e-16) + 1e-16."""
+    return loss_sums.sum() / (counts.sum().to(loss_sums.dtype) + POSITIVE_TRIPLET_THRESHOLD)
 
-    @torch.library.register_fake("embedplug::_batch_all_triplet_loss_backward")
-    def _backward_fake(grad_sums, embeddings, labels, unit_grad, distance, margin):
-        return torch.empty_like(embeddings)
 
-    def _setup_context(ctx, inputs, output):
-        embeddings, labels, distance, margin, _compute_grad = inputs
-        _sums, counts, unit_grad = output
-        ctx.save_for_backward(embeddings, labels, unit_grad)
-        ctx.distance = distance
-        ctx.margin = margin
-        ctx.mark_non_differentiable(counts, unit_grad)
+def reduce_batch_all(inputs: tuple, outputs: tuple) -> torch.Tensor:
+    """:func:`reduce_batch_all_sums` of the op's outputs."""
+    return reduce_batch_all_sums(*outputs)
 
-    def _backward(ctx, grad_sums, _grad_counts, _grad_unit):
-        embeddings, labels, unit_grad = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            # The kernel's per-pair weights are constants here; a second derivative would silently be 0.
-            raise RuntimeError(
-                "embedplug::batch_all_triplet_loss_forward does not support double backward (create_graph=True); "
-                "run the pure-torch reference (a custom distance callable, or EMBEDPLUG_DISABLE_EXT=1) for higher-order gradients"
-            )
-        grad_embeddings = torch.ops.embedplug._batch_all_triplet_loss_backward(
-            grad_sums, embeddings, labels, unit_grad, ctx.distance, ctx.margin
-        )
-        return grad_embeddings, None, None, None, None
 
-    torch.library.register_autograd(
-        "embedplug::batch_all_triplet_loss_forward", _backward, setup_context=_setup_context
-    )
+BATCH_ALL = layer.declare(OpSpec(
+    name="batch_all_triplet_loss_forward",
+    args=(Embeddings("embeddings"), Labels(), Distance("distance"), Real("margin")),
+    reference=reference.batch_all_triplet_loss_forward,
+    fake=_fake,
+    outputs=2,
+    autograd=_triplet_sums.autograd("_batch_all_triplet_loss_backward"),
+    compute_grad_at=4,
+    reduce=reduce_batch_all,
+    samples=_triplet_sums.samples,
+))
 
 
 def batch_all_triplet_loss_forward(
@@ -60,26 +49,13 @@ def batch_all_triplet_loss_forward(
 
     Args:
         embeddings: [N, D] floating tensor (float16/bfloat16 are computed in float32).
-        labels: [N] int64 class ids on the same device.
+        labels: [N] integer class ids on the same device.
         distance: "euclidean", "squared_euclidean" or "cosine".
-        margin: the triplet margin.
+        margin: the triplet margin (finite).
 
     Returns:
         loss_sums: [N] (float32/float64), differentiable — per anchor the sum over its valid
             triplets of ``max((d_ap - d_an) + margin, 0)``.
         counts: [N] int64 — per anchor the number of those triplets above 1e-16.
     """
-    check_same_device("embedplug.ops.batch_all_triplet_loss_forward", embeddings=embeddings, labels=labels)
-    margin = check_finite_number(margin, "margin", "embedplug.ops.batch_all_triplet_loss_forward")
-    distance = canonical_distance(distance)
-    if embeddings.dtype in (torch.float16, torch.bfloat16):
-        embeddings = embeddings.float()
-    if embeddings.device.type in _FUSED_DEVICE_TYPES:
-        # The loss weights every anchor alike, so the kernel can apply the gradient's per-pair
-        # weights in the forward pass it already makes, saving the backward a distance GEMM.
-        compute_grad = torch.is_grad_enabled() and embeddings.requires_grad
-        sums, counts, _ = torch.ops.embedplug.batch_all_triplet_loss_forward(
-            embeddings, labels, distance, float(margin), compute_grad
-        )
-        return sums, counts
-    return reference.batch_all_triplet_loss_forward(embeddings, labels, distance, float(margin))
+    return layer.call(BATCH_ALL, embeddings, labels, distance, margin)

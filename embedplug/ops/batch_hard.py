@@ -1,51 +1,42 @@
-"""``embedplug::batch_hard_mining``: registration and dispatch."""
+"""``embedplug::batch_hard_mining``: per-anchor batch-hard triplet mining fused with the distances."""
 
 from __future__ import annotations
 
 import torch
 
-from embedplug import _extension
-from embedplug._validation import check_same_device
-from embedplug.distances import canonical_distance
+from embedplug.ops import layer
+from embedplug.ops.samples import labelled_batches
+from embedplug.ops.spec import Autograd, Distance, Embeddings, Labels, OpSpec, Sample
 from embedplug.reference import batch_hard as reference
+from embedplug.reference.batch_hard import mine_from_distance_matrix  # noqa: F401  (the custom-distance path)
 from embedplug.reference.pairwise import paired_distances
 
-OP_NAME = "batch_hard_mining"
-_extension.REPORTED_OPS.append(OP_NAME)
 
-# Resolved once so that torch.compile sees a constant, not a dispatcher query.
-_FUSED_DEVICE_TYPES = frozenset(d for d in ("cpu", "cuda") if _extension.has_kernel(OP_NAME, d))
+def _fake(embeddings, labels, distance):
+    n = embeddings.shape[0]
+    return embeddings.new_empty((n, 3)), labels.new_empty((n, 3))
 
-if _extension.STATUS.loaded:
 
-    @torch.library.register_fake("embedplug::batch_hard_mining")
-    def _batch_hard_mining_fake(embeddings, labels, distance):
-        n = embeddings.shape[0]
-        return embeddings.new_empty((n, 3)), labels.new_empty((n, 3))
+def _backward_fake(grad_distances, embeddings, distances, indices, distance):
+    return torch.empty_like(embeddings)
 
-    @torch.library.register_fake("embedplug::_batch_hard_mining_backward")
-    def _batch_hard_mining_backward_fake(grad_distances, embeddings, distances, indices, distance):
-        return torch.empty_like(embeddings)
 
-    def _setup_context(ctx, inputs, output):
-        embeddings, _labels, distance = inputs
-        distances, indices = output
-        ctx.save_for_backward(embeddings, distances, indices)
-        ctx.distance = distance
-        ctx.mark_non_differentiable(indices)
+def _setup_context(ctx, inputs, output):
+    embeddings, _labels, distance = inputs
+    distances, indices = output
+    ctx.save_for_backward(embeddings, distances, indices)
+    ctx.distance = distance
+    ctx.mark_non_differentiable(indices)
 
-    def _backward(ctx, grad_distances, _grad_indices):
-        embeddings, distances, indices = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            # create_graph=True: the kernel's scatter is not differentiable, so rebuild the (at most
-            # 3N) mined distances in torch, O(N D), and let autograd differentiate them again.
-            return _differentiable_backward(grad_distances, embeddings, indices, ctx.distance), None, None
-        grad_embeddings = torch.ops.embedplug._batch_hard_mining_backward(
-            grad_distances, embeddings, distances, indices, ctx.distance
-        )
-        return grad_embeddings, None, None
 
-    torch.library.register_autograd("embedplug::batch_hard_mining", _backward, setup_context=_setup_context)
+def _backward(ctx, grad_distances, _grad_indices):
+    embeddings, distances, indices = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        # create_graph=True: the kernel's scatter is not differentiable, so rebuild the (at most
+        # 3N) mined distances in torch, O(N D), and let autograd differentiate them again.
+        return _differentiable_backward(grad_distances, embeddings, indices, ctx.distance), None, None
+    grad = torch.ops.embedplug._batch_hard_mining_backward(grad_distances, embeddings, distances, indices, ctx.distance)
+    return grad, None, None
 
 
 def _differentiable_backward(
@@ -70,6 +61,30 @@ def _differentiable_backward(
     return torch.zeros_like(embeddings) if grad is None else grad
 
 
+def reduce_batch_hard(inputs: tuple, outputs: tuple) -> torch.Tensor:
+    """BatchHardTripletLoss with margin 5: mean over anchors of relu(d_ap - d_an + 5)."""
+    distances, _ = outputs
+    return torch.relu(distances[:, 0] - (distances[:, 1] + distances[:, 2]) + 5.0).mean()
+
+
+def _samples(dtype):
+    for regime, x, y in labelled_batches(dtype):
+        for distance in ("euclidean", "squared_euclidean", "cosine"):
+            yield Sample((x, y, distance), regime)
+
+
+BATCH_HARD = layer.declare(OpSpec(
+    name="batch_hard_mining",
+    args=(Embeddings("embeddings"), Labels(), Distance("distance")),
+    reference=reference.batch_hard_mining,
+    fake=_fake,
+    outputs=2,
+    autograd=Autograd(_setup_context, _backward, "_batch_hard_mining_backward", _backward_fake, double_backward="supported"),
+    reduce=reduce_batch_hard,
+    samples=_samples,
+))
+
+
 def batch_hard_mining(
     embeddings: torch.Tensor, labels: torch.Tensor, distance: str = "euclidean"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,7 +93,7 @@ def batch_hard_mining(
     Args:
         embeddings: [N, D] floating tensor (float16/bfloat16 are computed in float32, as
             sentence-transformers' euclidean distance does).
-        labels: [N] int64 class ids on the same device.
+        labels: [N] integer class ids on the same device.
         distance: "euclidean", "squared_euclidean" or "cosine".
 
     Returns:
@@ -87,10 +102,4 @@ def batch_hard_mining(
             negative; the batch-hard negative term is ``distances[:, 1] + distances[:, 2]``.
         indices: [N, 3] int64 — the column each distance came from, -1 for an unused slot.
     """
-    check_same_device("embedplug.ops.batch_hard_mining", embeddings=embeddings, labels=labels)
-    distance = canonical_distance(distance)
-    if embeddings.dtype in (torch.float16, torch.bfloat16):
-        embeddings = embeddings.float()
-    if embeddings.device.type in _FUSED_DEVICE_TYPES:
-        return torch.ops.embedplug.batch_hard_mining(embeddings, labels, distance)
-    return reference.batch_hard_mining(embeddings, labels, distance)
+    return layer.call(BATCH_HARD, embeddings, labels, distance)

@@ -1,90 +1,173 @@
-"""``embedplug::masked_infonce``: registration and dispatch."""
+"""``embedplug::masked_infonce`` and ``masked_infonce_mean``: the masked in-batch softmax cross-entropy
+of GISTEmbedLoss (guide-filtered) and MultipleNegativesRankingLoss (unguided), fused with the GEMMs."""
 
 from __future__ import annotations
 
 import torch
 
-from embedplug import _extension
-from embedplug._validation import check_finite_number, check_finite_rows, check_positive_number, check_same_device
+from embedplug._validation import check_finite_rows
+from embedplug.ops import layer
+from embedplug.ops.samples import paired_batches, unit_rows
+from embedplug.ops.spec import Autograd, Choice, Count, Embeddings, Flag, OpSpec, Real, Sample
 from embedplug.reference import masked_infonce as reference
+from embedplug.reference.masked_infonce import HARDNESS_MODES, MARGIN_STRATEGIES, PARTITION_MODES
+from embedplug.reference.multiple_negatives_ranking import multiple_negatives_ranking_loss  # noqa: F401
 
-OP_NAME = "masked_infonce"
-MEAN_OP_NAME = "masked_infonce_mean"
-_extension.REPORTED_OPS.extend([OP_NAME, MEAN_OP_NAME])
+# Position of compute_grad among the mean op's schema arguments (the MNRL options follow it).
+_MEAN_COMPUTE_GRAD = 11
 
-_FUSED_DEVICE_TYPES = frozenset(d for d in ("cpu", "cuda") if _extension.has_kernel(OP_NAME, d))
-_FUSED_MEAN_DEVICE_TYPES = frozenset(d for d in ("cpu", "cuda") if _extension.has_kernel(MEAN_OP_NAME, d))
+_COMMON_ARGS = (
+    Embeddings("anchors"),
+    Embeddings("candidates", same_dim_as="anchors"),
+    Embeddings("guide_anchors", same_rows_as="anchors", optional=True, differentiable=False),
+    Embeddings("guide_candidates", same_rows_as="candidates", same_dim_as="guide_anchors", optional=True,
+               differentiable=False),
+    Real("scale", positive=True),
+    Choice("margin_strategy", MARGIN_STRATEGIES),
+    Real("margin"),
+    Flag("anchor_anchor"),
+    Flag("positive_anchor"),
+    Count("positive_candidate_columns"),
+    Flag("exclude_self"),
+)
 
-if _extension.STATUS.loaded:
 
-    @torch.library.register_fake("embedplug::masked_infonce")
-    def _masked_infonce_fake(anchors, candidates, guide_anchors, guide_candidates, *options):
-        n = anchors.shape[0]
-        return anchors.new_empty((n,)), anchors.new_empty((n,))
-
-    @torch.library.register_fake("embedplug::_masked_infonce_backward")
-    def _masked_infonce_backward_fake(grad_loss, anchors, candidates, *rest):
-        return torch.empty_like(anchors), torch.empty_like(candidates)
-
-    def _setup_context(ctx, inputs, output):
-        anchors, candidates, guide_anchors, guide_candidates, *options = inputs
-        _loss, log_normalizer = output
-        ctx.save_for_backward(anchors, candidates, guide_anchors, guide_candidates, log_normalizer)
-        ctx.options = options
-        ctx.mark_non_differentiable(log_normalizer)
-
-    def _backward(ctx, grad_loss, _grad_log_normalizer):
-        anchors, candidates, guide_anchors, guide_candidates, log_normalizer = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            # The recomputing kernel is not differentiable; a second derivative would silently be 0.
-            raise RuntimeError(
-                "embedplug::masked_infonce does not support double backward (create_graph=True); "
-                "run the pure-torch reference (EMBEDPLUG_DISABLE_EXT=1) for higher-order gradients"
-            )
-        grad_anchors, grad_candidates = torch.ops.embedplug._masked_infonce_backward(
-            grad_loss, anchors, candidates, guide_anchors, guide_candidates, log_normalizer, *ctx.options
+def _validate(args: tuple, caller: str) -> None:
+    anchors, candidates, guide_anchors, guide_candidates = args[:4]
+    n, m = anchors.shape[0], candidates.shape[0]
+    if m < n or m % n:
+        raise ValueError(
+            f"{caller}: candidates must be the N = {n} positives followed by whole columns of N negatives "
+            f"(M a multiple of N), got M = {m}"
         )
-        # Guide similarities only select entries: no gradient reaches the guide.
-        return (grad_anchors, grad_candidates, None, None) + (None,) * len(ctx.options)
+    if (guide_anchors is None) != (guide_candidates is None):
+        raise ValueError(f"{caller}: pass both guide_anchors and guide_candidates, or neither")
+    if args[9] > m:
+        raise ValueError(f"{caller}: positive_candidate_columns must be <= M = {m}, got {args[9]}")
+    check_finite_rows(caller, guide_anchors=guide_anchors, guide_candidates=guide_candidates)
 
-    torch.library.register_autograd("embedplug::masked_infonce", _backward, setup_context=_setup_context)
 
-    # Position of compute_grad among the mean op's arguments (the MNRL options follow it, with defaults).
-    _MEAN_COMPUTE_GRAD = 11
+def _fake(anchors, candidates, guide_anchors, guide_candidates, *options):
+    n = anchors.shape[0]
+    return anchors.new_empty((n,)), anchors.new_empty((n,))
 
-    @torch.library.register_fake("embedplug::masked_infonce_mean")
-    def _masked_infonce_mean_fake(anchors, candidates, guide_anchors, guide_candidates, *options):
-        # The dispatcher drops trailing arguments equal to their defaults: index from the front.
-        compute_grad = options[_MEAN_COMPUTE_GRAD - 4]
-        rows_anchors, rows_candidates = (anchors.shape[0], candidates.shape[0]) if compute_grad else (0, 0)
-        return (
-            anchors.new_empty(()),
-            anchors.new_empty((rows_anchors, anchors.shape[1])),
-            candidates.new_empty((rows_candidates, candidates.shape[1])),
-        )
 
-    def _setup_mean_context(ctx, inputs, output):
-        _loss, grad_anchors, grad_candidates = output
-        ctx.compute_grad = inputs[_MEAN_COMPUTE_GRAD]
-        ctx.save_for_backward(grad_anchors, grad_candidates)
-        ctx.mark_non_differentiable(grad_anchors, grad_candidates)
+def _backward_fake(grad_loss, anchors, candidates, *rest):
+    return torch.empty_like(anchors), torch.empty_like(candidates)
 
-    def _mean_backward(ctx, grad_loss, _grad_anchors, _grad_candidates):
-        if not ctx.compute_grad:
-            raise RuntimeError(
-                "embedplug::masked_infonce_mean was called with compute_grad=False, so it has no gradient; "
-                "call embedplug.ops.masked_infonce_mean, which sets it when an input requires grad"
-            )
-        if torch.is_grad_enabled():
-            # The saved gradient is a constant here; a second derivative would silently be wrong.
-            raise RuntimeError("embedplug::masked_infonce_mean does not support double backward (create_graph=True)")
-        grad_anchors, grad_candidates = ctx.saved_tensors
-        # One entry per argument the dispatcher passed (defaulted trailing ones may be absent).
-        return (grad_loss * grad_anchors, grad_loss * grad_candidates) + (None,) * (len(ctx.needs_input_grad) - 2)
 
-    torch.library.register_autograd(
-        "embedplug::masked_infonce_mean", _mean_backward, setup_context=_setup_mean_context
+def _setup_context(ctx, inputs, output):
+    anchors, candidates, guide_anchors, guide_candidates, *options = inputs
+    _loss, log_normalizer = output
+    ctx.save_for_backward(anchors, candidates, guide_anchors, guide_candidates, log_normalizer)
+    ctx.options = options
+    ctx.mark_non_differentiable(log_normalizer)
+
+
+def _backward(ctx, grad_loss, _grad_log_normalizer):
+    anchors, candidates, guide_anchors, guide_candidates, log_normalizer = ctx.saved_tensors
+    grad_anchors, grad_candidates = torch.ops.embedplug._masked_infonce_backward(
+        grad_loss, anchors, candidates, guide_anchors, guide_candidates, log_normalizer, *ctx.options
     )
+    # Guide similarities only select entries: no gradient reaches the guide.
+    return (grad_anchors, grad_candidates, None, None) + (None,) * len(ctx.options)
+
+
+def _mean_fake(anchors, candidates, guide_anchors, guide_candidates, *options):
+    # The dispatcher drops trailing arguments equal to their defaults: index from the front.
+    compute_grad = options[_MEAN_COMPUTE_GRAD - 4]
+    rows_anchors, rows_candidates = (anchors.shape[0], candidates.shape[0]) if compute_grad else (0, 0)
+    return (
+        anchors.new_empty(()),
+        anchors.new_empty((rows_anchors, anchors.shape[1])),
+        candidates.new_empty((rows_candidates, candidates.shape[1])),
+    )
+
+
+def _setup_mean_context(ctx, inputs, output):
+    _loss, grad_anchors, grad_candidates = output
+    ctx.compute_grad = inputs[_MEAN_COMPUTE_GRAD]
+    ctx.save_for_backward(grad_anchors, grad_candidates)
+    ctx.mark_non_differentiable(grad_anchors, grad_candidates)
+
+
+def _mean_backward(ctx, grad_loss, _grad_anchors, _grad_candidates):
+    if not ctx.compute_grad:
+        raise RuntimeError(
+            "embedplug::masked_infonce_mean was called with compute_grad=False, so it has no gradient; "
+            "call embedplug.ops.masked_infonce_mean, which sets it when an input requires grad"
+        )
+    grad_anchors, grad_candidates = ctx.saved_tensors
+    # One entry per argument the dispatcher passed (defaulted trailing ones may be absent).
+    return (grad_loss * grad_anchors, grad_loss * grad_candidates) + (None,) * (len(ctx.needs_input_grad) - 2)
+
+
+def _option_sets():
+    """(regime suffix, options after the four tensors) covering GIST's and MNRL's configurations."""
+    yield "unguided", (20.0, "none", 0.0, False, False, 0, True)
+    yield "all blocks, scale 100", (100.0, "none", 0.0, True, True, 8, True)
+    yield "absolute margin", (20.0, "absolute", 0.1, True, True, 8, True)
+    yield "relative margin, self kept", (20.0, "relative", 0.05, True, False, 0, False)
+
+
+def _with_guides(dtype, guided: bool):
+    for regime, anchors, candidates in paired_batches(dtype):
+        anchors, candidates = unit_rows(anchors), unit_rows(candidates)
+        guides = (unit_rows(anchors[:, :4] + 0.1), unit_rows(candidates[:, :4] + 0.1)) if guided else (None, None)
+        yield regime, anchors, candidates, guides
+
+
+def _samples(dtype):
+    for guided in (False, True):
+        for regime, anchors, candidates, guides in _with_guides(dtype, guided):
+            for suffix, options in _option_sets():
+                if options[1] != "none" and not guided and options[2] > 0.08:
+                    continue
+                pcc = min(options[5], candidates.shape[0])
+                options = options[:5] + (pcc,) + options[6:]
+                # Guide thresholds compare computed similarities: float32 may keep what float64 drops.
+                yield Sample((anchors, candidates, *guides, *options), f"{regime}, {suffix}, guided={guided}",
+                             float32_matches_float64=options[1] == "none")
+
+
+def _mean_samples(dtype):
+    for sample in _samples(dtype):
+        yield Sample(sample.args + ("joint", "none", 0.0), sample.regime, sample.float32_matches_float64)
+    for regime, anchors, candidates, guides in _with_guides(dtype, False):
+        for partition, hardness, strength in (("per_direction", "none", 0.0), ("joint", "all_negatives", 3.0),
+                                              ("joint", "in_batch_negatives", 1.0), ("joint", "hard_negatives", 2.0)):
+            options = (20.0, "none", 0.0, False, True, 0, True, partition, hardness, strength)
+            yield Sample((anchors, candidates, *guides, *options), f"{regime}, {partition}, {hardness}")
+
+
+MASKED_INFONCE = layer.declare(OpSpec(
+    name="masked_infonce",
+    args=_COMMON_ARGS,
+    reference=reference.masked_infonce,
+    fake=_fake,
+    outputs=2,
+    autograd=Autograd(_setup_context, _backward, "_masked_infonce_backward", _backward_fake),
+    validate=_validate,
+    reduce=lambda inputs, outputs: outputs[0].mean(),
+    samples=_samples,
+))
+
+MASKED_INFONCE_MEAN = layer.declare(OpSpec(
+    name="masked_infonce_mean",
+    args=_COMMON_ARGS + (
+        Choice("partition_mode", PARTITION_MODES),
+        Choice("hardness_mode", HARDNESS_MODES, aliases={None: "none"}),
+        Real("hardness_strength", non_negative=True),
+    ),
+    reference=reference.masked_infonce_mean,
+    fake=_mean_fake,
+    outputs=1,
+    autograd=Autograd(_setup_mean_context, _mean_backward),
+    compute_grad_at=_MEAN_COMPUTE_GRAD,
+    validate=_validate,
+    reduce=lambda inputs, outputs: outputs[0],
+    samples=_mean_samples,
+))
 
 
 def masked_infonce(
@@ -123,60 +206,15 @@ def masked_infonce(
             and candidates.
         log_normalizer: [N] the per-row log-sum-exp (non-differentiable).
     """
-    arguments = _arguments(
-        anchors, candidates, guide_anchors, guide_candidates, scale, margin_strategy, margin, anchor_anchor,
-        positive_anchor, positive_candidate_columns, exclude_self,
-    )
-    if arguments[0].device.type in _FUSED_DEVICE_TYPES:
-        return torch.ops.embedplug.masked_infonce(*arguments)
-    return reference.masked_infonce(*arguments)
-
-
-def _arguments(
-    anchors, candidates, guide_anchors, guide_candidates, scale, margin_strategy, margin, anchor_anchor,
-    positive_anchor, positive_candidate_columns, exclude_self,
-) -> tuple:
-    """The op's positional arguments, checked; half precision runs in float32 (autograd casts the gradient back)."""
-    caller = "embedplug.ops.masked_infonce"
-    check_same_device(
-        caller, anchors=anchors, candidates=candidates, guide_anchors=guide_anchors, guide_candidates=guide_candidates
-    )
-    scale = check_positive_number(scale, "scale", caller)
-    margin = check_finite_number(margin, "margin", caller)
-    if guide_anchors is not None and guide_candidates is not None:
-        if (
-            guide_anchors.dim() != 2 or guide_candidates.dim() != 2
-            or guide_anchors.shape[0] != anchors.shape[0] or guide_candidates.shape[0] != candidates.shape[0]
-            or guide_anchors.shape[1] != guide_candidates.shape[1]
-        ):
-            raise ValueError(
-                f"{caller}: guide_anchors and guide_candidates must be [N, Dg] and [M, Dg] with the student's rows "
-                f"(N = {anchors.shape[0]}, M = {candidates.shape[0]}), got {tuple(guide_anchors.shape)} and "
-                f"{tuple(guide_candidates.shape)}"
-            )
-        check_finite_rows(caller, guide_anchors=guide_anchors, guide_candidates=guide_candidates)
-    if anchors.dtype in (torch.float16, torch.bfloat16):
-        anchors, candidates = anchors.float(), candidates.float()
-    if guide_anchors is not None:
-        guide_anchors, guide_candidates = guide_anchors.to(anchors.dtype), guide_candidates.to(anchors.dtype)
-    return (
-        anchors,
-        candidates,
-        guide_anchors,
-        guide_candidates,
-        float(scale),
-        margin_strategy,
-        float(margin),
-        bool(anchor_anchor),
-        bool(positive_anchor),
-        int(positive_candidate_columns),
-        bool(exclude_self),
+    return layer.call(
+        MASKED_INFONCE, anchors, candidates, guide_anchors, guide_candidates, scale, margin_strategy, margin,
+        anchor_anchor, positive_anchor, positive_candidate_columns, exclude_self,
     )
 
 
 def fused_backend_info(device_type: str) -> dict:
     """``{"implementation": "fused"|"reference", "reason": ...}`` of the mean op the losses call, on ``device_type``."""
-    return _extension._op_backend(MEAN_OP_NAME, device_type)
+    return layer.backend(MASKED_INFONCE_MEAN, device_type)
 
 
 def masked_infonce_mean(
@@ -209,21 +247,16 @@ def masked_infonce_mean(
             ``+ hardness_strength * stop_grad(<a_i, c_j>)``.
         hardness_strength: >= 0; 0 turns the weighting off.
 
-    The fused kernel computes d mean / d inputs while the
-    softmax strips are at hand (3 GEMMs per student block instead of 4, guide blocks once instead of
-    twice) when ``anchors`` or ``candidates`` requires grad under grad mode; backward then only scales
-    the saved gradients. Double backward is not supported.
+    The fused kernel computes d mean / d inputs while the softmax strips are at hand when
+    ``anchors`` or ``candidates`` requires grad under grad mode; backward then only scales the
+    saved gradients. Double backward is not supported.
 
     Returns:
         Scalar mean loss, differentiable w.r.t. anchors and candidates.
     """
-    arguments = _arguments(
-        anchors, candidates, guide_anchors, guide_candidates, scale, margin_strategy, margin, anchor_anchor,
-        positive_anchor, positive_candidate_columns, exclude_self,
+    (loss,) = layer.call(
+        MASKED_INFONCE_MEAN, anchors, candidates, guide_anchors, guide_candidates, scale, margin_strategy, margin,
+        anchor_anchor, positive_anchor, positive_candidate_columns, exclude_self, partition_mode, hardness_mode,
+        hardness_strength,
     )
-    mnrl_options = (partition_mode, "none" if hardness_mode is None else hardness_mode, float(hardness_strength))
-    if arguments[0].device.type in _FUSED_MEAN_DEVICE_TYPES:
-        compute_grad = torch.is_grad_enabled() and (anchors.requires_grad or candidates.requires_grad)
-        loss, _, _ = torch.ops.embedplug.masked_infonce_mean(*arguments, compute_grad, *mnrl_options)
-        return loss
-    return reference.masked_infonce_mean(*arguments, *mnrl_options)
+    return loss

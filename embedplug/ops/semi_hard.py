@@ -1,55 +1,52 @@
-"""``embedplug::semi_hard_triplet_loss_forward``: registration and dispatch."""
+"""``embedplug::semi_hard_triplet_loss_forward``: per-anchor semi-hard triplet sums fused with the distances."""
 
 from __future__ import annotations
 
 import torch
 
-from embedplug import _extension
-from embedplug._validation import check_finite_number, check_same_device
-from embedplug.distances import canonical_distance
+from embedplug.ops import _triplet_sums, layer
+from embedplug.ops.spec import Distance, Embeddings, Labels, OpSpec, Real
 from embedplug.reference import semi_hard as reference
+from embedplug.reference.semi_hard import _masked_maximum, semi_hard_from_distance_matrix  # noqa: F401
 
-OP_NAME = "semi_hard_triplet_loss_forward"
-_extension.REPORTED_OPS.append(OP_NAME)
 
-# Resolved once so that torch.compile sees a constant, not a dispatcher query.
-_FUSED_DEVICE_TYPES = frozenset(d for d in ("cpu", "cuda") if _extension.has_kernel(OP_NAME, d))
+def _fake(embeddings, labels, distance, margin, compute_grad):
+    unit_grad = embeddings.new_empty(embeddings.shape if compute_grad else (0,))
+    return embeddings.new_empty((embeddings.shape[0],)), unit_grad
 
-if _extension.STATUS.loaded:
 
-    @torch.library.register_fake("embedplug::semi_hard_triplet_loss_forward")
-    def _forward_fake(embeddings, labels, distance, margin, compute_grad):
-        unit_grad = embeddings.new_empty(embeddings.shape if compute_grad else (0,))
-        return embeddings.new_empty((embeddings.shape[0],)), unit_grad
+def positive_pair_count(labels: torch.Tensor) -> torch.Tensor:
+    """Number of ordered pairs (a, p), a != p, with equal labels: sum over samples of (class size - 1).
 
-    @torch.library.register_fake("embedplug::_semi_hard_triplet_loss_backward")
-    def _backward_fake(grad_sums, embeddings, labels, unit_grad, distance, margin):
-        return torch.empty_like(embeddings)
+    O(N log N) with static shapes (a sort and two searches, no ``unique``), so it compiles
+    without graph breaks.
+    """
+    ordered = labels.sort().values
+    class_size = torch.searchsorted(ordered, labels, right=True) - torch.searchsorted(ordered, labels)
+    return (class_size - 1).sum()
 
-    def _setup_context(ctx, inputs, output):
-        embeddings, labels, distance, margin, _compute_grad = inputs
-        _sums, unit_grad = output
-        ctx.save_for_backward(embeddings, labels, unit_grad)
-        ctx.distance = distance
-        ctx.margin = margin
-        ctx.mark_non_differentiable(unit_grad)
 
-    def _backward(ctx, grad_sums, _grad_unit):
-        embeddings, labels, unit_grad = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            # The kernel's per-pair weights are constants here; a second derivative would silently be 0.
-            raise RuntimeError(
-                "embedplug::semi_hard_triplet_loss_forward does not support double backward (create_graph=True); "
-                "run the pure-torch reference (a custom distance callable, or EMBEDPLUG_DISABLE_EXT=1) for higher-order gradients"
-            )
-        grad_embeddings = torch.ops.embedplug._semi_hard_triplet_loss_backward(
-            grad_sums, embeddings, labels, unit_grad, ctx.distance, ctx.margin
-        )
-        return grad_embeddings, None, None, None, None
+def reduce_semi_hard_sums(loss_sums: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """BatchSemiHardTripletLoss: the sum over positive pairs over their number (clamped at 1e-16)."""
+    return loss_sums.sum() / positive_pair_count(labels).to(loss_sums.dtype).clamp(min=1e-16)
 
-    torch.library.register_autograd(
-        "embedplug::semi_hard_triplet_loss_forward", _backward, setup_context=_setup_context
-    )
+
+def reduce_semi_hard(inputs: tuple, outputs: tuple) -> torch.Tensor:
+    """:func:`reduce_semi_hard_sums` of the op's outputs."""
+    return reduce_semi_hard_sums(outputs[0], inputs[1])
+
+
+SEMI_HARD = layer.declare(OpSpec(
+    name="semi_hard_triplet_loss_forward",
+    args=(Embeddings("embeddings"), Labels(), Distance("distance"), Real("margin")),
+    reference=reference.semi_hard_triplet_loss_forward,
+    fake=_fake,
+    outputs=1,
+    autograd=_triplet_sums.autograd("_semi_hard_triplet_loss_backward"),
+    compute_grad_at=4,
+    reduce=reduce_semi_hard,
+    samples=_triplet_sums.samples,
+))
 
 
 def semi_hard_triplet_loss_forward(
@@ -59,25 +56,13 @@ def semi_hard_triplet_loss_forward(
 
     Args:
         embeddings: [N, D] floating tensor (float16/bfloat16 are computed in float32).
-        labels: [N] int64 class ids on the same device.
+        labels: [N] integer class ids on the same device.
         distance: "euclidean", "squared_euclidean" or "cosine".
-        margin: the triplet margin.
+        margin: the triplet margin (finite).
 
     Returns:
         loss_sums: [N] (float32/float64), differentiable — per anchor the sum over its positives
         of ``max((d_ap - d_semi_hard_negative) + margin, 0)``.
     """
-    check_same_device("embedplug.ops.semi_hard_triplet_loss_forward", embeddings=embeddings, labels=labels)
-    margin = check_finite_number(margin, "margin", "embedplug.ops.semi_hard_triplet_loss_forward")
-    distance = canonical_distance(distance)
-    if embeddings.dtype in (torch.float16, torch.bfloat16):
-        embeddings = embeddings.float()
-    if embeddings.device.type in _FUSED_DEVICE_TYPES:
-        # The loss weights every anchor alike, so the kernel can apply the gradient's per-pair
-        # weights in the forward pass it already makes, saving the backward a distance GEMM.
-        compute_grad = torch.is_grad_enabled() and embeddings.requires_grad
-        sums, _ = torch.ops.embedplug.semi_hard_triplet_loss_forward(
-            embeddings, labels, distance, float(margin), compute_grad
-        )
-        return sums
-    return reference.semi_hard_triplet_loss_forward(embeddings, labels, distance, float(margin))
+    (sums,) = layer.call(SEMI_HARD, embeddings, labels, distance, margin)
+    return sums

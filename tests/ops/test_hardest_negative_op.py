@@ -81,9 +81,9 @@ def test_python_front_checks_and_upcasts():
     anchors = torch.randn(5, 4)
     with pytest.raises(ValueError, match="anchors must be 2-D"):
         hardest_off_diagonal_similarity(anchors[0], anchors)
-    with pytest.raises(ValueError, match="same embedding dimension, got 4 and 3"):
+    with pytest.raises(ValueError, match="candidates and anchors must have the same number of features, got 3 and 4"):
         hardest_off_diagonal_similarity(anchors, anchors[:, :3])
-    with pytest.raises(TypeError, match="candidates must be a floating tensor"):
+    with pytest.raises(TypeError, match="candidates must be a floating-point tensor"):
         hardest_off_diagonal_similarity(anchors, anchors.long())
     values, indices = hardest_off_diagonal_similarity(anchors.half(), anchors.half().t().contiguous().t())
     assert values.dtype == torch.float32

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from _support import requires_extension
 
-from embedplug.ops import masked_infonce_mean
+from embedplug.ops import layer, masked_infonce_mean
 from embedplug.reference.masked_infonce import hardness_mask
 from embedplug.reference.masked_infonce import masked_infonce_mean as reference_mean
 
@@ -246,14 +246,13 @@ def test_dispatch_upcasts_half_precision():
 def test_dispatch_without_the_kernel_runs_the_reference_with_the_same_options(monkeypatch):
     import importlib
 
-    dispatch = importlib.import_module("embedplug.ops.masked_infonce")  # the module, not the function
 
     anchors, candidates = make_inputs(40, 2, 8, torch.float64, seed=18)
     options = dict(scale=10.0, positive_anchor=True, partition_mode="per_direction", hardness_mode="all_negatives",
                    hardness_strength=3.0)
     results = []
-    for device_types in (dispatch._FUSED_MEAN_DEVICE_TYPES, frozenset()):
-        monkeypatch.setattr(dispatch, "_FUSED_MEAN_DEVICE_TYPES", device_types)
+    for forced in (False, True):
+        monkeypatch.setattr(layer, "_force_reference", forced)
         a, c = anchors.clone().requires_grad_(), candidates.clone().requires_grad_()
         loss = masked_infonce_mean(a, c, **options)
         results.append((loss, *torch.autograd.grad(loss, (a, c))))
