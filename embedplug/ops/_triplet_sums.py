@@ -33,10 +33,13 @@ def autograd(backward_op: str) -> Autograd:
 
 
 def samples(dtype):
+    from embedplug.ops.batch_hard import distance_tolerances
+
     """Every label structure, each distance, the default margin and a small one. Their selections
     ("strictly above", counts above 1e-16) flip on a rounding, so float32 is compared with the
     float32 reference only."""
     for regime, x, y in labelled_batches(dtype):
         for distance in ("euclidean", "squared_euclidean", "cosine"):
             for margin in (5.0, 0.1):
-                yield Sample((x, y, distance, margin), regime, float32_matches_float64=False)
+                yield Sample((x, y, distance, margin), regime, float32_matches_float64=False,
+                             **distance_tolerances(x, distance))

@@ -67,10 +67,21 @@ def reduce_batch_hard(inputs: tuple, outputs: tuple) -> torch.Tensor:
     return torch.relu(distances[:, 0] - (distances[:, 1] + distances[:, 2]) + 5.0).mean()
 
 
+def distance_tolerances(x: torch.Tensor, distance: str) -> dict:
+    """How far two correct GEMM-based distances of ``x``'s rows may be apart: a Gram entry carries
+    eps * |x|^2, and the euclidean square root turns that into sqrt(eps) * |x| near 0."""
+    if distance == "cosine":
+        return {}
+    norm = float(x.double().norm(dim=1).max())
+    if distance == "squared_euclidean":
+        return {"float64_atol": max(1e-10, 1e-14 * norm**2), "float32_atol": max(2e-4, 1e-6 * norm**2)}
+    return {"float64_atol": 1e-6 * max(1.0, norm), "float32_atol": max(2e-4, 2e-3 * norm)}
+
+
 def _samples(dtype):
     for regime, x, y in labelled_batches(dtype):
         for distance in ("euclidean", "squared_euclidean", "cosine"):
-            yield Sample((x, y, distance), regime)
+            yield Sample((x, y, distance), regime, **distance_tolerances(x, distance))
 
 
 BATCH_HARD = layer.declare(OpSpec(

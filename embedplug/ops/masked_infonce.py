@@ -42,6 +42,8 @@ def _validate(args: tuple, caller: str) -> None:
         )
     if (guide_anchors is None) != (guide_candidates is None):
         raise ValueError(f"{caller}: pass both guide_anchors and guide_candidates, or neither")
+    if guide_anchors is not None and args[5] == "none":
+        raise ValueError(f"{caller}: guide embeddings given but margin_strategy is 'none'; a guide only filters with a margin")
     if args[9] > m:
         raise ValueError(f"{caller}: positive_candidate_columns must be <= M = {m}, got {args[9]}")
     check_finite_rows(caller, guide_anchors=guide_anchors, guide_candidates=guide_candidates)
@@ -121,7 +123,7 @@ def _samples(dtype):
     for guided in (False, True):
         for regime, anchors, candidates, guides in _with_guides(dtype, guided):
             for suffix, options in _option_sets():
-                if options[1] != "none" and not guided and options[2] > 0.08:
+                if guided and options[1] == "none":
                     continue
                 pcc = min(options[5], candidates.shape[0])
                 options = options[:5] + (pcc,) + options[6:]
@@ -137,7 +139,8 @@ def _mean_samples(dtype):
         for partition, hardness, strength in (("per_direction", "none", 0.0), ("joint", "all_negatives", 3.0),
                                               ("joint", "in_batch_negatives", 1.0), ("joint", "hard_negatives", 2.0)):
             options = (20.0, "none", 0.0, False, True, 0, True, partition, hardness, strength)
-            yield Sample((anchors, candidates, *guides, *options), f"{regime}, {partition}, {hardness}")
+            yield Sample((anchors, candidates, *guides, *options), f"{regime}, {partition}, {hardness}",
+                         gradcheck=hardness == "none")
 
 
 MASKED_INFONCE = layer.declare(OpSpec(
