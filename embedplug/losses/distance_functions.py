@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from embedplug.reference.pairwise import pairwise_distances
+from embedplug.ops.batch_hard import pairwise_distances
 
 
 class BatchHardTripletLossDistanceFunction:

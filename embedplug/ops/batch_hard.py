@@ -9,7 +9,7 @@ from embedplug.ops.samples import labelled_batches
 from embedplug.ops.spec import Autograd, Distance, Embeddings, Labels, OpSpec, Sample
 from embedplug.reference import batch_hard as reference
 from embedplug.reference.batch_hard import mine_from_distance_matrix  # noqa: F401  (the custom-distance path)
-from embedplug.reference.pairwise import paired_distances
+from embedplug.reference.pairwise import paired_distances, pairwise_distances  # noqa: F401  (the distance matrices of the custom-distance path)
 
 
 def _fake(embeddings, labels, distance):
