@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: test demo bench setup ext system-deps clean cuda-build gpu-wheels
+.PHONY: test demo bench docs setup ext system-deps clean cuda-build gpu-wheels
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,18 @@ bench: ext
 
 demo: ext system-deps
 	HF_HUB_OFFLINE=1 $(BIN)/embedplug train configs/demo-reverse-dictionary.toml --overwrite
+
+# The documentation site: docs/ and the API reference generated from the docstrings (mkdocs.yml), into
+# site/. --strict fails on any warning: a broken link or anchor, an unresolved reference, a docstring
+# griffe cannot parse, a public object without a docstring. The packages are pyproject.toml's `docs`
+# extra, installed by name so that the editable install (and its extension) is left alone.
+$(VENV)/.docs-installed: pyproject.toml | $(VENV)/.deps-installed
+	$(BIN)/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["docs"]))' > $(VENV)/docs-requirements.txt
+	$(BIN)/python -m pip install --quiet -r $(VENV)/docs-requirements.txt
+	touch $@
+
+docs: setup $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
 
 # CUDA build check (no GPU needed): a second environment with a CUDA 13.0 build of torch (from local
 # disk, ~5.5 GB), the extension compiled with nvcc for sm_80 and sm_90 into $(CUDA_BUILD_DIR) (never in
@@ -87,4 +99,4 @@ gpu-wheels: setup
 	@echo "$$(ls $(GPU_WHEELS)/*.whl | wc -l) wheels in $(GPU_WHEELS)/ ($$(du -sh $(GPU_WHEELS) | cut -f1))"
 
 clean:
-	rm -rf build $(CUDA_BUILD_DIR) embedplug/_C*.so
+	rm -rf build site $(CUDA_BUILD_DIR) embedplug/_C*.so

@@ -6,7 +6,7 @@ instead of touching global state, so embedplug can attribute, validate and refus
 embedplug's own losses and samplers are registered through these same hooks
 (:mod:`embedplug._builtin_plugin`).
 
-Every hook here must have a docstring and a section in README.md ("Writing a plugin"); a test enforces it.
+Every hook here must have a docstring and a section in docs/writing-a-plugin.md; a test enforces it.
 """
 
 from __future__ import annotations

@@ -110,6 +110,7 @@ class LabelledBatchLoss(EmbeddingLoss):
         return loss
 
     def labelled_batch_loss(self, labels: Tensor, embeddings: Tensor) -> Tensor:
+        """The loss of one batch: integer class ``labels`` [N] and ``embeddings`` [N, D] -> a scalar."""
         raise NotImplementedError
 
     def distance_metric_name(self) -> str:

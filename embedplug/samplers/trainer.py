@@ -69,7 +69,7 @@ def for_trainer(name: str | type, **options: Any) -> TrainerBatchSamplerFactory:
     Raises:
         ValueError: an option the trainer supplies itself.
         TypeError: ``name`` is neither a string nor a class, or an option the sampler does not accept.
-        Whatever ``embedplug.get_sampler`` raises for an unknown name.
+        KeyError: an unknown sampler name (``embedplug.registry.UnknownNameError``, from ``embedplug.get_sampler``).
     """
     if isinstance(name, str):
         import embedplug  # deferred: the registry imports this package to register the built-in samplers
