@@ -104,6 +104,24 @@ C10_HOST_DEVICE inline double product_then_sum(double sum, double x, double y) {
 #endif
 }
 
+// target - x * y with the product rounded first, on both backends: nvcc would otherwise contract it
+// into one fused multiply-add (g++ on x86 does not), and a near tie of the relative GIST threshold
+// would then fall on different sides on CPU and GPU.
+C10_HOST_DEVICE inline float difference_of_product(float target, float x, float y) {
+#ifdef __CUDA_ARCH__
+  return __fsub_rn(target, __fmul_rn(x, y));
+#else
+  return target - x * y;
+#endif
+}
+C10_HOST_DEVICE inline double difference_of_product(double target, double x, double y) {
+#ifdef __CUDA_ARCH__
+  return __dsub_rn(target, __dmul_rn(x, y));
+#else
+  return target - x * y;
+#endif
+}
+
 template <typename scalar_t>
 C10_HOST_DEVICE inline scalar_t exact_dot(const scalar_t* x, const scalar_t* y, int64_t dim) {
   scalar_t sum = 0;
@@ -114,7 +132,7 @@ C10_HOST_DEVICE inline scalar_t exact_dot(const scalar_t* x, const scalar_t* y, 
 // threshold_i from t_i = exact guide_sim(a_i, p_i).
 template <typename scalar_t>
 C10_HOST_DEVICE inline scalar_t guide_threshold(MarginStrategy strategy, scalar_t target, scalar_t margin) {
-  return strategy == MarginStrategy::kAbsolute ? target - margin : target - std::abs(target) * margin;
+  return strategy == MarginStrategy::kAbsolute ? target - margin : difference_of_product(target, std::abs(target), margin);
 }
 
 // A blocked GEMM's error on <x, y> is below dim * unit_roundoff * |x| |y|; 4x that

@@ -48,11 +48,6 @@ C10_HOST_DEVICE inline bool hardness_applies(HardnessMode mode, bool own_documen
   }
 }
 
-// The same rule by index: row i, column j of the query-to-doc block, N rows.
-C10_HOST_DEVICE inline bool hardness_applies_at(HardnessMode mode, int64_t row, int64_t column, int64_t n) {
-  return hardness_applies(mode, column % n == row, column < n);
-}
-
 // logit (scale * s, or -inf where the entry is dropped) plus strength * s. A dropped entry stays
 // dropped, whatever s is (a NaN similarity must not revive it).
 template <typename T>

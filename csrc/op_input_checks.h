@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <initializer_list>
 #include <optional>
 #include <utility>
@@ -41,6 +42,12 @@ inline const at::Tensor* optional_tensor(const std::optional<at::Tensor>& tensor
 inline void check_int64_input(const char* op, const char* name, const at::Tensor& tensor) {
   TORCH_CHECK_TYPE(tensor.scalar_type() == at::kLong, "embedplug::", op, ": ", name, " must be int64, got ",
                    tensor.scalar_type());
+}
+
+// A floating hyper-parameter that must be finite (margins): NaN or Inf would silently give 0 or a
+// wrong number rather than an error.
+inline void check_finite_option(const char* op, const char* name, double value) {
+  TORCH_CHECK_VALUE(std::isfinite(value), "embedplug::", op, ": ", name, " must be a finite number, got ", value);
 }
 
 }  // namespace embedplug

@@ -77,10 +77,6 @@ C10_HOST_DEVICE inline bool is_non_finite(scalar_t value) {
 // ---------------------------------------------------------------------------------------------
 // Label masks (ST's get_anchor_positive_triplet_mask / get_anchor_negative_triplet_mask).
 
-C10_HOST_DEVICE inline bool is_positive_pair(int64_t label_anchor, int64_t label_column, int64_t anchor,
-                                             int64_t column) {
-  return label_anchor == label_column && anchor != column;
-}
 C10_HOST_DEVICE inline bool is_negative_pair(int64_t label_anchor, int64_t label_column) {
   return label_anchor != label_column;
 }
@@ -163,10 +159,10 @@ struct BatchHardRowState {
 
   C10_HOST_DEVICE inline void merge(const BatchHardRowState& other) {
     non_finite |= other.non_finite;
-    keep_max(row_max, other.row_max.value, other.row_max.index);
-    keep_min(nearest_same_label, other.nearest_same_label.value, other.nearest_same_label.index);
-    keep_max(hardest_positive, other.hardest_positive.value, other.hardest_positive.index);
-    keep_min(nearest_negative, other.nearest_negative.value, other.nearest_negative.index);
+    row_max = merge_max(row_max, other.row_max);
+    nearest_same_label = merge_min(nearest_same_label, other.nearest_same_label);
+    hardest_positive = merge_max(hardest_positive, other.hardest_positive);
+    nearest_negative = merge_min(nearest_negative, other.nearest_negative);
   }
 };
 

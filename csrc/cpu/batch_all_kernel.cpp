@@ -254,6 +254,7 @@ bool symmetric_unit_gradient(const at::Tensor& x, DistanceKind kind, const int64
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_all_triplet_loss_forward_cpu(
     const at::Tensor& embeddings, const at::Tensor& labels, c10::string_view distance, double margin,
     bool compute_grad) {
+  check_finite_option("batch_all_triplet_loss_forward", "margin", margin);
   check_floating_inputs("batch_all_triplet_loss_forward", {{"embeddings", &embeddings}});
   check_int64_input("batch_all_triplet_loss_forward", "labels", labels);
   check_cpu_embeddings_and_labels(embeddings, labels);
@@ -308,6 +309,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_all_triplet_loss_forward_cp
 at::Tensor batch_all_triplet_loss_backward_cpu(const at::Tensor& grad_sums, const at::Tensor& embeddings,
                                               const at::Tensor& labels, const at::Tensor& unit_grad,
                                               c10::string_view distance, double margin) {
+  check_finite_option("_batch_all_triplet_loss_backward", "margin", margin);
   check_floating_inputs("_batch_all_triplet_loss_backward", {{"embeddings", &embeddings}});
   check_floating_inputs("_batch_all_triplet_loss_backward", {{"grad_sums", &grad_sums}});
   check_int64_input("_batch_all_triplet_loss_backward", "labels", labels);

@@ -1,5 +1,4 @@
-// Shared by the CPU masked in-batch softmax (InfoNCE) kernels: the option and input checks, the
-// softmax blocks a row runs over, the guide's thresholds and the epilogue that turns a similarity
+// Shared by the CPU masked in-batch softmax (InfoNCE) kernels: the guide's thresholds and the epilogue that turns a similarity
 // tile into masked logits. The rules themselves (column groups, the GIST predicate, the online
 // log-sum-exp) live in infonce_rules.h, shared with the CUDA kernels; semantics are documented there
 // and in masked_infonce_kernel.cpp.
@@ -12,6 +11,7 @@
 
 #include "cpu/pairwise_tiles.h"
 #include "infonce_rules.h"
+#include "masked_infonce_host.h"
 
 namespace embedplug {
 namespace cpu {
@@ -25,97 +25,12 @@ using embedplug::infonce::MarginStrategy;
 using embedplug::infonce::RunningLogSumExp;
 using embedplug::infonce::SoftmaxBlock;
 
-inline MarginStrategy parse_margin_strategy(c10::string_view name) {
-  const std::string_view view(name.data(), name.size());
-  if (view == "none") return MarginStrategy::kNone;
-  if (view == "absolute") return MarginStrategy::kAbsolute;
-  if (view == "relative") return MarginStrategy::kRelative;
-  TORCH_CHECK(false, "embedplug: unknown margin_strategy '", std::string(view),
-              "'; expected one of 'none', 'absolute', 'relative'");
-}
-
-struct InfoNCEOptions {
-  double scale;
-  MarginStrategy strategy;
-  double margin;
-  bool anchor_anchor;
-  bool positive_anchor;
-  int64_t positive_candidate_columns;
-  bool exclude_self;
-};
-
-inline std::vector<SoftmaxBlock> softmax_blocks(const InfoNCEOptions& options, int64_t n, int64_t m) {
-  const embedplug::infonce::SoftmaxBlockList list =
-      embedplug::infonce::softmax_blocks(options.anchor_anchor, options.positive_anchor,
-                                         options.positive_candidate_columns, options.exclude_self, n, m);
-  return std::vector<SoftmaxBlock>(list.blocks, list.blocks + list.count);
-}
-
-// The inputs as contiguous detached matrices: the tile GEMMs run on worker threads, which do not
-// inherit autograd guards, and the op carries its own backward.
-struct InfoNCEInputs {
-  at::Tensor anchors, candidates;              // student [N, D], [M, D]
-  at::Tensor guide_anchors, guide_candidates;  // [N, Dg], [M, Dg]; the student's when self-guided
-  bool guided = false;
-  bool self_guided = false;
-  int64_t n = 0, m = 0;
-};
-
-inline void check_inputs(const at::Tensor& anchors, const at::Tensor& candidates,
-                  const std::optional<at::Tensor>& guide_anchors,
-                  const std::optional<at::Tensor>& guide_candidates, const InfoNCEOptions& options) {
-  TORCH_CHECK(anchors.dim() == 2 && candidates.dim() == 2,
-              "embedplug: anchors and candidates must be 2-D [N, D] and [M, D], got ", anchors.sizes(),
-              " and ", candidates.sizes());
-  TORCH_CHECK(anchors.scalar_type() == at::kFloat || anchors.scalar_type() == at::kDouble,
-              "embedplug: the CPU kernel takes float32 or float64 embeddings, got ", anchors.scalar_type());
-  TORCH_CHECK(candidates.scalar_type() == anchors.scalar_type(),
-              "embedplug: anchors and candidates must have the same dtype");
-  const int64_t n = anchors.size(0);
-  const int64_t m = candidates.size(0);
-  TORCH_CHECK(n > 0, "embedplug: empty batch (N = 0)");
-  TORCH_CHECK(anchors.size(1) == candidates.size(1), "embedplug: anchors and candidates must have the same width D");
-  TORCH_CHECK(m >= n && m % n == 0,
-              "embedplug: candidates must be the N positives followed by whole columns of N negatives (M a "
-              "multiple of N = ", n, "), got M = ", m);
-  TORCH_CHECK(guide_anchors.has_value() == guide_candidates.has_value(),
-              "embedplug: give both guide_anchors and guide_candidates, or neither");
-  if (guide_anchors.has_value()) {
-    TORCH_CHECK(options.strategy != MarginStrategy::kNone,
-                "embedplug: guide embeddings given but margin_strategy is 'none'");
-    TORCH_CHECK(guide_anchors->dim() == 2 && guide_candidates->dim() == 2 && guide_anchors->size(0) == n &&
-                    guide_candidates->size(0) == m && guide_anchors->size(1) == guide_candidates->size(1),
-                "embedplug: guide embeddings must be [N, Dg] and [M, Dg] like the student's, got ",
-                guide_anchors->sizes(), " and ", guide_candidates->sizes());
-    TORCH_CHECK(guide_anchors->scalar_type() == anchors.scalar_type() &&
-                    guide_candidates->scalar_type() == anchors.scalar_type(),
-                "embedplug: guide embeddings must have the student's dtype");
-  }
-  TORCH_CHECK(options.positive_candidate_columns >= 0 && options.positive_candidate_columns <= m,
-              "embedplug: positive_candidate_columns must be in [0, M = ", m, "], got ",
-              options.positive_candidate_columns);
-  TORCH_CHECK(std::isfinite(options.scale) && options.scale > 0, "embedplug: scale must be a positive number");
-}
-
-inline InfoNCEInputs prepare_inputs(const at::Tensor& anchors, const at::Tensor& candidates,
-                             const std::optional<at::Tensor>& guide_anchors,
-                             const std::optional<at::Tensor>& guide_candidates, const InfoNCEOptions& options) {
-  InfoNCEInputs inputs;
-  inputs.anchors = anchors.detach().contiguous();
-  inputs.candidates = candidates.detach().contiguous();
-  inputs.n = anchors.size(0);
-  inputs.m = candidates.size(0);
-  inputs.guided = options.strategy != MarginStrategy::kNone;
-  inputs.self_guided = inputs.guided && !guide_anchors.has_value();
-  if (inputs.self_guided) {
-    inputs.guide_anchors = inputs.anchors;
-    inputs.guide_candidates = inputs.candidates;
-  } else if (inputs.guided) {
-    inputs.guide_anchors = guide_anchors->detach().contiguous();
-    inputs.guide_candidates = guide_candidates->detach().contiguous();
-  }
-  return inputs;
-}
+using embedplug::infonce_host::check_inputs;
+using embedplug::infonce_host::InfoNCEInputs;
+using embedplug::infonce_host::InfoNCEOptions;
+using embedplug::infonce_host::parse_margin_strategy;
+using embedplug::infonce_host::prepare_inputs;
+using embedplug::infonce_host::softmax_blocks;
 
 // Per-row thresholds and per-row guide norms (which bound the GEMM rounding error).
 template <typename scalar_t>
@@ -150,8 +65,12 @@ GuideState<scalar_t> make_guide_state(const InfoNCEInputs& inputs, const InfoNCE
   guide.candidates = inputs.guide_candidates.data_ptr<scalar_t>();
   guide.anchor_norm = row_norms<scalar_t>(inputs.guide_anchors);
   guide.candidate_norm = row_norms<scalar_t>(inputs.guide_candidates);
-  guide.max_anchor_norm = *std::max_element(guide.anchor_norm.begin(), guide.anchor_norm.end());
-  guide.max_candidate_norm = *std::max_element(guide.candidate_norm.begin(), guide.candidate_norm.end());
+  const auto dtype = inputs.guide_anchors.scalar_type();
+  auto as_tensor = [&](std::vector<scalar_t>& values) {
+    return at::from_blob(values.data(), {static_cast<int64_t>(values.size())}, at::TensorOptions().dtype(dtype));
+  };
+  guide.max_anchor_norm = infonce_host::nan_ignoring_maximum(as_tensor(guide.anchor_norm)).template item<scalar_t>();
+  guide.max_candidate_norm = infonce_host::nan_ignoring_maximum(as_tensor(guide.candidate_norm)).template item<scalar_t>();
   guide.relative_tolerance = embedplug::infonce::gemm_relative_tolerance<scalar_t>(guide.dim);
   guide.threshold.resize(inputs.n);
   const scalar_t margin = static_cast<scalar_t>(options.margin);
@@ -215,15 +134,21 @@ inline void write_masked_logits(const EntryFilter<scalar_t>& filter, scalar_t sc
       const scalar_t upper = threshold + band, lower = threshold - band;
       // Which entries the guide drops is data-dependent (about half of them at margin 0), so the
       // hot loop is a branch-free select; the rare entries inside the band are decided afterwards.
+      // Entries inside the band keep their raw similarity until masked_logit, the per-entry rule
+      // the CUDA epilogue runs, decides them (self-guided, that raw value is also the guide value).
       near_threshold.clear();
       for (int64_t c = 0; c < cols; ++c) {
         const scalar_t guide_value = guide_row[c];
         const GuideVerdict verdict = embedplug::infonce::guide_verdict(guide_value, lower, upper);
         if (verdict == GuideVerdict::kNearThreshold) near_threshold.push_back(c);
-        logits[c] = verdict == GuideVerdict::kDrop ? dropped : scale * logits[c];
+        const scalar_t kept = verdict == GuideVerdict::kNearThreshold ? logits[c] : scale * logits[c];
+        logits[c] = verdict == GuideVerdict::kDrop ? dropped : kept;
       }
       for (const int64_t c : near_threshold) {
-        if (!filter.guide_keeps_exact(i, column_begin + c)) logits[c] = dropped;
+        const int64_t j = column_begin + c;
+        logits[c] = embedplug::infonce::masked_logit(block, i, j, filter.n, scale, logits[c], /*guided=*/true,
+                                                     guide_row[c], lower, upper,
+                                                     [&] { return filter.guide_keeps_exact(i, j); });
       }
       if (target_in_tile) logits[i - column_begin] = scale * target_similarity;
     }
@@ -232,7 +157,9 @@ inline void write_masked_logits(const EntryFilter<scalar_t>& filter, scalar_t sc
       const int64_t stride = embedplug::infonce::self_column_stride(block, filter.n);
       const int64_t first = i + ((column_begin - i + stride - 1) / stride) * stride;
       for (int64_t j = std::max(first, i); j < column_end; j += stride) {
-        if (j >= column_begin) logits[j - column_begin] = dropped;
+        if (j >= column_begin && embedplug::infonce::is_self_column(block, i, j, filter.n)) {
+          logits[j - column_begin] = dropped;
+        }
       }
     }
   }

@@ -124,6 +124,7 @@ std::tuple<at::Tensor, at::Tensor> semi_hard_triplet_loss_forward_cpu(const at::
                                                                       const at::Tensor& labels,
                                                                       c10::string_view distance, double margin,
                                                                       bool compute_grad) {
+  check_finite_option("semi_hard_triplet_loss_forward", "margin", margin);
   check_floating_inputs("semi_hard_triplet_loss_forward", {{"embeddings", &embeddings}});
   check_int64_input("semi_hard_triplet_loss_forward", "labels", labels);
   check_cpu_embeddings_and_labels(embeddings, labels);
@@ -169,6 +170,7 @@ std::tuple<at::Tensor, at::Tensor> semi_hard_triplet_loss_forward_cpu(const at::
 at::Tensor semi_hard_triplet_loss_backward_cpu(const at::Tensor& grad_sums, const at::Tensor& embeddings,
                                               const at::Tensor& labels, const at::Tensor& unit_grad,
                                               c10::string_view distance, double margin) {
+  check_finite_option("_semi_hard_triplet_loss_backward", "margin", margin);
   check_floating_inputs("_semi_hard_triplet_loss_backward", {{"embeddings", &embeddings}});
   check_floating_inputs("_semi_hard_triplet_loss_backward", {{"grad_sums", &grad_sums}});
   check_int64_input("_semi_hard_triplet_loss_backward", "labels", labels);

@@ -118,6 +118,7 @@ void launch_rows(const at::Tensor& distances, const at::Tensor& labels, const De
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_all_triplet_loss_forward_cuda(
     const at::Tensor& embeddings, const at::Tensor& labels, c10::string_view distance, double margin,
     bool compute_grad) {
+  check_finite_option("batch_all_triplet_loss_forward", "margin", margin);
   check_cuda_embeddings_and_labels("batch_all_triplet_loss_forward", embeddings, labels);
   const at::cuda::CUDAGuard guard(embeddings.device());
   const DistanceKind kind = parse_distance(std::string_view(distance.data(), distance.size()));
@@ -150,6 +151,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_all_triplet_loss_forward_cu
 at::Tensor batch_all_triplet_loss_backward_cuda(const at::Tensor& grad_sums, const at::Tensor& embeddings,
                                                 const at::Tensor& labels, const at::Tensor& unit_grad,
                                                 c10::string_view distance, double margin) {
+  check_finite_option("_batch_all_triplet_loss_backward", "margin", margin);
   return per_anchor_loss_backward(
       "_batch_all_triplet_loss_backward", grad_sums, embeddings, labels, unit_grad, distance,
       [margin](const at::Tensor& block, const at::Tensor& labels_contiguous, const DeviceClasses& classes,

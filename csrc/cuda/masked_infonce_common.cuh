@@ -16,7 +16,8 @@
 
 #include <optional>
 
-#include "cpu/masked_infonce_common.h"
+#include "masked_infonce_host.h"
+#include "op_input_checks.h"
 #include "cuda/cuda_common.cuh"
 #include "infonce_rules.h"
 
@@ -24,8 +25,8 @@ namespace embedplug {
 namespace cuda {
 namespace infonce_strips {
 
-using embedplug::cpu::infonce::InfoNCEInputs;
-using embedplug::cpu::infonce::InfoNCEOptions;
+using embedplug::infonce_host::InfoNCEInputs;
+using embedplug::infonce_host::InfoNCEOptions;
 using embedplug::infonce::MarginStrategy;
 using embedplug::infonce::RunningLogSumExp;
 using embedplug::infonce::SoftmaxBlock;
@@ -58,14 +59,14 @@ inline CudaInfoNCEProblem make_cuda_problem(const char* op, const at::Tensor& an
                    " (embedplug.ops upcasts float16/bfloat16 to float32 before calling the op)");
   CudaInfoNCEProblem problem;
   problem.options = {scale,
-                     cpu::infonce::parse_margin_strategy(margin_strategy),
+                     infonce_host::parse_margin_strategy(margin_strategy),
                      margin,
                      anchor_anchor,
                      positive_anchor,
                      positive_candidate_columns,
                      exclude_self};
-  cpu::infonce::check_inputs(anchors, candidates, guide_anchors, guide_candidates, problem.options);
-  problem.inputs = cpu::infonce::prepare_inputs(anchors, candidates, guide_anchors, guide_candidates, problem.options);
+  infonce_host::check_inputs(anchors, candidates, guide_anchors, guide_candidates, problem.options);
+  problem.inputs = infonce_host::prepare_inputs(anchors, candidates, guide_anchors, guide_candidates, problem.options);
   problem.blocks = embedplug::infonce::softmax_blocks(anchor_anchor, positive_anchor, positive_candidate_columns,
                                                       exclude_self, problem.inputs.n, problem.inputs.m);
   return problem;
@@ -130,7 +131,8 @@ GuideTensors<scalar_t> make_device_guide(const InfoNCEInputs& inputs, const Info
       guide.anchor_norm.template data_ptr<scalar_t>(), guide.candidate_norm.template data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   // Maxima are exact whatever the reduction order; they stay on the device (no host sync).
-  guide.max_norms = at::stack({guide.anchor_norm.max(), guide.candidate_norm.max()});
+  guide.max_norms = at::stack({infonce_host::nan_ignoring_maximum(guide.anchor_norm),
+                               infonce_host::nan_ignoring_maximum(guide.candidate_norm)});
   scalar_t tolerance = embedplug::infonce::gemm_relative_tolerance<scalar_t>(dim);
   if (std::is_same_v<scalar_t, float> && at::globalContext().allowTF32CuBLAS()) {
     // TF32 GEMMs round each input to a 10-bit mantissa (unit roundoff 2^-11): their error on <x, y>

@@ -62,11 +62,12 @@ std::tuple<at::Tensor, at::Tensor> masked_infonce_cuda(
     const std::optional<at::Tensor>& guide_candidates, double scale, c10::string_view margin_strategy,
     double margin, bool anchor_anchor, bool positive_anchor, int64_t positive_candidate_columns,
     bool exclude_self) {
-  const at::cuda::CUDAGuard guard(anchors.device());
   const auto [options, inputs, blocks] =
       make_cuda_problem("masked_infonce", anchors, candidates, guide_anchors, guide_candidates, scale,
                         margin_strategy, margin, anchor_anchor, positive_anchor, positive_candidate_columns,
                         exclude_self);
+  // After every check (devices included): a guard on a bad input's device would act before the error.
+  const at::cuda::CUDAGuard guard(inputs.anchors.device());
   const bool separate_guide = inputs.guided && !inputs.self_guided;
   const StripLayout layout = make_strip_layout(blocks, inputs.n, separate_guide);
   auto loss = at::empty({inputs.n}, inputs.anchors.options());
@@ -91,13 +92,17 @@ std::tuple<at::Tensor, at::Tensor> masked_infonce_backward_cuda(
     const std::optional<at::Tensor>& guide_anchors, const std::optional<at::Tensor>& guide_candidates,
     const at::Tensor& log_normalizer, double scale, c10::string_view margin_strategy, double margin,
     bool anchor_anchor, bool positive_anchor, int64_t positive_candidate_columns, bool exclude_self) {
-  const at::cuda::CUDAGuard guard(anchors.device());
   check_same_cuda_device("_masked_infonce_backward",
                          {{"anchors", &anchors}, {"grad_loss", &grad_loss}, {"log_normalizer", &log_normalizer}});
+  // The dtype checks the CPU backward makes: grad_loss and log_normalizer share the anchors' dtype.
+  check_floating_inputs("_masked_infonce_backward",
+                        {{"anchors", &anchors}, {"grad_loss", &grad_loss}, {"log_normalizer", &log_normalizer}});
   const auto [options, inputs, blocks] =
       make_cuda_problem("_masked_infonce_backward", anchors, candidates, guide_anchors, guide_candidates, scale,
                         margin_strategy, margin, anchor_anchor, positive_anchor, positive_candidate_columns,
                         exclude_self);
+  // After every check (devices included): a guard on a bad input's device would act before the error.
+  const at::cuda::CUDAGuard guard(inputs.anchors.device());
   const int64_t n = inputs.n;
   TORCH_CHECK(grad_loss.dim() == 1 && grad_loss.size(0) == n && log_normalizer.dim() == 1 &&
                   log_normalizer.size(0) == n,

@@ -59,7 +59,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   for_each_row_logit(view, r, [&](int b, int64_t j, int64_t index, scalar_t similarity, scalar_t logit) {
     // Block 0 is query-to-doc, the only block hardness weighting touches; similarity is the raw
     // GEMM value (before scaling), the term is detached (the gradient weights stay the softmax's).
-    if (b == 0 && mnrl.hardened && infonce_mnrl::hardness_applies_at(mnrl.hardness, i, j, view.n)) {
+    if (b == 0 && mnrl.hardened && infonce_mnrl::hardness_applies(mnrl.hardness, j % view.n == i, j < view.n)) {
       logit = infonce_mnrl::hardened_logit(logit, similarity, mnrl.strength);
     }
     if (b == 0 && j == i) target_logit = logit;
@@ -99,13 +99,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_infonce_mean_cuda(
     const std::optional<at::Tensor>& guide_candidates, double scale, c10::string_view margin_strategy,
     double margin, bool anchor_anchor, bool positive_anchor, int64_t positive_candidate_columns, bool exclude_self,
     bool compute_grad, c10::string_view partition_mode, c10::string_view hardness_mode, double hardness_strength) {
-  const at::cuda::CUDAGuard guard(anchors.device());
   const infonce_mnrl::MnrlOptions mnrl =
       infonce_mnrl::make_mnrl_options(partition_mode, hardness_mode, hardness_strength);
   const auto [options, inputs, blocks] =
       make_cuda_problem("masked_infonce_mean", anchors, candidates, guide_anchors, guide_candidates, scale,
                         margin_strategy, margin, anchor_anchor, positive_anchor, positive_candidate_columns,
                         exclude_self);
+  // After every check (devices included): a guard on a bad input's device would act before the error.
+  const at::cuda::CUDAGuard guard(inputs.anchors.device());
   const int64_t n = inputs.n;
   const bool separate_guide = inputs.guided && !inputs.self_guided;
   const StripLayout layout = make_strip_layout(blocks, n, separate_guide);

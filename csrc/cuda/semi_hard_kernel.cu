@@ -108,6 +108,7 @@ std::tuple<at::Tensor, at::Tensor> semi_hard_triplet_loss_forward_cuda(const at:
                                                                        const at::Tensor& labels,
                                                                        c10::string_view distance, double margin,
                                                                        bool compute_grad) {
+  check_finite_option("semi_hard_triplet_loss_forward", "margin", margin);
   check_cuda_embeddings_and_labels("semi_hard_triplet_loss_forward", embeddings, labels);
   const at::cuda::CUDAGuard guard(embeddings.device());
   const DistanceKind kind = parse_distance(std::string_view(distance.data(), distance.size()));
@@ -138,6 +139,7 @@ std::tuple<at::Tensor, at::Tensor> semi_hard_triplet_loss_forward_cuda(const at:
 at::Tensor semi_hard_triplet_loss_backward_cuda(const at::Tensor& grad_sums, const at::Tensor& embeddings,
                                                 const at::Tensor& labels, const at::Tensor& unit_grad,
                                                 c10::string_view distance, double margin) {
+  check_finite_option("_semi_hard_triplet_loss_backward", "margin", margin);
   return per_anchor_loss_backward(
       "_semi_hard_triplet_loss_backward", grad_sums, embeddings, labels, unit_grad, distance,
       [margin](const at::Tensor& block, const at::Tensor& labels_contiguous, const DeviceClasses& classes,

@@ -20,8 +20,9 @@ class EmbeddingLoss(nn.Module):
     model_child_name = "model"
     _MODEL_ALIASES = frozenset({"model", "sentence_embedder"})
 
-    # What `embedplug plugins` reports (embedplug.implementations); a loss on plain torch overrides it.
-    embedplug_implementation = "embedplug fused kernel"
+    # The embedplug ops this loss runs (schema names). What `embedplug plugins` and backend_info()
+    # report is derived from them: "fused" only when those ops run their kernels.
+    embedplug_ops: tuple[str, ...] = ()
 
     def __init__(self, model: nn.Module | None) -> None:
         super().__init__()
@@ -52,6 +53,12 @@ class EmbeddingLoss(nn.Module):
     @property
     def sentence_embedder(self) -> nn.Module | None:
         return self._model_child()
+
+    def backend_info(self, device_type: str = "cpu") -> dict:
+        """``{"implementation": "fused"|"reference", "reason": ...}``: what this loss runs on ``device_type``."""
+        from embedplug.ops import backend_of
+
+        return backend_of(self.embedplug_ops, device_type)
 
     def embed(self, sentence_features: dict) -> Any:
         """Runs the model on one tokenised column and returns its ``sentence_embedding`` [N, D]."""
@@ -112,6 +119,14 @@ class LabelledBatchLoss(EmbeddingLoss):
     def labelled_batch_loss(self, labels: Tensor, embeddings: Tensor) -> Tensor:
         """The loss of one batch: integer class ``labels`` [N] and ``embeddings`` [N, D] -> a scalar."""
         raise NotImplementedError
+
+    def backend_info(self, device_type: str = "cpu") -> dict:
+        """As :meth:`EmbeddingLoss.backend_info`; a custom distance callable runs on the reference."""
+        from embedplug.distances import kernel_distance
+
+        if kernel_distance(getattr(self, "distance_metric", "euclidean")) is None:
+            return {"implementation": "reference", "reason": "pure-torch reference: a custom distance callable"}
+        return super().backend_info(device_type)
 
     def distance_metric_name(self) -> str:
         """How sentence-transformers' ``get_config_dict`` names ``self.distance_metric``."""

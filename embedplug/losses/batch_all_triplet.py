@@ -33,6 +33,8 @@ class BatchAllTripletLoss(TripletMasksMixin, LabelledBatchLoss):
     Inputs: single texts with integer class labels; batches need classes with at least 2 samples.
     """
 
+    embedplug_ops = ("batch_all_triplet_loss_forward",)
+
     def __init__(
         self,
         model: nn.Module,

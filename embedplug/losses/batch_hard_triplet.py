@@ -34,6 +34,8 @@ class BatchHardTripletLoss(TripletMasksMixin, LabelledBatchLoss):
     ``embedplug.samplers.PKBatchSampler``) so every batch has positives and negatives.
     """
 
+    embedplug_ops = ("batch_hard_mining",)
+
     def __init__(
         self,
         model: nn.Module,

@@ -32,6 +32,8 @@ class BatchSemiHardTripletLoss(LabelledBatchLoss):
     Inputs: single texts with integer class labels; batches need classes with at least 2 samples.
     """
 
+    embedplug_ops = ("semi_hard_triplet_loss_forward",)
+
     def __init__(
         self,
         model: nn.Module,

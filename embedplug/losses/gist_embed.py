@@ -36,6 +36,8 @@ class GuideMixin:
     tokenizer checks, re-tokenisation for a guide with another vocabulary or a shorter max length,
     and the options of the false-negative filter."""
 
+    embedplug_ops = ("masked_infonce_mean",)
+
     def _setup_guide(
         self, model: nn.Module, guide: nn.Module | None, margin_strategy: str, margin: float
     ) -> None:

@@ -57,6 +57,8 @@ class SupConLoss(LabelledBatchLoss):
     Inputs: single texts with integer class labels; batches need classes with at least 2 samples.
     """
 
+    embedplug_ops = ("supcon_loss_forward",)
+
     # embedplug train: single texts with integer class labels, as the batch triplet losses.
     requires_labels = True
 
@@ -95,6 +97,8 @@ class MultiSimilarityLoss(LabelledBatchLoss):
 
     Inputs: single texts with integer class labels; batches need classes with at least 2 samples.
     """
+
+    embedplug_ops = ("multi_similarity_loss_forward",)
 
     # embedplug train: single texts with integer class labels, as the batch triplet losses.
     requires_labels = True
@@ -140,6 +144,8 @@ class CircleLoss(LabelledBatchLoss):
 
     Inputs: single texts with integer class labels; batches need classes with at least 2 samples.
     """
+
+    embedplug_ops = ("circle_loss_forward",)
 
     # embedplug train: single texts with integer class labels, as the batch triplet losses.
     requires_labels = True

@@ -51,6 +51,8 @@ class MegaBatchMarginLoss(GradCacheMixin, EmbeddingLoss):
     Inputs: (anchor, positive) pairs, no labels.
     """
 
+    embedplug_ops = ("hardest_off_diagonal_similarity",)
+
     def __init__(
         self,
         model: nn.Module,

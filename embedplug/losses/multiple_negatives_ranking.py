@@ -42,6 +42,8 @@ class MultipleNegativesRankingMixin:
     """Options, validation, config, citation and the loss computation MultipleNegativesRankingLoss and
     CachedMultipleNegativesRankingLoss share."""
 
+    embedplug_ops = ("masked_infonce_mean",)
+
     def _setup_options(
         self,
         scale: float,

@@ -7,7 +7,7 @@ from embedplug.ops.batch_all import batch_all_triplet_loss_forward
 from embedplug.ops.batch_hard import batch_hard_mining
 from embedplug.ops.hardest_negative import hardest_off_diagonal_similarity
 from embedplug.ops.labelled_contrastive import circle_loss_forward, multi_similarity_loss_forward, supcon_loss_forward
-from embedplug.ops.layer import SPECS, backend, backend_info, force_reference, runs_fused
+from embedplug.ops.layer import SPECS, backend, backend_info, backend_of, force_reference, runs_fused
 from embedplug.ops.masked_infonce import masked_infonce, masked_infonce_mean
 from embedplug.ops.semi_hard import semi_hard_triplet_loss_forward
 
@@ -15,6 +15,7 @@ __all__ = [
     "SPECS",
     "backend",
     "backend_info",
+    "backend_of",
     "batch_all_triplet_loss_forward",
     "batch_hard_mining",
     "circle_loss_forward",

@@ -172,6 +172,18 @@ def backend(spec: OpSpec, device_type: str) -> dict:
     return {"implementation": "reference", "reason": f"pure-torch reference: {reason}"}
 
 
+def backend_of(op_names, device_type: str) -> dict:
+    """The implementation a loss running ``op_names`` gets on ``device_type``: "fused" only when every
+    one of its ops runs its kernel there; otherwise the first op's reason for the reference."""
+    if not op_names:
+        return {"implementation": "reference", "reason": "pure torch: this loss runs no embedplug op"}
+    reports = [backend(SPECS[name], device_type) for name in op_names]
+    for report in reports:
+        if report["implementation"] != "fused":
+            return report
+    return reports[0]
+
+
 def backend_info() -> dict:
     """Which implementation each op runs on CPU and CUDA, and why.
 

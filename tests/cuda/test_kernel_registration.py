@@ -12,6 +12,7 @@ import pytest
 from _support import requires_extension
 
 from embedplug import _extension
+from embedplug.ops import backend_info
 
 _SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "check_kernels.py"
 _spec = importlib.util.spec_from_file_location("check_kernels", _SCRIPT)
@@ -42,6 +43,6 @@ def test_every_schema_op_has_a_cuda_kernel():
 
 @requires_extension
 def test_backend_info_reports_every_schema_op():
-    reported = set(_extension.backend_info()["ops"])
+    reported = set(backend_info()["ops"])
     public = {op for op in check_kernels.schema_ops() if not op.startswith("_")}
     assert public <= reported
