@@ -24,15 +24,26 @@ def check_embeddings(embeddings: torch.Tensor, caller: str) -> None:
 
 
 def check_labels(labels: torch.Tensor, embeddings: torch.Tensor, caller: str) -> torch.Tensor:
-    """Returns ``labels`` as a flat int64 tensor, or raises a clear error.
+    """Returns ``labels`` as flat int64 class ids [N], or raises a clear error naming the problem.
 
-    Labels must be an integer tensor on the embeddings' device with one entry per row (any shape
-    with N elements, as sentence-transformers accepts, e.g. [N] or [N, 1]).
+    ``labels``: one class label per row of ``embeddings`` [N, D], shape [N] or [N, 1] (what
+    sentence-transformers' data collator gives), on the embeddings' device. Integer labels are the class
+    ids. Floating-point labels are accepted as sentence-transformers' classes accept them (they compare
+    labels with ``==``): rows share a class exactly when their labels are equal, so 0.5 and 0.7 are two
+    classes and -0.0 and 0.0 one (see :func:`class_ids`). NaN labels are refused: a NaN equals no label,
+    not even its own row's.
     """
+    flat = check_label_tensor(labels, embeddings, caller)
+    return class_ids(flat)
+
+
+def check_label_tensor(labels: torch.Tensor, embeddings: torch.Tensor, caller: str) -> torch.Tensor:
+    """The checks of :func:`check_labels`, returning the labels flattened to [N] with their own dtype
+    (what is gathered across ranks before the ids are numbered: per-rank ids would not agree)."""
     if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"{caller}: labels must be a torch.Tensor of integer class ids, got {type(labels).__name__}")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"{caller}: labels must be an integer tensor of class ids, got {labels.dtype}")
+        raise TypeError(f"{caller}: labels must be a torch.Tensor of class labels, got {type(labels).__name__}")
+    if labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"{caller}: labels must be an integer or floating-point tensor of class labels, got {labels.dtype}")
     if labels.device != embeddings.device:
         raise ValueError(
             f"{caller}: labels are on {labels.device} but embeddings are on {embeddings.device}; move them to one device"
@@ -43,7 +54,37 @@ def check_labels(labels: torch.Tensor, embeddings: torch.Tensor, caller: str) ->
             f"{caller}: expects {batch_size} labels (one per example), but got {labels.numel()} labels "
             f"with shape {tuple(labels.shape)}"
         )
-    return labels.reshape(-1).to(torch.int64)
+    if not (labels.dim() == 1 or (labels.dim() == 2 and labels.shape[1] == 1)):
+        raise ValueError(
+            f"{caller}: labels must have shape [N] or [N, 1] (one class label per row), got shape "
+            f"{tuple(labels.shape)} for N = {batch_size} rows"
+        )
+    flat = labels.reshape(-1)
+    if flat.is_floating_point() and not torch.compiler.is_compiling() and bool(torch.isnan(flat).any()):
+        raise ValueError(
+            f"{caller}: labels contain NaN at {int(torch.isnan(flat).sum())} row(s); a NaN label equals no label, "
+            "not even its own, so those rows have no class"
+        )
+    return flat
+
+
+def class_ids(labels: torch.Tensor) -> torch.Tensor:
+    """Flat [N] labels as int64 class ids: integers as they are; floats numbered by exact equality.
+
+    Equal values get one id and different values different ids (ids follow the sorted order of the
+    values), so the masks built from the ids are those of ``labels[:, None] == labels[None, :]``,
+    without the N x N matrix and without rounding (0.5 and 0.7 stay apart). A sort and a cumulative
+    sum: static shapes, so the path compiles too.
+    """
+    if not labels.is_floating_point():
+        return labels.to(torch.int64)
+    sorted_values, order = torch.sort(labels)
+    # A new class starts wherever a sorted value differs from the one before it (-0.0 == 0.0).
+    starts = torch.zeros_like(sorted_values, dtype=torch.int64)
+    starts[1:] = sorted_values[1:] != sorted_values[:-1]
+    ids = torch.empty_like(starts)
+    ids[order] = torch.cumsum(starts, dim=0)
+    return ids
 
 
 # ---------------------------------------------------------------------------------------------
