@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
+import sys
 import warnings
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
@@ -281,3 +285,51 @@ def warn_non_finite_rows(loss_module, loss: torch.Tensor, embeddings) -> None:
         RuntimeWarning,
         stacklevel=3,
     )
+
+
+def _input_rows(values) -> list[torch.Tensor]:
+    """The [R, D] floating tensors among a call's arguments, lists of columns included."""
+    found = []
+    for value in values:
+        if isinstance(value, (list, tuple)):
+            found += _input_rows(value)
+        elif isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() == 2:
+            found.append(value)
+    return found
+
+
+_LossFunction = TypeVar("_LossFunction", bound=Callable[..., torch.Tensor])
+
+
+def warns_non_finite_input(function: _LossFunction) -> _LossFunction:
+    """Decorates a functional loss: when it returns a non-finite loss and some input rows are NaN/Inf, warn.
+
+    The loss stays NaN, as the loss classes leave it (:func:`warn_non_finite_rows`); the warning names
+    the function and how many of the input rows (every [R, D] floating argument, guide columns
+    included) are not finite. It is raised at the user's call site on every such call, so Python's
+    default filter shows it once per call site and message. Calls from embedplug's own modules (the loss
+    classes, which warn once per instance) are not warned about here. On a finite loss the cost is one
+    scalar check; nothing runs under ``torch.compile``.
+    """
+
+    @functools.wraps(function)
+    def checked(*args, **kwargs):
+        loss = function(*args, **kwargs)
+        if torch.compiler.is_compiling() or not isinstance(loss, torch.Tensor):
+            return loss
+        if bool(torch.isfinite(loss.detach()).all()):
+            return loss
+        if sys._getframe(1).f_globals.get("__name__", "").startswith("embedplug."):
+            return loss  # an embedplug loss class: it reports the rows itself, once per instance
+        columns = _input_rows([*args, *kwargs.values()])
+        bad_rows = sum(int((~torch.isfinite(column.detach())).any(dim=-1).sum()) for column in columns)
+        if bad_rows:
+            warnings.warn(
+                f"{function.__name__}: the loss is {loss.detach().float().reshape(-1)[0].item()} because {bad_rows} "
+                f"of the {sum(column.shape[0] for column in columns)} input rows contain NaN or Inf",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return loss
+
+    return checked  # type: ignore[return-value]

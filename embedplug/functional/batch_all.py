@@ -12,12 +12,14 @@ from embedplug._validation import (
     check_embeddings,
     check_finite_number,
     check_labels,
+    warns_non_finite_input,
 )
 from embedplug.distances import kernel_distance
 from embedplug.ops import batch_all_triplet_loss_forward
 from embedplug.reference.batch_all import POSITIVE_TRIPLET_THRESHOLD, batch_all_from_distance_matrix
 
 
+@warns_non_finite_input
 def batch_all_triplet_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,

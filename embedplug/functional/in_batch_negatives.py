@@ -18,6 +18,7 @@ from embedplug._validation import (
     check_mnrl_options,
     check_positive_number,
     check_same_device,
+    warns_non_finite_input,
 )
 from embedplug.ops import masked_infonce, masked_infonce_mean
 from embedplug.reference.multiple_negatives_ranking import multiple_negatives_ranking_loss as reference_mnrl
@@ -47,6 +48,7 @@ def _check_columns(caller: str, anchor: torch.Tensor, columns: Sequence[torch.Te
             raise ValueError(f"{caller}: all embeddings must be on one device")
 
 
+@warns_non_finite_input
 def gist_embed_loss(
     anchor: torch.Tensor,
     positive: torch.Tensor,
@@ -165,6 +167,7 @@ def mnrl_runs_fused(
     return _similarity_name(similarity) is not None
 
 
+@warns_non_finite_input
 def multiple_negatives_ranking_loss(
     anchor: torch.Tensor,
     positive: torch.Tensor,

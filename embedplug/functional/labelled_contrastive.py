@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from embedplug._validation import check_embeddings, check_labels
+from embedplug._validation import check_embeddings, check_labels, warns_non_finite_input
 from embedplug.ops import labelled_contrastive as ops
 
 
@@ -49,6 +49,7 @@ def _few_pairs(positive_pairs: torch.Tensor, negative_pairs: torch.Tensor) -> to
     return (positive_pairs.sum() <= 1) & (negative_pairs.sum() <= 1)
 
 
+@warns_non_finite_input
 def supervised_contrastive_loss(
     embeddings: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1
 ) -> torch.Tensor:
@@ -73,6 +74,7 @@ def supervised_contrastive_loss(
     return torch.where(degenerate, _zero_loss(embeddings, losses.dtype), _avg_non_zero(losses))
 
 
+@warns_non_finite_input
 def multi_similarity_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
@@ -110,6 +112,7 @@ def multi_similarity_loss(
     return torch.where(_few_pairs(positive, negative), _zero_loss(embeddings, losses.dtype), losses.mean())
 
 
+@warns_non_finite_input
 def circle_loss(embeddings: torch.Tensor, labels: torch.Tensor, m: float = 0.4, gamma: float = 80.0) -> torch.Tensor:
     """Circle loss on cosine similarities of the normalised embeddings.
 
