@@ -245,21 +245,23 @@ def check_mnrl_options(
 
 
 def check_finite_rows(caller: str, **tensors: torch.Tensor | None) -> None:
-    """Guide embeddings must be finite: a NaN/Inf guide similarity has no defined keep/drop decision.
+    """Warn when guide embeddings have NaN/Inf rows, and go on as sentence-transformers does.
 
+    sentence-transformers' GISTEmbedLoss trains through such a guide: every guide similarity involving
+    a non-finite row is NaN, and its ``similarity > threshold`` drops no candidate on a NaN. The
+    warning's text is the same on every call, so Python's default filter shows it once per call site.
     Skipped under torch.compile, where a data-dependent branch would break the graph.
     """
     if torch.compiler.is_compiling():
         return
-    for name, tensor in tensors.items():
-        if tensor is None:
-            continue
-        bad_rows = int((~torch.isfinite(tensor.detach())).any(dim=-1).sum())
-        if bad_rows:
-            raise ValueError(
-                f"{caller}: {name} has {bad_rows} row(s) with NaN or Inf entries; the guide's similarities decide which "
-                "candidates are dropped and are undefined there. Check the guide model's outputs"
-            )
+    bad = [name for name, tensor in tensors.items() if tensor is not None and not bool(torch.isfinite(tensor.detach()).all())]
+    if bad:
+        warnings.warn(
+            f"{caller}: {' and '.join(bad)} have rows with NaN or Inf entries (check the guide model's outputs); "
+            "the guide similarities of those rows are NaN and drop no candidate, as in sentence-transformers",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def warn_non_finite_rows(loss_module, loss: torch.Tensor, embeddings) -> None:

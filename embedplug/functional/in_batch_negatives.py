@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from embedplug._validation import (
     check_embeddings,
     check_finite_number,
-    check_finite_rows,
     check_mnrl_options,
     check_positive_number,
     check_same_device,
@@ -110,8 +109,6 @@ def gist_embed_loss(
                 raise ValueError(
                     f"{caller}: {name} must have one row per student row ({student.shape[0]}), got shape {shape}"
                 )
-        check_finite_rows(caller, guide_anchor=guide_anchor, guide_positive=guide_positive,
-                          **{f"guide_negatives[{i}]": g for i, g in enumerate(guide_negatives)})
 
     def candidates_of(positives: torch.Tensor, negative_columns: Sequence[torch.Tensor]) -> torch.Tensor:
         # The local positives go first, so row i's positive is candidate i; the softmax does not
