@@ -190,6 +190,31 @@ def check_distance_matrix(matrix, embeddings: torch.Tensor, caller: str) -> torc
     return matrix
 
 
+def checked_similarity(similarity: Callable, caller: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``similarity`` wrapped so that its output is checked: ([R, D], [C, D]) must give a floating [R, C] tensor.
+
+    A user's similarity function with the wrong output (a row-wise [R] vector, a transposed or broadcast
+    matrix) otherwise fails deep in the loss with an IndexError, or not at all.
+    """
+
+    @functools.wraps(similarity)
+    def checked(rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        matrix = similarity(rows, columns)
+        expected = (rows.shape[0], columns.shape[0])
+        if not isinstance(matrix, torch.Tensor):
+            raise TypeError(f"{caller}: the similarity function must return a torch.Tensor, got {type(matrix).__name__}")
+        if tuple(matrix.shape) != expected:
+            raise ValueError(
+                f"{caller}: the similarity function must map [R, D] and [C, D] embeddings to an [R, C] similarity "
+                f"matrix; for [{expected[0]}, D] and [{expected[1]}, D] it returned shape {tuple(matrix.shape)}"
+            )
+        if not matrix.is_floating_point():
+            raise TypeError(f"{caller}: the similarity function must return a floating-point matrix, got {matrix.dtype}")
+        return matrix
+
+    return checked
+
+
 def check_column_count(embeddings, minimum: int, maximum: int | None, caller: str) -> None:
     """``compute_loss_from_embeddings``' list of columns: between ``minimum`` and ``maximum`` tensors."""
     if isinstance(embeddings, torch.Tensor) or not isinstance(embeddings, (list, tuple)):

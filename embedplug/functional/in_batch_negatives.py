@@ -17,6 +17,7 @@ from embedplug._validation import (
     check_mnrl_options,
     check_positive_number,
     check_same_device,
+    checked_similarity,
     warns_non_finite_input,
 )
 from embedplug.ops import masked_infonce, masked_infonce_mean
@@ -209,7 +210,8 @@ def multiple_negatives_ranking_loss(
 
             similarity = util.cos_sim if name == "cosine" else util.dot_score
         return reference_mnrl(
-            anchor, [positive, *negatives], similarity, scale, directions, partition_mode, hardness_mode, hardness_strength
+            anchor, [positive, *negatives], checked_similarity(similarity, caller), scale, directions, partition_mode,
+            hardness_mode, hardness_strength,
         )
     candidates = torch.cat([positive, *negatives])
     if name == "cosine":
