@@ -12,6 +12,7 @@ import argparse
 import json
 import platform
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,9 +35,17 @@ def _add_plugins_command(subparsers: SubparsersAction) -> None:
     parser.set_defaults(handler=_run_plugins)
 
 
+def quiet_plugin_records() -> list[dict[str, Any]]:
+    """``registry.list_plugins()`` without the PluginWarnings: a command that prints the records' errors
+    says each problem once, in its own words, instead of also as a warning with a registry source line."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", registry.PluginWarning)
+        return registry.list_plugins()
+
+
 def _run_plugins(args: argparse.Namespace) -> int:
     try:
-        records = registry.list_plugins()
+        records = quiet_plugin_records()
     except registry.PluginError as exc:  # strict mode: one line, not a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -60,8 +69,8 @@ def format_plugins_table(records: list[dict[str, Any]]) -> str:
             record["name"],
             record["distribution"] or ("(in-process)" if record["entry_point"] is None else "(unknown)"),
             record["version"] or "-",
-            str(len(record["losses"])),
-            str(len(record["samplers"])),
+            str(len(_without_aliases(record, "losses"))),
+            str(len(_without_aliases(record, "samplers"))),
             _status(record),
         )
         for record in records
@@ -70,19 +79,32 @@ def format_plugins_table(records: list[dict[str, Any]]) -> str:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in (header, *rows)]
     for record in records:
         details = _loss_lines(record)
-        details += [f"  samplers: {', '.join(record['samplers'])}"] if record["samplers"] else []
+        samplers = [_with_aliases(record, name) for name in _without_aliases(record, "samplers")]
+        details += [f"  samplers: {', '.join(samplers)}"] if samplers else []
         details += [f"  error: {error}" for error in record["errors"]]
         if details:
             lines += ["", f"{record['name']}:", *details]
     return "\n".join(lines)
 
 
+def _without_aliases(record: dict[str, Any], kind: str) -> list[str]:
+    """The names of ``record[kind]`` that are not aliases: one per registered class."""
+    aliases = record.get("aliases", {})
+    return [name for name in record[kind] if name not in aliases]
+
+
+def _with_aliases(record: dict[str, Any], name: str) -> str:
+    """``Name`` or ``Name (alias a, b)``."""
+    aliases = [alias for alias, target in record.get("aliases", {}).items() if target == name]
+    return f"{name} (alias {', '.join(aliases)})" if aliases else name
+
+
 def _loss_lines(record: dict[str, Any]) -> list[str]:
-    """``losses (<implementation>): A, B`` per implementation, in registration order."""
+    """``losses (<implementation>): A, B (alias b)`` per implementation, in registration order."""
     implementations = record.get("implementations", {})
     groups: dict[str, list[str]] = {}
-    for name in record["losses"]:
-        groups.setdefault(implementations.get(name, "implementation unknown"), []).append(name)
+    for name in _without_aliases(record, "losses"):
+        groups.setdefault(implementations.get(name, "implementation unknown"), []).append(_with_aliases(record, name))
     return [f"  losses ({implementation}): {', '.join(names)}" for implementation, names in groups.items()]
 
 

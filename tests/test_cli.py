@@ -6,6 +6,7 @@ import importlib.metadata
 import json
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -41,7 +42,7 @@ def test_plugins_json_is_a_list_of_records_with_the_builtin_first():
     assert builtin["errors"] == []
     assert set(builtin) == {
         "name", "distribution", "version", "entry_point", "hooks", "losses", "samplers", "errors", "disabled",
-        "implementations",
+        "implementations", "aliases",
     }
 
 
@@ -76,13 +77,34 @@ def broken_entry_point(monkeypatch) -> None:
     monkeypatch.setattr(registry, "_iter_entry_points", lambda: [*real, broken])
 
 
-def test_plugins_table_shows_errors(fresh_registry, monkeypatch, capsys):
+def test_plugins_table_shows_each_error_once(fresh_registry, monkeypatch, capsys):
+    # The table says it; a PluginWarning (with the registry's source line) would say it a second time.
     broken_entry_point(monkeypatch)
-    with pytest.warns(registry.PluginWarning):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", registry.PluginWarning)
         assert cli.main(["plugins"]) == 0
-    output = capsys.readouterr().out
+    captured = capsys.readouterr()
+    output = captured.out + captured.err
     assert "1 error(s)" in output
+    assert output.count("import of 'embedplug_no_such_module' failed: ModuleNotFoundError") == 1
     assert "error: import of 'embedplug_no_such_module' failed: ModuleNotFoundError" in output
+
+
+def test_plugins_counts_classes_not_aliases(fresh_registry, capsys):
+    class ALoss(torch.nn.Module):
+        pass
+
+    class Plugin:
+        @embedplug.hookimpl
+        def embedplug_register_losses(self, register):
+            register(ALoss, aliases=["a-loss", "a_loss"])
+
+    registry.add_plugin(Plugin(), name="aliased", distribution="aliased-dist", version="1.0")
+    assert cli.main(["plugins"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = next(line for line in lines if line.startswith("aliased "))
+    assert row.split()[3] == "1"  # LOSSES: one class, under three names
+    assert any(line.endswith(": ALoss (alias a-loss, a_loss)") for line in lines)
 
 
 def test_plugins_in_strict_mode_reports_the_error_without_a_traceback(fresh_registry, monkeypatch, capsys):
