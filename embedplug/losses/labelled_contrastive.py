@@ -57,8 +57,6 @@ class SupConLoss(LabelledBatchLoss):
     Inputs: single texts with integer class labels; batches need classes with at least 2 samples.
     """
 
-    # embedplug train: single texts with integer class labels, as the batch triplet losses.
-    requires_labels = True
 
     def __init__(self, model: nn.Module, temperature: float = 0.1) -> None:
         super().__init__(model)
@@ -96,8 +94,6 @@ class MultiSimilarityLoss(LabelledBatchLoss):
     Inputs: single texts with integer class labels; batches need classes with at least 2 samples.
     """
 
-    # embedplug train: single texts with integer class labels, as the batch triplet losses.
-    requires_labels = True
 
     def __init__(
         self,
@@ -141,8 +137,6 @@ class CircleLoss(LabelledBatchLoss):
     Inputs: single texts with integer class labels; batches need classes with at least 2 samples.
     """
 
-    # embedplug train: single texts with integer class labels, as the batch triplet losses.
-    requires_labels = True
 
     def __init__(self, model: nn.Module, m: float = 0.4, gamma: float = 80.0) -> None:
         super().__init__(model)
