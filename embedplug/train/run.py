@@ -43,27 +43,40 @@ def run_training(
 
     Everything a user can get wrong (names, options, data, an existing run) is checked before the
     model is loaded, so mistakes fail in seconds, not after the first evaluation. Without
-    ``show_progress_bar`` no progress bar is drawn: data loading, evaluation and training.
+    ``show_progress_bar`` no progress bar is drawn by embedplug, the trainer, datasets or transformers
+    (data loading, evaluation, training, loading and saving the model).
     """
-    with _datasets_progress_bars(show_progress_bar):
+    with _library_progress_bars(show_progress_bar):
         return _run_training(config, resume, overwrite, show_progress_bar)
 
 
 @contextlib.contextmanager
-def _datasets_progress_bars(show: bool) -> Iterator[None]:
-    """``datasets``' bars (reading files, splits) off within the block unless ``show``; restored after."""
+def _library_progress_bars(show: bool) -> Iterator[None]:
+    """Unless ``show``: ``datasets``' bars (reading files) and transformers' (loading and writing the model)
+    off within the block, restored after. The trainer's own bars follow ``disable_tqdm`` (see
+    :func:`~embedplug.train.assemble.training_arguments`)."""
     if show:
         yield
         return
     import datasets
+    from transformers.utils import logging as transformers_logging
 
-    enabled = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
+    switches = [
+        (datasets.is_progress_bar_enabled(), datasets.disable_progress_bars, datasets.enable_progress_bars),
+        (
+            transformers_logging.is_progress_bar_enabled(),
+            transformers_logging.disable_progress_bar,
+            transformers_logging.enable_progress_bar,
+        ),
+    ]
+    for _, disable, _ in switches:
+        disable()
     try:
         yield
     finally:
-        if enabled:
-            datasets.enable_progress_bars()
+        for enabled, _, enable in switches:
+            if enabled:
+                enable()
 
 
 def _run_training(config: TrainConfig, resume, overwrite: bool, show_progress_bar: bool) -> dict[str, Any]:
