@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -115,61 +114,22 @@ def _loss_lines(record: dict[str, Any]) -> list[str]:
 def _add_doctor_command(subparsers: SubparsersAction) -> None:
     parser = subparsers.add_parser(
         "doctor",
-        help="print backend, torch and plugin information for bug reports",
-        description="Print what embedplug resolved: compiled backend, torch, and a summary of plugins.",
+        help="say which implementation each op runs and why, with versions and plugins, for bug reports",
+        description=(
+            "Print what embedplug resolved: versions, the compiled extension and its settings, a verdict per op "
+            "and device (fused, or the reference and why), and the plugins' losses by implementation."
+        ),
     )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON (machine-readable)")
     parser.set_defaults(handler=_run_doctor)
 
 
-def _plugins_summary() -> list[dict[str, Any]] | str:
-    try:
-        records = registry.list_plugins()
-    except registry.PluginError as exc:
-        return f"error: {exc}"
-    return [
-        {
-            "name": record["name"],
-            "distribution": record["distribution"],
-            "version": record["version"],
-            "losses": len(record["losses"]),
-            "samplers": len(record["samplers"]),
-            "errors": record["errors"],
-            "disabled": record["disabled"],
-        }
-        for record in records
-    ]
-
-
-def _backend_info() -> Any:
-    # doctor is what users run when something is broken: report a failure, never crash on it.
-    try:
-        from embedplug import backend_info
-
-        return backend_info()
-    except Exception as exc:
-        return {"error": f"{type(exc).__name__}: {exc}"}
-
-
-def _torch_version() -> str:
-    try:
-        import torch
-    except Exception as exc:
-        return f"unavailable ({type(exc).__name__}: {exc})"
-    return torch.__version__
-
-
 def _run_doctor(args: argparse.Namespace) -> int:
-    from embedplug import __version__
+    from embedplug import doctor
 
-    report = {
-        "embedplug": __version__,
-        "python": platform.python_version(),
-        "torch": _torch_version(),
-        "backend": _backend_info(),
-        "plugins": _plugins_summary(),
-    }
+    report = doctor.gather()
     # default=str: backend_info() is owned elsewhere; a stray non-JSON value must not break doctor.
-    print(json.dumps(report, indent=2, default=str))
+    print(json.dumps(report, indent=2, default=str) if args.json else doctor.format_report(report), end="\n" if args.json else "")
     return 0
 
 
