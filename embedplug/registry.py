@@ -273,11 +273,15 @@ def _load_order(entry_points: Iterable[importlib.metadata.EntryPoint]) -> list[t
 
 
 def _missing_requirements(plugin: object) -> list[str]:
-    """The import names of the plugin's ``EMBEDPLUG_REQUIRES`` declaration that cannot be imported."""
+    """The import names of the plugin's ``EMBEDPLUG_REQUIRES`` declaration that cannot be imported.
+
+    Raises TypeError when the declaration is neither an import name nor a list or tuple of them."""
     import importlib.util
 
     required = getattr(plugin, hookspecs.REQUIRES, ())
-    required = (required,) if isinstance(required, str) else tuple(required)
+    required = [required] if isinstance(required, str) else required
+    if not isinstance(required, (list, tuple)) or not all(isinstance(name, str) and name for name in required):
+        raise TypeError(f"{hookspecs.REQUIRES} must be an import name or a tuple of them, got {required!r}")
     return [name for name in required if importlib.util.find_spec(name) is None]
 
 
@@ -449,10 +453,14 @@ class PluginRegistry:
                 _attribute(record, plugin)
             self._add_record(record)
             try:
-                missing = _missing_requirements(plugin)
+                try:
+                    missing = _missing_requirements(plugin)
+                except TypeError as exc:
+                    self._report(record, f"is not a valid plugin: {exc}", exc)
+                    missing = None
                 if missing:
                     self._report(record, f"requires {', '.join(missing)}, which cannot be imported; nothing registered")
-                else:
+                elif missing is not None:
                     self._register_plugin(plugin, record)
             except PluginError:
                 self._forget(record)  # strict mode: leave no half-registered plugin behind
@@ -509,7 +517,13 @@ class PluginRegistry:
                 self._add_record(record)
                 self._report(record, f"import of {entry_point.value!r} failed: {_describe_exception(exc)}", exc)
                 continue
-            if _missing_requirements(plugin):
+            try:
+                missing = _missing_requirements(plugin)
+            except TypeError as exc:
+                self._add_record(record)
+                self._report(record, f"is not a valid plugin: {exc}", exc)
+                continue
+            if missing:
                 continue  # an optional plugin whose library is not installed: nothing to register, not listed
             _attribute(record, plugin)
             self._add_record(record)

@@ -501,6 +501,14 @@ def test_a_plugin_whose_declared_requirement_is_missing_registers_nothing_and_is
         embedplug.get_loss("GoodLoss")
 
 
+def test_a_malformed_requirement_declaration_is_reported(fake_site):
+    fake_site.add("odd-dist", GOOD_PLUGIN + "\n    EMBEDPLUG_REQUIRES = 42\n")
+    with pytest.warns(PluginWarning, match="EMBEDPLUG_REQUIRES must be an import name"):
+        assert record_for("odd-dist")["errors"]
+    with pytest.raises(UnknownNameError):
+        embedplug.get_loss("GoodLoss")
+
+
 def test_a_plugin_declaring_an_attribution_is_reported_as_that_distribution(fake_site):
     # E.g. a plugin that registers another library's classes; here it claims pytest's.
     fake_site.add("bridge-dist", GOOD_PLUGIN + "\n    EMBEDPLUG_REQUIRES = 'pytest'\n    EMBEDPLUG_ATTRIBUTION = 'pytest'\n")
