@@ -276,7 +276,8 @@ def test_a_guide_with_nan_or_inf_rows_warns_once_and_matches_sentence_transforme
     # Bad rows in the anchors', the positives' and the negatives' guide columns (not row 0: see below).
     student, guide = guide_with_bad_rows([(0, 5), (1, 9), (2, 3)])
     with pytest.warns(RuntimeWarning, match="NaN or Inf.*drop no candidate, as in sentence-transformers"):
-        for options in ({}, {"margin": 0.05}, {"margin_strategy": "relative", "margin": 0.1}, {"margin": -0.3}):
+        # (Negative margins are left to the version tests: sentence-transformers 6.3 masks self-pairs there.)
+        for options in ({}, {"margin": 0.05}, {"margin_strategy": "relative", "margin": 0.1}):
             ours, theirs = losses_and_grads(student, guide, **options)
             assert torch.isfinite(theirs[0])
             assert_parity(ours, theirs, rtol=1e-4)
