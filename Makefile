@@ -13,15 +13,19 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=64" wheel ninja
 
-# --no-build-isolation: build the extension against the torch installed here, not a fresh download.
+# --no-build-isolation: set up against the torch installed here, not a fresh download. EMBEDPLUG_NO_EXT=1:
+# the editable install only registers the package; `make ext` compiles embedplug._C, once. (An editable
+# install compiles it in a throw-away folder, so `make ext` after it would compile everything a second time.)
 $(VENV)/.deps-installed: pyproject.toml setup.py | $(BIN)/python
 	$(BIN)/python -m pip install "torch==$(TORCH_VERSION)"
-	$(BIN)/python -m pip install --no-build-isolation -e ".[test]"
+	EMBEDPLUG_NO_EXT=1 $(BIN)/python -m pip install --no-build-isolation -e ".[test]"
 	touch $@
 
 setup: $(VENV)/.deps-installed
 
-# Incremental rebuild of embedplug._C in place (ninja only recompiles what changed).
+# Builds embedplug._C in place, its objects kept in build/: the first run compiles everything, later runs
+# only what changed since (setuptools skips the step when no csrc/ source or header is newer than the .so;
+# ninja recompiles only the objects whose sources or included headers changed).
 ext: setup
 	$(BIN)/python setup.py --quiet build_ext --inplace
 

@@ -32,6 +32,11 @@ def _extensions():
 
     debug = _flag("DEBUG")
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    # Headers as dependencies: without them an in-place `build_ext` skips the extension when only a header
+    # changed (setuptools compares the sources' times with the .so's); ninja then recompiles what includes it.
+    headers = sorted(
+        path for pattern in ("*.h", "*.cuh") for path in glob.glob(os.path.join("csrc", "**", pattern), recursive=True)
+    )
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     torch_has_cuda = torch.version.cuda is not None
     use_cuda = bool(cuda_sources) and CUDA_HOME is not None and torch_has_cuda and (
@@ -66,6 +71,7 @@ def _extensions():
         extra_compile_args=extra,
         extra_link_args=["-fopenmp"],
         define_macros=define_macros,
+        depends=headers,
     )
     return [ext], {"build_ext": BuildExtension}
 

@@ -22,8 +22,9 @@ from collections.abc import Callable
 import torch
 
 from embedplug.bench import batch_hard_cases, batch_mining_cases, in_batch_negatives_cases
+from embedplug.bench.peers import SENTENCE_TRANSFORMERS
 
-ST = "sentence-transformers 6.2"
+ST = SENTENCE_TRANSFORMERS
 FUSED = "embedplug fused"
 # Losses whose sentence-transformers implementation materialises [N, N, N] float32 tensors (3 at once).
 CUBIC_ST_LOSSES = {"BatchAllTripletLoss", "BatchSemiHardTripletLoss"}

@@ -7,6 +7,14 @@ plugin first, so built-in names can never be taken by another plugin.
 
 from embedplug.hookspecs import hookimpl
 
+# Every entry point embedplug itself ships (pyproject.toml's [project.entry-points.embedplug]), name ->
+# module, in load order. The registry loads them first, and loads them even without installed metadata
+# (a source checkout); the first, this module, is the core plugin, which cannot be disabled.
+SHIPPED_ENTRY_POINTS = {
+    "embedplug": "embedplug._builtin_plugin",
+    "sentence-transformers": "embedplug._st_plugin",
+}
+
 
 @hookimpl
 def embedplug_register_losses(register):

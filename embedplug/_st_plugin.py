@@ -2,8 +2,10 @@
 
 Exposed through embedplug's second entry point (``sentence-transformers``), so ``embedplug.get_loss``
 and ``embedplug train`` configs can name every loss sentence-transformers exports (CoSENTLoss,
-MatryoshkaLoss, ...). The registry loads it right after the built-in plugin and only when
-sentence-transformers is importable. Names embedplug registers itself (its drop-ins, listed in
+MatryoshkaLoss, ...). The registry loads it right after the built-in plugin. It declares (see
+:mod:`embedplug.hookspecs`) that it needs sentence-transformers, so without it it registers nothing, and
+that its classes are sentence-transformers', so it is reported as that distribution (uninstalling it
+removes them). Names embedplug registers itself (its drop-ins, listed in
 :data:`embedplug.losses.BUILTIN_LOSSES`) are skipped, so embedplug's class wins without a conflict.
 """
 
@@ -12,6 +14,11 @@ from __future__ import annotations
 import importlib
 
 from embedplug.hookspecs import hookimpl
+
+# Read by the registry before the hooks run (embedplug.hookspecs.REQUIRES and ATTRIBUTION). This module
+# imports sentence-transformers only inside its functions, so it loads without it.
+EMBEDPLUG_REQUIRES = ("sentence_transformers",)
+EMBEDPLUG_ATTRIBUTION = "sentence-transformers"
 
 # Where sentence-transformers 6.x exports its SentenceTransformer losses (``sentence_transformers.losses``
 # is an alias of the first); read at run time, so a new sentence-transformers loss is registered as well.

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
+import sys
 import warnings
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
@@ -24,15 +28,26 @@ def check_embeddings(embeddings: torch.Tensor, caller: str) -> None:
 
 
 def check_labels(labels: torch.Tensor, embeddings: torch.Tensor, caller: str) -> torch.Tensor:
-    """Returns ``labels`` as a flat int64 tensor, or raises a clear error.
+    """Returns ``labels`` as flat int64 class ids [N], or raises a clear error naming the problem.
 
-    Labels must be an integer tensor on the embeddings' device with one entry per row (any shape
-    with N elements, as sentence-transformers accepts, e.g. [N] or [N, 1]).
+    ``labels``: one class label per row of ``embeddings`` [N, D], shape [N] or [N, 1] (what
+    sentence-transformers' data collator gives), on the embeddings' device. Integer labels are the class
+    ids. Floating-point labels are accepted as sentence-transformers' classes accept them (they compare
+    labels with ``==``): rows share a class exactly when their labels are equal, so 0.5 and 0.7 are two
+    classes and -0.0 and 0.0 one (see :func:`class_ids`). NaN labels are refused: a NaN equals no label,
+    not even its own row's.
     """
+    flat = check_label_tensor(labels, embeddings, caller)
+    return class_ids(flat)
+
+
+def check_label_tensor(labels: torch.Tensor, embeddings: torch.Tensor, caller: str) -> torch.Tensor:
+    """The checks of :func:`check_labels`, returning the labels flattened to [N] with their own dtype
+    (what is gathered across ranks before the ids are numbered: per-rank ids would not agree)."""
     if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"{caller}: labels must be a torch.Tensor of integer class ids, got {type(labels).__name__}")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"{caller}: labels must be an integer tensor of class ids, got {labels.dtype}")
+        raise TypeError(f"{caller}: labels must be a torch.Tensor of class labels, got {type(labels).__name__}")
+    if labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"{caller}: labels must be an integer or floating-point tensor of class labels, got {labels.dtype}")
     if labels.device != embeddings.device:
         raise ValueError(
             f"{caller}: labels are on {labels.device} but embeddings are on {embeddings.device}; move them to one device"
@@ -43,7 +58,37 @@ def check_labels(labels: torch.Tensor, embeddings: torch.Tensor, caller: str) ->
             f"{caller}: expects {batch_size} labels (one per example), but got {labels.numel()} labels "
             f"with shape {tuple(labels.shape)}"
         )
-    return labels.reshape(-1).to(torch.int64)
+    if not (labels.dim() == 1 or (labels.dim() == 2 and labels.shape[1] == 1)):
+        raise ValueError(
+            f"{caller}: labels must have shape [N] or [N, 1] (one class label per row), got shape "
+            f"{tuple(labels.shape)} for N = {batch_size} rows"
+        )
+    flat = labels.reshape(-1)
+    if flat.is_floating_point() and not torch.compiler.is_compiling() and bool(torch.isnan(flat).any()):
+        raise ValueError(
+            f"{caller}: labels contain NaN at {int(torch.isnan(flat).sum())} row(s); a NaN label equals no label, "
+            "not even its own, so those rows have no class"
+        )
+    return flat
+
+
+def class_ids(labels: torch.Tensor) -> torch.Tensor:
+    """Flat [N] labels as int64 class ids: integers as they are; floats numbered by exact equality.
+
+    Equal values get one id and different values different ids (ids follow the sorted order of the
+    values), so the masks built from the ids are those of ``labels[:, None] == labels[None, :]``,
+    without the N x N matrix and without rounding (0.5 and 0.7 stay apart). A sort and a cumulative
+    sum: static shapes, so the path compiles too.
+    """
+    if not labels.is_floating_point():
+        return labels.to(torch.int64)
+    sorted_values, order = torch.sort(labels)
+    # A new class starts wherever a sorted value differs from the one before it (-0.0 == 0.0).
+    starts = torch.zeros_like(sorted_values, dtype=torch.int64)
+    starts[1:] = sorted_values[1:] != sorted_values[:-1]
+    ids = torch.empty_like(starts)
+    ids[order] = torch.cumsum(starts, dim=0)
+    return ids
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,6 +190,31 @@ def check_distance_matrix(matrix, embeddings: torch.Tensor, caller: str) -> torc
     return matrix
 
 
+def checked_similarity(similarity: Callable, caller: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``similarity`` wrapped so that its output is checked: ([R, D], [C, D]) must give a floating [R, C] tensor.
+
+    A user's similarity function with the wrong output (a row-wise [R] vector, a transposed or broadcast
+    matrix) otherwise fails deep in the loss with an IndexError, or not at all.
+    """
+
+    @functools.wraps(similarity)
+    def checked(rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        matrix = similarity(rows, columns)
+        expected = (rows.shape[0], columns.shape[0])
+        if not isinstance(matrix, torch.Tensor):
+            raise TypeError(f"{caller}: the similarity function must return a torch.Tensor, got {type(matrix).__name__}")
+        if tuple(matrix.shape) != expected:
+            raise ValueError(
+                f"{caller}: the similarity function must map [R, D] and [C, D] embeddings to an [R, C] similarity "
+                f"matrix; for [{expected[0]}, D] and [{expected[1]}, D] it returned shape {tuple(matrix.shape)}"
+            )
+        if not matrix.is_floating_point():
+            raise TypeError(f"{caller}: the similarity function must return a floating-point matrix, got {matrix.dtype}")
+        return matrix
+
+    return checked
+
+
 def check_column_count(embeddings, minimum: int, maximum: int | None, caller: str) -> None:
     """``compute_loss_from_embeddings``' list of columns: between ``minimum`` and ``maximum`` tensors."""
     if isinstance(embeddings, torch.Tensor) or not isinstance(embeddings, (list, tuple)):
@@ -200,21 +270,23 @@ def check_mnrl_options(
 
 
 def check_finite_rows(caller: str, **tensors: torch.Tensor | None) -> None:
-    """Guide embeddings must be finite: a NaN/Inf guide similarity has no defined keep/drop decision.
+    """Warn when guide embeddings have NaN/Inf rows, and go on as sentence-transformers does.
 
+    sentence-transformers' GISTEmbedLoss trains through such a guide: every guide similarity involving
+    a non-finite row is NaN, and its ``similarity > threshold`` drops no candidate on a NaN. The
+    warning's text is the same on every call, so Python's default filter shows it once per call site.
     Skipped under torch.compile, where a data-dependent branch would break the graph.
     """
     if torch.compiler.is_compiling():
         return
-    for name, tensor in tensors.items():
-        if tensor is None:
-            continue
-        bad_rows = int((~torch.isfinite(tensor.detach())).any(dim=-1).sum())
-        if bad_rows:
-            raise ValueError(
-                f"{caller}: {name} has {bad_rows} row(s) with NaN or Inf entries; the guide's similarities decide which "
-                "candidates are dropped and are undefined there. Check the guide model's outputs"
-            )
+    bad = [name for name, tensor in tensors.items() if tensor is not None and not bool(torch.isfinite(tensor.detach()).all())]
+    if bad:
+        warnings.warn(
+            f"{caller}: {' and '.join(bad)} have rows with NaN or Inf entries (check the guide model's outputs); "
+            "the guide similarities of those rows are NaN and drop no candidate, as in sentence-transformers",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def warn_non_finite_rows(loss_module, loss: torch.Tensor, embeddings) -> None:
@@ -240,3 +312,51 @@ def warn_non_finite_rows(loss_module, loss: torch.Tensor, embeddings) -> None:
         RuntimeWarning,
         stacklevel=3,
     )
+
+
+def _input_rows(values) -> list[torch.Tensor]:
+    """The [R, D] floating tensors among a call's arguments, lists of columns included."""
+    found = []
+    for value in values:
+        if isinstance(value, (list, tuple)):
+            found += _input_rows(value)
+        elif isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() == 2:
+            found.append(value)
+    return found
+
+
+_LossFunction = TypeVar("_LossFunction", bound=Callable[..., torch.Tensor])
+
+
+def warns_non_finite_input(function: _LossFunction) -> _LossFunction:
+    """Decorates a functional loss: when it returns a non-finite loss and some input rows are NaN/Inf, warn.
+
+    The loss stays NaN, as the loss classes leave it (:func:`warn_non_finite_rows`); the warning names
+    the function and how many of the input rows (every [R, D] floating argument, guide columns
+    included) are not finite. It is raised at the user's call site on every such call, so Python's
+    default filter shows it once per call site and message. Calls from embedplug's own modules (the loss
+    classes, which warn once per instance) are not warned about here. On a finite loss the cost is one
+    scalar check; nothing runs under ``torch.compile``.
+    """
+
+    @functools.wraps(function)
+    def checked(*args, **kwargs):
+        loss = function(*args, **kwargs)
+        if torch.compiler.is_compiling() or not isinstance(loss, torch.Tensor):
+            return loss
+        if bool(torch.isfinite(loss.detach()).all()):
+            return loss
+        if sys._getframe(1).f_globals.get("__name__", "").startswith("embedplug."):
+            return loss  # an embedplug loss class: it reports the rows itself, once per instance
+        columns = _input_rows([*args, *kwargs.values()])
+        bad_rows = sum(int((~torch.isfinite(column.detach())).any(dim=-1).sum()) for column in columns)
+        if bad_rows:
+            warnings.warn(
+                f"{function.__name__}: the loss is {loss.detach().float().reshape(-1)[0].item()} because {bad_rows} "
+                f"of the {sum(column.shape[0] for column in columns)} input rows contain NaN or Inf",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return loss
+
+    return checked  # type: ignore[return-value]

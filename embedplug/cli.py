@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,9 +34,17 @@ def _add_plugins_command(subparsers: SubparsersAction) -> None:
     parser.set_defaults(handler=_run_plugins)
 
 
+def quiet_plugin_records() -> list[dict[str, Any]]:
+    """``registry.list_plugins()`` without the PluginWarnings: a command that prints the records' errors
+    says each problem once, in its own words, instead of also as a warning with a registry source line."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", registry.PluginWarning)
+        return registry.list_plugins()
+
+
 def _run_plugins(args: argparse.Namespace) -> int:
     try:
-        records = registry.list_plugins()
+        records = quiet_plugin_records()
     except registry.PluginError as exc:  # strict mode: one line, not a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -60,8 +68,8 @@ def format_plugins_table(records: list[dict[str, Any]]) -> str:
             record["name"],
             record["distribution"] or ("(in-process)" if record["entry_point"] is None else "(unknown)"),
             record["version"] or "-",
-            str(len(record["losses"])),
-            str(len(record["samplers"])),
+            str(len(_without_aliases(record, "losses"))),
+            str(len(_without_aliases(record, "samplers"))),
             _status(record),
         )
         for record in records
@@ -70,19 +78,32 @@ def format_plugins_table(records: list[dict[str, Any]]) -> str:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in (header, *rows)]
     for record in records:
         details = _loss_lines(record)
-        details += [f"  samplers: {', '.join(record['samplers'])}"] if record["samplers"] else []
+        samplers = [_with_aliases(record, name) for name in _without_aliases(record, "samplers")]
+        details += [f"  samplers: {', '.join(samplers)}"] if samplers else []
         details += [f"  error: {error}" for error in record["errors"]]
         if details:
             lines += ["", f"{record['name']}:", *details]
     return "\n".join(lines)
 
 
+def _without_aliases(record: dict[str, Any], kind: str) -> list[str]:
+    """The names of ``record[kind]`` that are not aliases: one per registered class."""
+    aliases = record.get("aliases", {})
+    return [name for name in record[kind] if name not in aliases]
+
+
+def _with_aliases(record: dict[str, Any], name: str) -> str:
+    """``Name`` or ``Name (alias a, b)``."""
+    aliases = [alias for alias, target in record.get("aliases", {}).items() if target == name]
+    return f"{name} (alias {', '.join(aliases)})" if aliases else name
+
+
 def _loss_lines(record: dict[str, Any]) -> list[str]:
-    """``losses (<implementation>): A, B`` per implementation, in registration order."""
+    """``losses (<implementation>): A, B (alias b)`` per implementation, in registration order."""
     implementations = record.get("implementations", {})
     groups: dict[str, list[str]] = {}
-    for name in record["losses"]:
-        groups.setdefault(implementations.get(name, "implementation unknown"), []).append(name)
+    for name in _without_aliases(record, "losses"):
+        groups.setdefault(implementations.get(name, "implementation unknown"), []).append(_with_aliases(record, name))
     return [f"  losses ({implementation}): {', '.join(names)}" for implementation, names in groups.items()]
 
 
@@ -93,61 +114,22 @@ def _loss_lines(record: dict[str, Any]) -> list[str]:
 def _add_doctor_command(subparsers: SubparsersAction) -> None:
     parser = subparsers.add_parser(
         "doctor",
-        help="print backend, torch and plugin information for bug reports",
-        description="Print what embedplug resolved: compiled backend, torch, and a summary of plugins.",
+        help="say which implementation each op runs and why, with versions and plugins, for bug reports",
+        description=(
+            "Print what embedplug resolved: versions, the compiled extension and its settings, a verdict per op "
+            "and device (fused, or the reference and why), and the plugins' losses by implementation."
+        ),
     )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON (machine-readable)")
     parser.set_defaults(handler=_run_doctor)
 
 
-def _plugins_summary() -> list[dict[str, Any]] | str:
-    try:
-        records = registry.list_plugins()
-    except registry.PluginError as exc:
-        return f"error: {exc}"
-    return [
-        {
-            "name": record["name"],
-            "distribution": record["distribution"],
-            "version": record["version"],
-            "losses": len(record["losses"]),
-            "samplers": len(record["samplers"]),
-            "errors": record["errors"],
-            "disabled": record["disabled"],
-        }
-        for record in records
-    ]
-
-
-def _backend_info() -> Any:
-    # doctor is what users run when something is broken: report a failure, never crash on it.
-    try:
-        from embedplug import backend_info
-
-        return backend_info()
-    except Exception as exc:
-        return {"error": f"{type(exc).__name__}: {exc}"}
-
-
-def _torch_version() -> str:
-    try:
-        import torch
-    except Exception as exc:
-        return f"unavailable ({type(exc).__name__}: {exc})"
-    return torch.__version__
-
-
 def _run_doctor(args: argparse.Namespace) -> int:
-    from embedplug import __version__
+    from embedplug import doctor
 
-    report = {
-        "embedplug": __version__,
-        "python": platform.python_version(),
-        "torch": _torch_version(),
-        "backend": _backend_info(),
-        "plugins": _plugins_summary(),
-    }
+    report = doctor.gather()
     # default=str: backend_info() is owned elsewhere; a stray non-JSON value must not break doctor.
-    print(json.dumps(report, indent=2, default=str))
+    print(json.dumps(report, indent=2, default=str) if args.json else doctor.format_report(report), end="\n" if args.json else "")
     return 0
 
 

@@ -204,15 +204,17 @@ def gather_labelled_batch(
     embeddings: torch.Tensor, labels: torch.Tensor, caller: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every rank's [B_r, D] embeddings (with gradients) and their labels, gathered in rank order:
-    ([sum B_r, D], [sum B_r] int64). Per-rank sizes may differ; bad local input is raised on every rank."""
-    from embedplug._validation import check_embeddings, check_labels
+    ([sum B_r, D], [sum B_r] labels in their own dtype). Per-rank sizes may differ; bad local input is raised
+    on every rank. Float labels are gathered as values and numbered afterwards, by the loss: ids numbered
+    per rank would give one value different ids on different ranks."""
+    from embedplug._validation import check_embeddings, check_label_tensor
 
     flat_labels = labels
 
     def validate() -> None:
         nonlocal flat_labels
         check_embeddings(embeddings, caller)
-        flat_labels = check_labels(labels, embeddings, caller)
+        flat_labels = check_label_tensor(labels, embeddings, caller)
 
     (gathered_embeddings,), layout = gather_columns([embeddings], caller, validate=validate)
     return gathered_embeddings, gather_with_grad(flat_labels, layout)

@@ -7,6 +7,35 @@ embedplug's own losses and samplers are registered through these same hooks
 (:mod:`embedplug._builtin_plugin`).
 
 Every hook here must have a docstring and a section in docs/writing-a-plugin.md; a test enforces it.
+
+Besides the hooks, a plugin and the classes it registers may declare a few facts as attributes, which
+embedplug reads wherever it needs them (the names are the constants below):
+
+On the plugin module (or object), read when the plugin is loaded:
+
+``EMBEDPLUG_REQUIRES`` (:data:`REQUIRES`)
+    Import names (a string or a tuple of strings) the plugin's classes come from. When one of them
+    cannot be imported, the plugin registers nothing and is not listed (an optional plugin, such as
+    embedplug's own plugin of sentence-transformers' losses). Import the required library inside the
+    hooks, not at the top of the plugin module, so that loading the plugin to read this does not fail.
+``EMBEDPLUG_ATTRIBUTION`` (:data:`ATTRIBUTION`)
+    The distribution whose classes the plugin registers, when it is not the plugin's own: the
+    plugin is then reported (``embedplug plugins``, conflict messages) as that distribution, with its
+    installed version.
+
+On a registered loss class:
+
+``embedplug_label_aware = True`` (:data:`LABEL_AWARE`)
+    The loss trains on single texts with class labels: one text column and a label column, with
+    batches in which classes repeat (the batch triplet losses, SupCon, ...). ``embedplug train`` then
+    requires ``data.label_column`` (or a labelled task) and recommends a class-balanced sampler; a loss
+    without it trains on two or more text columns (pairs, triplets, optionally with a score label).
+``embedplug_ops = ("op_name", ...)``
+    The embedplug ops the loss runs (schema names, :data:`embedplug.ops.SPECS`): ``embedplug plugins``
+    and ``backend_info()`` then report "fused" only when every one of them runs its kernel.
+``embedplug_implementation = "..."`` (:data:`IMPLEMENTATION`)
+    Which implementation runs the loss, as ``embedplug plugins`` reports it (default: derived from
+    ``embedplug_ops``, else from the class's package, see :mod:`embedplug.implementations`).
 """
 
 from __future__ import annotations
@@ -20,6 +49,17 @@ PROJECT_NAME = "embedplug"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+# The declarations described above, by attribute name.
+REQUIRES = "EMBEDPLUG_REQUIRES"
+ATTRIBUTION = "EMBEDPLUG_ATTRIBUTION"
+LABEL_AWARE = "embedplug_label_aware"
+IMPLEMENTATION = "embedplug_implementation"
+
+
+def is_label_aware(loss_class: type) -> bool:
+    """Whether ``loss_class`` declares ``embedplug_label_aware = True`` (see :data:`LABEL_AWARE`)."""
+    return getattr(loss_class, LABEL_AWARE, False) is True
 
 
 class RegisterCallback(Protocol):
@@ -38,6 +78,8 @@ def embedplug_register_losses(register: RegisterCallback) -> None:
             a subclass of ``torch.nn.Module`` following the sentence-transformers loss contract
             (``__init__(self, model, ...)`` storing ``self.model``; ``forward(sentence_features, labels)``).
             ``name`` defaults to ``loss_class.__name__``; ``aliases`` are extra names for the same class.
+            A loss that trains on single texts with class labels declares ``embedplug_label_aware = True``
+            (see the module docstring).
             Names and aliases share one namespace for losses; a name that is already taken (by embedplug
             or an earlier plugin) is refused and reported, never shadowed.
 

@@ -7,11 +7,13 @@ own classes are ``"sentence-transformers"``, anything else is named after its to
 
 from __future__ import annotations
 
+from embedplug.hookspecs import IMPLEMENTATION
+
 FUSED = "embedplug fused kernel"
 TORCH = "embedplug torch"
 SENTENCE_TRANSFORMERS = "sentence-transformers"
 
-IMPLEMENTATION_ATTRIBUTE = "embedplug_implementation"
+IMPLEMENTATION_ATTRIBUTE = IMPLEMENTATION  # declared on the class; see embedplug.hookspecs
 
 
 REFERENCE = "embedplug reference (pure torch)"

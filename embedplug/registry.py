@@ -46,17 +46,9 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "embedplug"
 BUILTIN_DISTRIBUTION = "embedplug"
+# The core plugin: embedplug's own losses and samplers, loaded first and never disabled. The other
+# entry points embedplug ships are listed with it in embedplug._builtin_plugin.SHIPPED_ENTRY_POINTS.
 BUILTIN_MODULE = "embedplug._builtin_plugin"
-# embedplug's second entry point: sentence-transformers' own losses that embedplug does not replace.
-# Loaded right after the built-in plugin, only when sentence-transformers is importable; reported as
-# distribution "sentence-transformers" (the classes are its, and uninstalling it removes them) and can
-# be disabled like any third-party plugin (EMBEDPLUG_DISABLE_PLUGINS=sentence-transformers).
-ST_ENTRY_POINT = "sentence-transformers"
-ST_MODULE = "embedplug._st_plugin"
-ST_DISTRIBUTION = "sentence-transformers"
-ST_IMPORT_NAME = "sentence_transformers"
-# name -> module of every entry point embedplug itself ships, in load order.
-_BUILTIN_ENTRY_POINTS = {BUILTIN_DISTRIBUTION: BUILTIN_MODULE, ST_ENTRY_POINT: ST_MODULE}
 STRICT_ENV = "EMBEDPLUG_STRICT_PLUGINS"
 DISABLE_ENV = "EMBEDPLUG_DISABLE_PLUGINS"
 
@@ -104,12 +96,15 @@ class UnknownNameError(KeyError):
 
 @dataclasses.dataclass(frozen=True)
 class _Kind:
-    """One namespace of registrable things: what it is called, its hook and its validity check."""
+    """One namespace of registrable things: what it is called, its hook, its validity check and, where
+    reported, how each class is implemented. A new kind of plugin class is one entry in :data:`_KINDS`
+    (and its hookspec)."""
 
     singular: str
-    plural: str
+    plural: str  # also the record's key for the names registered under this kind
     hook_name: str
     check: Callable[[type], str | None]  # returns why ``obj`` is unacceptable, or None
+    implementation: Callable[[type], str] | None = None  # fills the record's ``implementations``
 
 
 def _check_loss(obj: type) -> str | None:
@@ -133,7 +128,13 @@ def _check_sampler(obj: type) -> str | None:
     return None
 
 
-LOSS = _Kind("loss", "losses", "embedplug_register_losses", _check_loss)
+def _loss_implementation(obj: type) -> str:
+    from embedplug.implementations import implementation_of
+
+    return implementation_of(obj)
+
+
+LOSS = _Kind("loss", "losses", "embedplug_register_losses", _check_loss, _loss_implementation)
 SAMPLER = _Kind("sampler", "samplers", "embedplug_register_samplers", _check_sampler)
 _KINDS = (LOSS, SAMPLER)
 
@@ -147,15 +148,17 @@ class _PluginRecord:
     version: str | None
     entry_point: str | None = None
     hooks: list[str] = dataclasses.field(default_factory=list)
-    losses: list[str] = dataclasses.field(default_factory=list)
-    samplers: list[str] = dataclasses.field(default_factory=list)
+    # kind.plural -> names and aliases registered, in order
+    registered: dict[str, list[str]] = dataclasses.field(default_factory=lambda: {kind.plural: [] for kind in _KINDS})
     errors: list[str] = dataclasses.field(default_factory=list)
     disabled: bool = False
-    # loss name -> which implementation runs it (embedplug.implementations.implementation_of)
+    # name -> which implementation runs it, for the kinds that report one (embedplug.implementations)
     implementations: dict[str, str] = dataclasses.field(default_factory=dict)
+    # alias -> the name the same class was registered under first (names of every kind)
+    aliases: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def names(self, kind: _Kind) -> list[str]:
-        return self.losses if kind is LOSS else self.samplers
+        return self.registered[kind.plural]
 
     def describe(self) -> str:
         """Who this plugin is, for messages: distribution first, since that is what users uninstall."""
@@ -167,8 +170,16 @@ class _PluginRecord:
         return f"distribution {self.distribution!r}{version} (plugin {self.name!r})"
 
     def to_dict(self) -> dict[str, Any]:
-        # Copies of the lists: callers must not be able to edit the registry's state.
-        return {field.name: _copy(getattr(self, field.name)) for field in dataclasses.fields(self)}
+        """The JSON-able record; each kind's names under its own key (``losses``, ``samplers``)."""
+        record: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name == "registered":
+                record.update({plural: list(names) for plural, names in value.items()})
+            else:
+                # Copies: callers must not be able to edit the registry's state.
+                record[field.name] = _copy(value)
+        return record
 
 
 def _copy(value: Any) -> Any:
@@ -222,64 +233,68 @@ def _is_builtin(distribution: str | None) -> bool:
     return _normalize(distribution) == BUILTIN_DISTRIBUTION
 
 
-def _fallback_builtin_entry_point(name: str = BUILTIN_DISTRIBUTION) -> importlib.metadata.EntryPoint:
+def _shipped_entry_points() -> dict[str, str]:
+    """name -> module of every entry point embedplug ships, in load order (the core plugin first)."""
+    from embedplug._builtin_plugin import SHIPPED_ENTRY_POINTS
+
+    return SHIPPED_ENTRY_POINTS
+
+
+def _fallback_builtin_entry_point(name: str) -> importlib.metadata.EntryPoint:
     # Without installed metadata (a source checkout on PYTHONPATH, or metadata installed before an entry
     # point was added) a built-in entry point is invisible; loading it directly keeps the built-in losses
     # available instead of silently vanishing.
-    return importlib.metadata.EntryPoint(name=name, value=_BUILTIN_ENTRY_POINTS[name], group=ENTRY_POINT_GROUP)
+    return importlib.metadata.EntryPoint(name=name, value=_shipped_entry_points()[name], group=ENTRY_POINT_GROUP)
 
 
 def _builtin_rank(entry_point: Any, distribution: str | None) -> int:
-    """Position of one of embedplug's own entry points in :data:`_BUILTIN_ENTRY_POINTS`; len() for others."""
-    names = list(_BUILTIN_ENTRY_POINTS)
+    """Position of one of embedplug's own entry points in the shipped list; len() for others."""
+    names = list(_shipped_entry_points())
     if _is_builtin(distribution) and entry_point.name in names:
         return names.index(entry_point.name)
     return len(names)
 
 
-def _sentence_transformers_version() -> str | None:
-    try:
-        return importlib.metadata.version(ST_DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _reported_distribution(entry_point: Any, distribution: str | None, version: str | None):
-    # The sentence-transformers plugin registers that library's classes: attribute them to it.
-    if _is_builtin(distribution) and entry_point.name == ST_ENTRY_POINT:
-        return ST_DISTRIBUTION, _sentence_transformers_version()
-    return distribution, version
-
-
 def _load_order(entry_points: Iterable[importlib.metadata.EntryPoint]) -> list[tuple[Any, str | None, str | None]]:
     """``(entry_point, distribution, version)`` with the built-ins first, then a deterministic order.
 
-    Built-ins go first (embedplug's own losses, then sentence-transformers' that embedplug does not
-    replace) so their names can never be taken by a third-party plugin; the rest is sorted by
-    distribution then entry-point name, so which of two conflicting plugins wins does not depend on
-    ``sys.path`` order. The distribution reported is the entry point's, except for the
-    sentence-transformers plugin (see :data:`ST_DISTRIBUTION`).
+    embedplug's own entry points go first, in their shipped order, so their names can never be taken
+    by a third-party plugin; the rest is sorted by distribution then entry-point name, so which of two
+    conflicting plugins wins does not depend on ``sys.path`` order.
     """
     resolved = [(ep, *_distribution_info(ep)) for ep in entry_points]
     present = {ep.name for ep, distribution, _ in resolved if _is_builtin(distribution)}
-    for name in _BUILTIN_ENTRY_POINTS:
+    for name in _shipped_entry_points():
         if name not in present:
             from embedplug import __version__
 
             resolved.append((_fallback_builtin_entry_point(name), BUILTIN_DISTRIBUTION, __version__))
-    ordered = sorted(
-        resolved, key=lambda item: (_builtin_rank(item[0], item[1]), _normalize(item[1]), item[0].name)
-    )
-    return [(ep, *_reported_distribution(ep, distribution, version)) for ep, distribution, version in ordered]
+    return sorted(resolved, key=lambda item: (_builtin_rank(item[0], item[1]), _normalize(item[1]), item[0].name))
 
 
-def _requirement_missing(entry_point: Any, distribution: str | None) -> bool:
-    """Whether this is the sentence-transformers plugin and sentence-transformers cannot be imported."""
-    if entry_point.value != ST_MODULE or _normalize(distribution) != ST_DISTRIBUTION:
-        return False
+def _missing_requirements(plugin: object) -> list[str]:
+    """The import names of the plugin's ``EMBEDPLUG_REQUIRES`` declaration that cannot be imported.
+
+    Raises TypeError when the declaration is neither an import name nor a list or tuple of them."""
     import importlib.util
 
-    return importlib.util.find_spec(ST_IMPORT_NAME) is None
+    required = getattr(plugin, hookspecs.REQUIRES, ())
+    required = [required] if isinstance(required, str) else required
+    if not isinstance(required, (list, tuple)) or not all(isinstance(name, str) and name for name in required):
+        raise TypeError(f"{hookspecs.REQUIRES} must be an import name or a tuple of them, got {required!r}")
+    return [name for name in required if importlib.util.find_spec(name) is None]
+
+
+def _attribute(record: _PluginRecord, plugin: object) -> None:
+    """Report the plugin as the distribution its ``EMBEDPLUG_ATTRIBUTION`` names, with that version."""
+    attribution = getattr(plugin, hookspecs.ATTRIBUTION, None)
+    if not isinstance(attribution, str) or not attribution:
+        return
+    try:
+        version = importlib.metadata.version(attribution)
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    record.distribution, record.version = attribution, version
 
 
 def _describe_exception(exc: BaseException) -> str:
@@ -309,6 +324,7 @@ class _RegistrationSession:
         self._kind = kind
         self._record = record
         self.staged: dict[str, type] = {}
+        self.aliases: dict[str, str] = {}  # staged alias -> the name staged first for the same class
         self._open = True
 
     def register(self, obj: Any, name: str | None = None, aliases: Iterable[str] = ()) -> None:
@@ -328,8 +344,14 @@ class _RegistrationSession:
             self._registry._report(self._record, f"{where} refused: aliases are not iterable ({exc})")
             return
         # Each name is claimed on its own: one taken alias does not take the class's other names down.
+        # The first name claimed is the class's name in this plugin; the others are its aliases.
+        primary = None
         for each_name in dict.fromkeys(names):
-            self._claim(obj, each_name, where)
+            if self._claim(obj, each_name, where):
+                if primary is None:
+                    primary = each_name
+                else:
+                    self.aliases[each_name] = primary
 
     def close(self) -> None:
         self._open = False
@@ -339,20 +361,21 @@ class _RegistrationSession:
             return f"expected a class, got {type(obj).__name__}"
         return self._kind.check(obj)
 
-    def _claim(self, obj: type, name: Any, where: str) -> None:
+    def _claim(self, obj: type, name: Any, where: str) -> bool:
+        """Stage ``name`` for ``obj``; True when it is newly staged (False: refused, or already this class's)."""
         if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name):
             self._registry._report(
                 self._record,
                 f"{where} refused: invalid {self._kind.singular} name {name!r} "
                 "(letters, digits, '_', '-', '.', starting with a letter, at most 100 characters)",
             )
-            return
+            return False
         staged = self.staged.get(name)
         if staged is obj:
-            return  # the same class under the same name again from the same plugin: harmless
+            return False  # the same class under the same name again from the same plugin: harmless
         existing = self._registry._namespaces[self._kind].get(name)
         if existing is not None and existing.owner is self._record and existing.obj is obj:
-            return
+            return False
         if staged is not None or existing is not None:
             owner = self._record if staged is not None else existing.owner
             self._registry._report(
@@ -360,8 +383,9 @@ class _RegistrationSession:
                 f"{self._kind.singular} name {name!r} is already registered by {owner.describe()}; "
                 f"the registration from {self._record.describe()} was refused",
             )
-            return
+            return False
         self.staged[name] = obj
+        return True
 
 
 class PluginRegistry:
@@ -381,21 +405,10 @@ class PluginRegistry:
         """Whether entry points have been discovered (lookups trigger it; ``import embedplug`` does not)."""
         return self._loaded
 
-    def load(self) -> None:
-        """Discover and load the entry-point plugins now, if not done yet."""
-        with self._lock:
-            self._ensure_loaded()
-
     def reset(self) -> None:
         """Forget every plugin (in-process ones too); the next lookup discovers entry points afresh."""
         with self._lock:
             self._clear()
-
-    def reload(self) -> None:
-        """:meth:`reset`, then load immediately (e.g. after installing a plugin in a running process)."""
-        with self._lock:
-            self._clear()
-            self._ensure_loaded()
 
     def get_loss(self, name: str) -> type:
         """The loss class registered under ``name`` (or an alias); :class:`UnknownNameError` if none."""
@@ -405,21 +418,14 @@ class PluginRegistry:
         """The batch-sampler class registered under ``name`` (or an alias); :class:`UnknownNameError` if none."""
         return self._lookup(SAMPLER, name)
 
-    def loss_names(self) -> list[str]:
-        """Every registered loss name and alias, sorted."""
-        return self._names(LOSS)
-
-    def sampler_names(self) -> list[str]:
-        """Every registered sampler name and alias, sorted."""
-        return self._names(SAMPLER)
-
     def list_plugins(self) -> list[dict[str, Any]]:
         """One JSON-able record per plugin, in load order (built-in first).
 
         Keys: ``name`` (entry-point or in-process name), ``distribution``, ``version``, ``entry_point``,
         ``hooks`` (hook names implemented), ``losses`` and ``samplers`` (names and aliases it registered),
-        ``errors`` (problems, empty when healthy), ``disabled`` (skipped by ``EMBEDPLUG_DISABLE_PLUGINS``)
-        and ``implementations`` (``{loss name: implementation}``, see :mod:`embedplug.implementations`).
+        ``errors`` (problems, empty when healthy), ``disabled`` (skipped by ``EMBEDPLUG_DISABLE_PLUGINS``),
+        ``implementations`` (``{loss name: implementation}``, see :mod:`embedplug.implementations`) and
+        ``aliases`` (``{alias: the name it stands for}``, of every kind).
         """
         with self._lock:
             self._ensure_loaded()
@@ -443,9 +449,19 @@ class PluginRegistry:
             if name in self._plugins:
                 raise ValueError(f"a plugin named {name!r} is already registered")
             record = _PluginRecord(name=name, distribution=distribution, version=version)
+            if distribution is None:
+                _attribute(record, plugin)
             self._add_record(record)
             try:
-                self._register_plugin(plugin, record)
+                try:
+                    missing = _missing_requirements(plugin)
+                except TypeError as exc:
+                    self._report(record, f"is not a valid plugin: {exc}", exc)
+                    missing = None
+                if missing:
+                    self._report(record, f"requires {', '.join(missing)}, which cannot be imported; nothing registered")
+                elif missing is not None:
+                    self._register_plugin(plugin, record)
             except PluginError:
                 self._forget(record)  # strict mode: leave no half-registered plugin behind
                 raise
@@ -483,8 +499,6 @@ class PluginRegistry:
     def _load_entry_points(self) -> None:
         disabled = _disabled_names()
         for entry_point, distribution, version in _load_order(_iter_entry_points()):
-            if _requirement_missing(entry_point, distribution):
-                continue  # an optional built-in whose library is not installed: nothing to register
             record = _PluginRecord(
                 name=entry_point.name, distribution=distribution, version=version, entry_point=entry_point.value
             )
@@ -497,18 +511,31 @@ class PluginRegistry:
                 owner = self._plugins[record.name]
                 self._report(record, f"plugin name {record.name!r} is already used by {owner.describe()}; not loaded")
                 continue
-            self._add_record(record)
             try:
                 plugin = entry_point.load()
             except Exception as exc:
+                self._add_record(record)
                 self._report(record, f"import of {entry_point.value!r} failed: {_describe_exception(exc)}", exc)
                 continue
+            try:
+                missing = _missing_requirements(plugin)
+            except TypeError as exc:
+                self._add_record(record)
+                self._report(record, f"is not a valid plugin: {exc}", exc)
+                continue
+            if missing:
+                continue  # an optional plugin whose library is not installed: nothing to register, not listed
+            _attribute(record, plugin)
+            self._add_record(record)
             self._register_plugin(plugin, record)
 
     def _is_disabled(self, record: _PluginRecord, disabled: set[str]) -> bool:
-        if not disabled & {_normalize(record.name), _normalize(record.distribution)}:
+        # embedplug's own entry points answer to their entry-point name only: their distribution's name
+        # ("embedplug") is the core plugin's.
+        names = {record.name} if _is_builtin(record.distribution) else {record.name, record.distribution}
+        if not disabled & {_normalize(name) for name in names}:
             return False
-        if _is_builtin(record.distribution):
+        if _is_builtin(record.distribution) and record.entry_point == BUILTIN_MODULE:
             warnings.warn(
                 f"{DISABLE_ENV} names the built-in embedplug plugin, which cannot be disabled; ignoring it",
                 PluginWarning,
@@ -570,17 +597,16 @@ class PluginRegistry:
                 continue
             finally:
                 session.close()
-            self._commit(kind, record, session.staged)
+            self._commit(kind, record, session)
 
-    def _commit(self, kind: _Kind, record: _PluginRecord, staged: dict[str, type]) -> None:
+    def _commit(self, kind: _Kind, record: _PluginRecord, session: _RegistrationSession) -> None:
         namespace = self._namespaces[kind]
-        for name, obj in staged.items():
+        for name, obj in session.staged.items():
             namespace[name] = _Entry(obj, record)
             record.names(kind).append(name)
-            if kind is LOSS:
-                from embedplug.implementations import implementation_of
-
-                record.implementations[name] = implementation_of(obj)
+            if kind.implementation is not None:
+                record.implementations[name] = kind.implementation(obj)
+        record.aliases.update(session.aliases)
 
     def _forget(self, record: _PluginRecord) -> None:
         if self._plugins.get(record.name) is record:
@@ -612,20 +638,15 @@ class PluginRegistry:
                 return entry.obj
             raise self._unknown_name_error(kind, name)
 
-    def _names(self, kind: _Kind) -> list[str]:
-        with self._lock:
-            self._ensure_loaded()
-            return sorted(self._namespaces[kind])
-
     def _unknown_name_error(self, kind: _Kind, name: str) -> UnknownNameError:
         available = sorted(self._namespaces[kind])
         close = _close_matches(name, available)
         parts = [f"no {kind.singular} named {name!r}."]
         if close:
             parts.append(f"Did you mean {' or '.join(map(repr, close))}?")
-        other = next(other for other in _KINDS if other is not kind)
-        if name in self._namespaces[other]:
-            parts.append(f"{name!r} is a {other.singular}: use get_{other.singular}().")
+        for other in _KINDS:
+            if other is not kind and name in self._namespaces[other]:
+                parts.append(f"{name!r} is a {other.singular}: use get_{other.singular}().")
         parts.append(f"Available {kind.plural}: {', '.join(available) if available else '(none)'}.")
         failed = [record.describe() for record in self._records if record.errors]
         if failed:

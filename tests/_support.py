@@ -90,10 +90,15 @@ each_bad_labelled_input = pytest.mark.parametrize(
         (torch.randn(4, 3, 2), torch.zeros(4, dtype=torch.long), ValueError, "2-D"),
         (torch.ones(4, 3, dtype=torch.long), torch.zeros(4, dtype=torch.long), TypeError, "floating-point"),
         (torch.randn(4, 3), torch.zeros(5, dtype=torch.long), ValueError, "expects 4 labels"),
-        (torch.randn(4, 3), torch.zeros(4), TypeError, "integer tensor"),
+        (torch.randn(4, 3), torch.zeros(4, dtype=torch.complex64), TypeError, "integer or floating-point"),
+        (torch.randn(16, 3), torch.zeros(4, 4, dtype=torch.long), ValueError, r"shape \[N\] or \[N, 1\].*\(4, 4\)"),
+        (torch.randn(4, 3), torch.tensor([0.0, float("nan"), 1.0, 1.0]), ValueError, "NaN"),
         (torch.randn(0, 3), torch.zeros(0, dtype=torch.long), ValueError, "empty batch"),
         (torch.randn(4, 3), [0, 0, 1, 1], TypeError, "torch.Tensor"),
         (torch.randn(4, 3), torch.zeros(4, dtype=torch.long, device="meta"), ValueError, "same device|move them"),
     ],
-    ids=["3-D", "integer embeddings", "label count", "float labels", "empty", "list labels", "device"],
+    ids=[
+        "3-D", "integer embeddings", "label count", "complex labels", "4x4 labels", "NaN labels", "empty", "list labels",
+        "device",
+    ],
 )

@@ -204,6 +204,7 @@ def test_entry_point_plugin_is_loaded_and_attributed(fake_site):
         "errors": [],
         "disabled": False,
         "implementations": {"GoodLoss": f"plugin {module_name}", "good": f"plugin {module_name}"},
+        "aliases": {"good": "GoodLoss"},
     }
     assert [record["name"] for record in registry.list_plugins()] == ["embedplug", "sentence-transformers", "good"]
 
@@ -486,6 +487,72 @@ def test_builtin_plugin_cannot_be_disabled(monkeypatch):
     with pytest.warns(PluginWarning, match="cannot be disabled"):
         record = record_for("embedplug")
     assert record["disabled"] is False and record["hooks"]
+
+
+# ----- declarations a plugin makes about itself (embedplug.hookspecs), read the same way for every plugin
+
+
+def test_a_plugin_whose_declared_requirement_is_missing_registers_nothing_and_is_not_listed(fake_site):
+    fake_site.add("optional-dist", GOOD_PLUGIN + "\n    EMBEDPLUG_REQUIRES = ('a_library_that_is_not_installed',)\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert "optional-dist" not in [record["distribution"] for record in registry.list_plugins()]
+    with pytest.raises(UnknownNameError):
+        embedplug.get_loss("GoodLoss")
+
+
+def test_a_malformed_requirement_declaration_is_reported(fake_site):
+    fake_site.add("odd-dist", GOOD_PLUGIN + "\n    EMBEDPLUG_REQUIRES = 42\n")
+    with pytest.warns(PluginWarning, match="EMBEDPLUG_REQUIRES must be an import name"):
+        assert record_for("odd-dist")["errors"]
+    with pytest.raises(UnknownNameError):
+        embedplug.get_loss("GoodLoss")
+
+
+def test_a_plugin_declaring_an_attribution_is_reported_as_that_distribution(fake_site):
+    # E.g. a plugin that registers another library's classes; here it claims pytest's.
+    fake_site.add("bridge-dist", GOOD_PLUGIN + "\n    EMBEDPLUG_REQUIRES = 'pytest'\n    EMBEDPLUG_ATTRIBUTION = 'pytest'\n")
+    [record] = [record for record in registry.list_plugins() if record["losses"] == ["GoodLoss", "good"]]
+    assert record["distribution"] == "pytest" and record["version"] == importlib.metadata.version("pytest")
+    assert record["errors"] == []
+
+
+def test_the_registry_has_no_special_case_for_any_plugin():
+    source = Path(registry.__file__).read_text().lower()
+    assert "sentence" not in source and "_st_plugin" not in source
+
+
+def test_the_shipped_entry_point_list_matches_pyproject():
+    from embedplug._builtin_plugin import SHIPPED_ENTRY_POINTS
+
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    assert pyproject["project"]["entry-points"]["embedplug"] == SHIPPED_ENTRY_POINTS
+    assert next(iter(SHIPPED_ENTRY_POINTS.values())) == registry.BUILTIN_MODULE
+
+
+def test_a_third_kind_of_plugin_class_is_one_table_entry(monkeypatch):
+    def embedplug_register_widgets(register):
+        """Register widgets. Parameters: register: the callback. Returns: None."""
+
+    monkeypatch.setattr(hookspecs, "embedplug_register_widgets", hookspecs.hookspec(embedplug_register_widgets), raising=False)
+    widgets = registry._Kind("widget", "widgets", "embedplug_register_widgets", lambda obj: None)
+    monkeypatch.setattr(registry, "_KINDS", (*registry._KINDS, widgets))
+    registry.reset_registry()
+
+    class Widget:
+        pass
+
+    class Plugin:
+        @embedplug.hookimpl
+        def embedplug_register_widgets(self, register):
+            register(Widget, aliases=["gadget"])
+
+    record = registry.add_plugin(Plugin(), name="widget-plugin")
+    assert record["widgets"] == ["Widget", "gadget"] and record["aliases"] == {"gadget": "Widget"}
+    assert record["errors"] == [] and record["hooks"] == ["embedplug_register_widgets"]
+    assert registry.get_registry()._lookup(widgets, "gadget") is Widget
+    with pytest.raises(UnknownNameError, match="'Widget' is a widget: use get_widget"):
+        embedplug.get_loss("Widget")
 
 
 def test_strict_mode_raises_naming_the_distribution(fake_site, monkeypatch):

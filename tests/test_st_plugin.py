@@ -85,7 +85,7 @@ def test_an_embedplug_drop_in_wins_over_sentence_transformers_without_a_warning(
 
 
 def test_not_loaded_when_sentence_transformers_is_not_importable(monkeypatch):
-    monkeypatch.setattr(registry, "ST_IMPORT_NAME", "sentence_transformers_is_not_installed_here")
+    monkeypatch.setattr("embedplug._st_plugin.EMBEDPLUG_REQUIRES", ("sentence_transformers_is_not_installed_here",))
     assert "sentence-transformers" not in records()
     with pytest.raises(UnknownNameError, match="no loss named 'CoSENTLoss'"):
         embedplug.get_loss("CoSENTLoss")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from embedplug import _extension
+from embedplug.bench.peers import SENTENCE_TRANSFORMERS
 from embedplug.functional import batch_hard_triplet_loss
 from embedplug.reference.batch_hard import batch_hard_mining as reference_mining
 from embedplug.functional.batch_hard import triplet_margin_mean
@@ -69,7 +70,7 @@ IMPLEMENTATIONS: dict[str, Callable[[Inputs], None]] = {
     "gemm floor (torch.mm)": gemm_floor,
     "embedplug fused": embedplug_fused,
     "embedplug reference": embedplug_reference,
-    "sentence-transformers 6.2": sentence_transformers,
+    SENTENCE_TRANSFORMERS: sentence_transformers,
     "pytorch-metric-learning": pytorch_metric_learning,
 }
 

@@ -12,6 +12,7 @@ import torch
 
 from embedplug import _extension
 from embedplug.bench.batch_hard_cases import Inputs, gemm_floor, make_inputs
+from embedplug.bench.peers import SENTENCE_TRANSFORMERS
 from embedplug.functional import batch_all_triplet_loss, batch_semi_hard_triplet_loss
 from embedplug.functional.semi_hard import positive_pair_count
 from embedplug.reference.batch_all import batch_all_triplet_loss_forward as reference_batch_all
@@ -65,13 +66,13 @@ LOSSES: dict[str, dict[str, Callable[[Inputs], None]]] = {
         "gemm floor (torch.mm)": gemm_floor,
         "embedplug fused": semi_hard_fused,
         "embedplug reference": semi_hard_reference,
-        "sentence-transformers 6.2": semi_hard_sentence_transformers,
+        SENTENCE_TRANSFORMERS: semi_hard_sentence_transformers,
     },
     "BatchAllTripletLoss": {
         "gemm floor (torch.mm)": gemm_floor,
         "embedplug fused": batch_all_fused,
         "embedplug reference": batch_all_reference,
-        "sentence-transformers 6.2": batch_all_sentence_transformers,
+        SENTENCE_TRANSFORMERS: batch_all_sentence_transformers,
     },
 }
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from embedplug.bench.timing import STABLE_SECONDS
+
 
 def add_bench_command(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -12,14 +14,28 @@ def add_bench_command(subparsers) -> None:
         help="benchmark the fused losses against sentence-transformers and pytorch-metric-learning",
         description=(
             "Runs BatchHardTripletLoss forward+backward in every available implementation on the same "
-            "inputs, in this process, with one torch.mm (the GEMM floor) for scale; prints a table of "
-            "times, ratios and peak extra memory, and writes JSON and a PNG plot."
+            "inputs, in this process, with one torch.mm (the GEMM floor) for scale. Each case is repeated until "
+            "it has been measured for --min-time seconds; the table gives the median time, its spread, the time "
+            "as a multiple of the GEMM floor's and of embedplug fused's, and peak extra memory. Writes JSON, and "
+            "a PNG plot when matplotlib is installed (pip install 'embedplug[plot]')."
         ),
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192], help="batch sizes N")
     parser.add_argument("--dims", type=int, nargs="+", default=[384], help="embedding dimensions D")
     parser.add_argument(
-        "--repeats", type=int, default=3, help="timed runs per case (median reported); --scaling: 0 times the memory run"
+        "--repeats",
+        type=int,
+        default=3,
+        help="at least this many timed samples per case (median reported); --scaling: runs per point, 0 times the "
+        "memory run",
+    )
+    parser.add_argument(
+        "--min-time",
+        type=float,
+        default=STABLE_SECONDS,
+        metavar="SECONDS",
+        help=f"measure each case for at least this long in all (default {STABLE_SECONDS:g}; below it the table "
+        "marks the case as not stable)",
     )
     parser.add_argument(
         "--implementations", nargs="+", default=None, help="subset of implementations (the GEMM floor always runs)"
@@ -45,18 +61,32 @@ def run_bench(args: argparse.Namespace) -> int:
 
     if args.repeats < (0 if args.scaling else 1) or any(n < 1 for n in args.sizes) or any(d < 1 for d in args.dims):
         raise SystemExit("embedplug bench: --sizes, --dims and --repeats must be positive")
+    if not args.min_time >= 0:
+        raise SystemExit("embedplug bench: --min-time must be a number of seconds >= 0")
     if args.scaling:
         return run_scaling(args)
-    print(f"embedplug bench: {runner.environment()}")
-    results = runner.run(args.sizes, args.dims, repeats=args.repeats, implementations=args.implementations)
+    print(f"embedplug bench: {runner.describe_environment(runner.environment())}")
+    results = runner.run(
+        args.sizes, args.dims, repeats=args.repeats, implementations=args.implementations, min_seconds=args.min_time
+    )
     print()
     print(runner.markdown_table(results))
     runner.write_json(results, args.output / "bench.json")
     print(f"\nwrote {args.output / 'bench.json'}")
     if not args.no_plot:
-        runner.write_plot(results, args.output / "bench.png")
-        print(f"wrote {args.output / 'bench.png'}")
+        plot(runner.write_plot, results, args.output / "bench.png")
     return 0
+
+
+def plot(write_plot, results, path: Path) -> None:
+    """``write_plot(results, path)`` when matplotlib is installed; otherwise one line saying how to get it."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print(f"no plot {path.name}: matplotlib is not installed (pip install 'embedplug[plot]' adds it)")
+        return
+    write_plot(results, path)
+    print(f"wrote {path}")
 
 
 def run_scaling(args: argparse.Namespace) -> int:
@@ -68,7 +98,8 @@ def run_scaling(args: argparse.Namespace) -> int:
         raise SystemExit(f"embedplug bench: unknown --losses {sorted(unknown)}; choose from {list(scaling.LOSS_NAMES)}")
     if any(n % 2 for n in args.sizes) and 2 in args.processes:
         raise SystemExit("embedplug bench: --sizes must be even to split over 2 processes")
-    print(f"embedplug bench --scaling: {scaling.environment()}")
+    environment = ", ".join(f"{key} {value}" for key, value in scaling.environment().items())
+    print(f"embedplug bench --scaling: {environment}")
     points = []
     for dim in args.dims:
         if 1 in args.processes:
@@ -80,6 +111,5 @@ def run_scaling(args: argparse.Namespace) -> int:
     scaling.write_json(points, args.output / "scaling.json")
     print(f"\nwrote {args.output / 'scaling.json'}")
     if not args.no_plot:
-        scaling.write_plot(points, args.output / "scaling.png")
-        print(f"wrote {args.output / 'scaling.png'}")
+        plot(scaling.write_plot, points, args.output / "scaling.png")
     return 0

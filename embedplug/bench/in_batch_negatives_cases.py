@@ -16,6 +16,7 @@ from unittest import mock
 import torch
 
 from embedplug import _extension
+from embedplug.bench.peers import SENTENCE_TRANSFORMERS
 from embedplug.functional import gist_embed_loss, multiple_negatives_ranking_loss
 from embedplug.reference.masked_infonce import masked_infonce as reference_infonce
 
@@ -120,7 +121,7 @@ def mnrl_implementations(option_set: str = "plain") -> dict[str, Callable[[Input
         loss = MultipleNegativesRankingLoss(None, **options)
         _backward(loss.compute_loss_from_embeddings([inputs.anchor, inputs.positive], None), inputs)
 
-    return {FLOOR: floor, "embedplug fused": fused, "sentence-transformers 6.2": sentence_transformers}
+    return {FLOOR: floor, "embedplug fused": fused, SENTENCE_TRANSFORMERS: sentence_transformers}
 
 
 
@@ -128,7 +129,7 @@ GIST_IMPLEMENTATIONS: dict[str, Callable[[Inputs], None]] = {
     FLOOR: gist_floor,
     "embedplug fused": gist_fused,
     "embedplug reference": gist_reference,
-    "sentence-transformers 6.2": gist_sentence_transformers,
+    SENTENCE_TRANSFORMERS: gist_sentence_transformers,
 }
 MNRL_IMPLEMENTATIONS: dict[str, Callable[[Inputs], None]] = mnrl_implementations("plain")
 

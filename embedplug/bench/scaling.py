@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from embedplug.bench.memory import peak_extra_memory_bytes
+from embedplug.bench.peers import SENTENCE_TRANSFORMERS
 
 EXTRA_MEMORY_BUDGET = 4 * 2**30
 K = 4
@@ -47,7 +48,7 @@ LOSS_NAMES = tuple(_PEER_MATRICES)
 @dataclass
 class ScalingPoint:
     loss: str
-    implementation: str  # "embedplug fused", "sentence-transformers 6.2"
+    implementation: str  # "embedplug fused" or peers.SENTENCE_TRANSFORMERS ("sentence-transformers 6.2.0")
     processes: int
     n: int  # global batch
     dim: int
@@ -174,7 +175,7 @@ def one_process(losses, sizes, dim: int, repeats: int, peers: bool = True, log=p
         for n in sizes:
             implementations = {"embedplug fused": embedplug_step(loss, gather=False)}
             if peers and peer_fits(loss, n, dim):
-                implementations["sentence-transformers 6.2"] = peer_step(loss)
+                implementations[SENTENCE_TRANSFORMERS] = peer_step(loss)
             for name, step in implementations.items():
                 seconds, peak = _measure(step, loss, slice(0, n), n, dim, repeats)
                 points.append(ScalingPoint(loss, name, 1, n, dim, seconds, peak, 0))
@@ -259,7 +260,7 @@ def markdown_table(points: list[ScalingPoint]) -> str:
             return text + (f"; {_mib(p.beyond_gathered_bytes)}" if processes > 1 else "")
 
         rows.append(
-            f"| {loss} | {n} | {cell('embedplug fused', 1)} | {cell('sentence-transformers 6.2', 1)} | {cell('embedplug fused', 2)} |"
+            f"| {loss} | {n} | {cell('embedplug fused', 1)} | {cell(SENTENCE_TRANSFORMERS, 1)} | {cell('embedplug fused', 2)} |"
         )
     return "\n".join(rows)
 
@@ -270,7 +271,7 @@ def write_json(points: list[ScalingPoint], path: Path) -> None:
 
 
 # One colour per series in every panel.
-_COLORS = {("embedplug fused", 1): "tab:blue", ("embedplug fused", 2): "tab:green", ("sentence-transformers 6.2", 1): "tab:orange"}
+_COLORS = {("embedplug fused", 1): "tab:blue", ("embedplug fused", 2): "tab:green", (SENTENCE_TRANSFORMERS, 1): "tab:orange"}
 
 
 def write_plot(points: list[ScalingPoint], path: Path) -> None:

@@ -70,6 +70,27 @@ def select_columns(dataset, columns: Sequence[str], label_column: str):
     return dataset.select_columns([*columns, *([label_column] if label_column else [])])
 
 
+# The column name sentence-transformers' data collator always reads as the label, never as text.
+CONVENTIONAL_LABEL_COLUMN = "label"
+
+
+def _check_unset_label_column(names: Sequence[str], columns: Sequence[str], label_column: str) -> None:
+    """A column literally named ``label`` with ``data.label_column`` unset: class labels the config forgot.
+
+    Without the setting that column would be read as a second text column (or dropped), and the data
+    would have one real text column, which neither a pair loss nor a retrieval evaluation can use.
+    """
+    if label_column or CONVENTIONAL_LABEL_COLUMN not in names:
+        return
+    texts = [name for name in (columns or names) if name != CONVENTIONAL_LABEL_COLUMN]
+    if len(texts) < 2:
+        raise ValueError(
+            f"the data has a column named {CONVENTIONAL_LABEL_COLUMN!r} but data.label_column is not set, so it "
+            f"would be read as text beside the one text column {', '.join(map(repr, texts)) or '(none)'}: set "
+            f'data.label_column = "{CONVENTIONAL_LABEL_COLUMN}" to train on its class labels'
+        )
+
+
 def _integer_labels(train, held_out, label_column: str):
     # Losses and kNN need integer classes; string labels are numbered in sorted order.
     values = sorted(set(train[label_column]) | set(held_out[label_column]), key=str)
@@ -106,7 +127,9 @@ def load_local(
     references: int = 0,
 ) -> TrainingData:
     """Training rows and a held-out evaluation from local files."""
-    rows = select_columns(read_dataset(path, data_format), columns, label_column)
+    dataset = read_dataset(path, data_format)
+    _check_unset_label_column(dataset.column_names, columns, label_column)
+    rows = select_columns(dataset, columns, label_column)
     text_columns = [name for name in rows.column_names if name != label_column]
     if eval_path:
         train = rows

@@ -12,11 +12,13 @@ from embedplug._validation import (
     check_embeddings,
     check_finite_number,
     check_labels,
+    warns_non_finite_input,
 )
 from embedplug.distances import kernel_distance
 from embedplug.ops.batch_all import batch_all_from_distance_matrix, batch_all_triplet_loss_forward, reduce_batch_all_sums
 
 
+@warns_non_finite_input
 def batch_all_triplet_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,

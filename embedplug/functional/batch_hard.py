@@ -12,12 +12,14 @@ from embedplug._validation import (
     check_embeddings,
     check_finite_number,
     check_labels,
+    warns_non_finite_input,
 )
 from embedplug.distances import kernel_distance
 from embedplug.ops import batch_hard_mining
 from embedplug.ops.batch_hard import mine_from_distance_matrix
 
 
+@warns_non_finite_input
 def batch_hard_triplet_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,

@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from embedplug._validation import (
     check_embeddings,
     check_finite_number,
-    check_finite_rows,
     check_mnrl_options,
     check_positive_number,
     check_same_device,
+    checked_similarity,
+    warns_non_finite_input,
 )
 from embedplug.ops import masked_infonce, masked_infonce_mean
 from embedplug.ops.masked_infonce import multiple_negatives_ranking_loss as reference_mnrl
@@ -47,6 +48,7 @@ def _check_columns(caller: str, anchor: torch.Tensor, columns: Sequence[torch.Te
             raise ValueError(f"{caller}: all embeddings must be on one device")
 
 
+@warns_non_finite_input
 def gist_embed_loss(
     anchor: torch.Tensor,
     positive: torch.Tensor,
@@ -108,8 +110,6 @@ def gist_embed_loss(
                 raise ValueError(
                     f"{caller}: {name} must have one row per student row ({student.shape[0]}), got shape {shape}"
                 )
-        check_finite_rows(caller, guide_anchor=guide_anchor, guide_positive=guide_positive,
-                          **{f"guide_negatives[{i}]": g for i, g in enumerate(guide_negatives)})
 
     def candidates_of(positives: torch.Tensor, negative_columns: Sequence[torch.Tensor]) -> torch.Tensor:
         # The local positives go first, so row i's positive is candidate i; the softmax does not
@@ -165,6 +165,7 @@ def mnrl_runs_fused(
     return _similarity_name(similarity) is not None
 
 
+@warns_non_finite_input
 def multiple_negatives_ranking_loss(
     anchor: torch.Tensor,
     positive: torch.Tensor,
@@ -209,7 +210,8 @@ def multiple_negatives_ranking_loss(
 
             similarity = util.cos_sim if name == "cosine" else util.dot_score
         return reference_mnrl(
-            anchor, [positive, *negatives], similarity, scale, directions, partition_mode, hardness_mode, hardness_strength
+            anchor, [positive, *negatives], checked_similarity(similarity, caller), scale, directions, partition_mode,
+            hardness_mode, hardness_strength,
         )
     candidates = torch.cat([positive, *negatives])
     if name == "cosine":

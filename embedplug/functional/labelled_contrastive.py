@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import torch
 
-from embedplug._validation import check_embeddings, check_labels
+from embedplug._validation import check_embeddings, check_labels, warns_non_finite_input
 from embedplug.ops import labelled_contrastive as ops
 
 
+@warns_non_finite_input
 def supervised_contrastive_loss(
     embeddings: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1
 ) -> torch.Tensor:
@@ -38,6 +39,7 @@ def supervised_contrastive_loss(
     return ops.reduce_supcon((embeddings,), outputs)
 
 
+@warns_non_finite_input
 def multi_similarity_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
@@ -70,6 +72,7 @@ def multi_similarity_loss(
     return ops.reduce_multi_similarity((embeddings,), outputs)
 
 
+@warns_non_finite_input
 def circle_loss(embeddings: torch.Tensor, labels: torch.Tensor, m: float = 0.4, gamma: float = 80.0) -> torch.Tensor:
     """Circle loss on cosine similarities of the normalised embeddings.
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from embedplug._validation import check_embeddings
+from embedplug._validation import check_embeddings, warns_non_finite_input
 from embedplug.ops.hardest_negative import hardest_off_diagonal_similarity
 
 
+@warns_non_finite_input
 def mega_batch_margin_loss(
     anchors: torch.Tensor, positives: torch.Tensor, positive_margin: float = 0.8, negative_margin: float = 0.3
 ) -> torch.Tensor:

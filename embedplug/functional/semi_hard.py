@@ -12,6 +12,7 @@ from embedplug._validation import (
     check_embeddings,
     check_finite_number,
     check_labels,
+    warns_non_finite_input,
 )
 from embedplug.distances import kernel_distance
 from embedplug.ops.semi_hard import (
@@ -24,6 +25,7 @@ from embedplug.ops.semi_hard import (
 __all__ = ["batch_semi_hard_triplet_loss", "positive_pair_count"]
 
 
+@warns_non_finite_input
 def batch_semi_hard_triplet_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,

@@ -7,12 +7,19 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from embedplug._validation import check_distance, check_distance_matrix, check_embeddings, check_labels
+from embedplug._validation import (
+    check_distance,
+    check_distance_matrix,
+    check_embeddings,
+    check_labels,
+    warns_non_finite_input,
+)
 from embedplug.distances import kernel_distance
 from embedplug.ops import batch_hard_mining
 from embedplug.ops.batch_hard import mine_from_distance_matrix
 
 
+@warns_non_finite_input
 def batch_hard_soft_margin_triplet_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,

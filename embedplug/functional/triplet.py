@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from embedplug._validation import check_embeddings, check_finite_number
+from embedplug._validation import check_embeddings, check_finite_number, warns_non_finite_input
 
 
 def _as_float(embeddings: torch.Tensor) -> torch.Tensor:
@@ -36,6 +36,7 @@ def manhattan_distance(anchor: torch.Tensor, other: torch.Tensor) -> torch.Tenso
 _DISTANCES = {"cosine": cosine_distance, "euclidean": euclidean_distance, "manhattan": manhattan_distance}
 
 
+@warns_non_finite_input
 def triplet_loss(
     anchor: torch.Tensor,
     positive: torch.Tensor,

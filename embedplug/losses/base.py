@@ -97,6 +97,9 @@ class LabelledBatchLoss(EmbeddingLoss):
 
     gather_across_devices = False
     model_child_name = "sentence_embedder"
+    # The loss contract's declaration (embedplug.hookspecs.LABEL_AWARE): `embedplug train` gives these
+    # losses single texts with class labels.
+    embedplug_label_aware = True
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
         return self.compute_loss_from_embeddings([self.embed(sentence_features[0])], labels)

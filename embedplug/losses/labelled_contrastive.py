@@ -59,9 +59,6 @@ class SupConLoss(LabelledBatchLoss):
 
     embedplug_ops = ("supcon_loss_forward",)
 
-    # embedplug train: single texts with integer class labels, as the batch triplet losses.
-    requires_labels = True
-
     def __init__(self, model: nn.Module, temperature: float = 0.1) -> None:
         super().__init__(model)
         if not temperature > 0:
@@ -99,9 +96,6 @@ class MultiSimilarityLoss(LabelledBatchLoss):
     """
 
     embedplug_ops = ("multi_similarity_loss_forward",)
-
-    # embedplug train: single texts with integer class labels, as the batch triplet losses.
-    requires_labels = True
 
     def __init__(
         self,
@@ -146,9 +140,6 @@ class CircleLoss(LabelledBatchLoss):
     """
 
     embedplug_ops = ("circle_loss_forward",)
-
-    # embedplug train: single texts with integer class labels, as the batch triplet losses.
-    requires_labels = True
 
     def __init__(self, model: nn.Module, m: float = 0.4, gamma: float = 80.0) -> None:
         super().__init__(model)

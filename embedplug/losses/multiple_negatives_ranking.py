@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from embedplug._validation import check_mnrl_options, warn_non_finite_rows
+from embedplug._validation import check_mnrl_options, checked_similarity, warn_non_finite_rows
 from embedplug.functional.in_batch_negatives import (
     DIRECTIONS,
     HARDNESS_MODES,
@@ -149,7 +149,7 @@ class MultipleNegativesRankingMixin:
         loss = reference_mnrl(
             gathered_queries,
             gathered_docs,
-            self.similarity_fct,
+            checked_similarity(self.similarity_fct, caller),
             self.scale,
             self.directions,
             self.partition_mode,

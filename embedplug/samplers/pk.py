@@ -184,12 +184,17 @@ class PKBatchSampler(BatchSamplerBase):
         if self._class_ids.size < self.p:
             if self.small_classes == "skip":
                 detail = f"only {self._class_ids.size} of the {groups.num_classes} classes have >= {self.k} samples"
+                remedy = "Lower P (batch_size // k), lower k, or use small_classes='replace'."
             else:
+                # Every class already qualifies: only a smaller P (or more classes in the data) helps.
                 detail = f"the labels have only {groups.num_classes} distinct classes"
+                remedy = (
+                    f"Lower P = batch_size // k to at most {groups.num_classes} (a batch_size of at most "
+                    f"{groups.num_classes * self.k} with k={self.k}), or use data with more classes."
+                )
             raise ValueError(
                 f"PKBatchSampler needs at least P={self.p} classes with enough samples for batches of "
-                f"P={self.p} x K={self.k}, but {detail} (small_classes={self.small_classes!r}). Lower P "
-                "(batch_size // k), lower k, or use small_classes='replace'."
+                f"P={self.p} x K={self.k}, but {detail} (small_classes={self.small_classes!r}). {remedy}"
             )
         self._sizes = groups.sizes[self._class_ids]
         self._offsets = groups.offsets[self._class_ids]

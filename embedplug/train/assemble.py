@@ -149,8 +149,11 @@ def check_sampler_on_data(config: TrainConfig, arguments, train_dataset, label_c
         ) from None
 
 
-def training_arguments(config: TrainConfig, batch_sampler, has_evaluator: bool, primary_metric: str | None):
-    """``SentenceTransformerTrainingArguments`` from ``[training]`` plus the top-level output_dir and seed."""
+def training_arguments(
+    config: TrainConfig, batch_sampler, has_evaluator: bool, primary_metric: str | None, show_progress_bar: bool = True
+):
+    """``SentenceTransformerTrainingArguments`` from ``[training]`` plus the top-level output_dir and seed;
+    without ``show_progress_bar`` (``--no-progress``) the trainer's progress bars are off whatever the config says."""
     import torch
 
     check_training_values(config)
@@ -162,6 +165,8 @@ def training_arguments(config: TrainConfig, batch_sampler, has_evaluator: bool, 
     values.update(output_dir=config.output_dir, seed=config.seed, data_seed=values.get("data_seed", config.seed))
     if batch_sampler is not None:
         values["batch_sampler"] = batch_sampler
+    if not show_progress_bar:
+        values["disable_tqdm"] = True
     if world_size() > 1 and not torch.cuda.is_available():
         # torchrun on CPU: accelerate only forms a multi-CPU (DDP) group when told to use the CPU.
         values.setdefault("use_cpu", True)
@@ -219,12 +224,13 @@ def callbacks(config: TrainConfig) -> list:
     ]
 
 
-def build_trainer(config: TrainConfig, model, loss, train_dataset, evaluator):
+def build_trainer(config: TrainConfig, model, loss, train_dataset, evaluator, show_progress_bar: bool = True):
     """The ``SentenceTransformerTrainer`` that runs the configured training."""
     from sentence_transformers import SentenceTransformerTrainer
 
     arguments = training_arguments(
-        config, build_sampler(config), evaluator is not None, getattr(evaluator, "primary_metric", None)
+        config, build_sampler(config), evaluator is not None, getattr(evaluator, "primary_metric", None),
+        show_progress_bar,
     )
     return SentenceTransformerTrainer(
         model=model,

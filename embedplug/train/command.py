@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from pathlib import Path
+
+
+def config_outline() -> str:
+    """The config's sections and keys, as :mod:`embedplug.train.config` documents them (one source)."""
+    from embedplug.train import config
+
+    outline = (config.__doc__ or "").split("::\n\n", 1)[-1].split("\n\n", 1)[0]
+    return textwrap.dedent(outline)
 
 
 def add_train_command(subparsers) -> None:
@@ -16,8 +25,13 @@ def add_train_command(subparsers) -> None:
             "Fine-tune a sentence-transformers model with SentenceTransformerTrainer from a TOML or YAML "
             "config: model, data (a built-in WordNet task or local files), loss and sampler by registry name, "
             "training arguments. Evaluates on held-out data before and after, and writes the model and "
-            "metrics.json to the output directory. See docs/training.md."
+            "metrics.json to the output directory."
         ),
+        epilog=(
+            "config sections (every key optional; `embedplug plugins` lists the loss and sampler names):\n\n"
+            + textwrap.indent(config_outline(), "  ")
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", type=Path, help="the config file (.toml, .yaml or .yml)")
     parser.add_argument(
@@ -38,7 +52,9 @@ def add_train_command(subparsers) -> None:
         help="continue from the newest checkpoint in the output directory, or from CHECKPOINT",
     )
     start.add_argument("--overwrite", action="store_true", help="replace a previous run in the output directory")
-    parser.add_argument("--no-progress", action="store_true", help="hide the evaluation progress bars")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="hide the progress bars (data loading, evaluation and training)"
+    )
     parser.set_defaults(handler=run_train)
 
 
@@ -59,3 +75,4 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"\nembedplug train: {message}", file=sys.stderr)
         return 130
     return 0
+

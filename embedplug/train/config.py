@@ -4,14 +4,16 @@ A config is a file with these sections (every key optional; see docs/training.md
 
     output_dir = "runs/demo"      # top level: where checkpoints, the model and metrics go
     seed = 42
-    [model]       path, max_seq_length
+    [model]       path (a local model folder; empty: the bundled all-MiniLM-L6-v2), max_seq_length
     [guide]       path  (the guide model of GIST losses; "self" guides with the model being trained)
-    [data]        task | path, eval_path, format, columns, label_column, train_size, wordnet_dir
+    [data]        task ("supersense": texts with class labels, "reverse-dictionary": pairs) | path (CSV,
+                  JSON Lines or a datasets folder), eval_path, format, columns, label_column, train_size,
+                  wordnet_dir
     [loss]        name, options (a table of constructor arguments), inner (a wrapper's inner loss:
                   [loss.inner] with its own name, options and inner)
-    [sampler]     name, options
-    [training]    any SentenceTransformerTrainingArguments field, plus early_stopping_patience
-                  and early_stopping_threshold
+    [sampler]     name, options (e.g. name = "PKBatchSampler", options = { k = 4 } for labelled losses)
+    [training]    any SentenceTransformerTrainingArguments field, plus max_minutes (a time budget),
+                  early_stopping_patience and early_stopping_threshold
     [evaluation]  tasks, queries, references, batch_size
 
 Unknown keys are errors that name the key, the file and line, and close matches.

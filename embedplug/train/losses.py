@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import Any
 
+from embedplug.hookspecs import LABEL_AWARE, is_label_aware
 from embedplug.train.config import ConfigError, LossSection, TrainConfig
 
-# Batch-mining losses: single texts with integer class labels. A loss class may also declare
-# ``requires_labels = True`` (or False) itself; that wins over this list.
-LABELLED_LOSSES = frozenset(
-    {"BatchHardTripletLoss", "BatchSemiHardTripletLoss", "BatchAllTripletLoss", "BatchHardSoftMarginTripletLoss"}
-)
 _DISTANCE_OPTION = "distance_metric"
 
 
@@ -81,8 +78,13 @@ def innermost_loss(config: TrainConfig) -> tuple[str, type, LossSection]:
 
 
 def requires_labels(cls: type) -> bool:
-    declared = getattr(cls, "requires_labels", None)
-    return declared if isinstance(declared, bool) else cls.__name__ in LABELLED_LOSSES
+    """Whether ``cls`` trains on single texts with class labels: it declares ``embedplug_label_aware = True``,
+    the loss contract's declaration (see :mod:`embedplug.hookspecs`)."""
+    return is_label_aware(cls)
+
+
+# How the errors below name the declaration, so a plugin author knows what to set.
+_DECLARATION = f"{LABEL_AWARE} = True"
 
 
 def check_data_fits_loss(cls: type, config: TrainConfig, label_column: str | None, columns: list[str]) -> None:
@@ -91,20 +93,39 @@ def check_data_fits_loss(cls: type, config: TrainConfig, label_column: str | Non
     For a wrapper loss the innermost loss decides (it is the one that reads the columns)."""
     if config.loss.inner is not None:
         _, cls, _ = innermost_loss(config)
+    name = cls.__name__
     if requires_labels(cls) and not label_column:
         source = f"task {config.data.task!r}" if config.data.task else f"data {config.data.path!r}"
         raise ConfigError(
-            f"{config.where('loss.name')}: loss {config.loss.name} mines triplets from class labels, but {source} "
-            f"has no label column (columns: {', '.join(columns)}). Use the 'supersense' task or set "
+            f"{config.where('loss.name')}: loss {name} mines triplets from class labels (it declares {_DECLARATION}), "
+            f"but {source} has no label column (columns: {', '.join(columns)}). Use the 'supersense' task or set "
             "data.label_column, or choose a pair loss such as MultipleNegativesRankingLoss."
         )
-    text_columns = [name for name in columns if name != label_column]
+    text_columns = [column for column in columns if column != label_column]
     if not requires_labels(cls) and label_column is not None and len(text_columns) < 2:
         raise ConfigError(
-            f"{config.where('loss.name')}: loss {config.loss.name} trains on (anchor, positive) pairs, but the data "
-            f"has one text column and labels. Use a batch-mining loss such as BatchHardTripletLoss with a "
+            f"{config.where('loss.name')}: loss {name} trains on (anchor, positive) pairs, but the data has one text "
+            f"column and labels. A loss that trains on class labels declares {_DECLARATION} on its class "
+            f"({cls.__module__}.{cls.__qualname__} does not). Use such a loss, e.g. BatchHardTripletLoss with a "
             "P x K sampler, or the 'reverse-dictionary' task."
         )
+
+
+def warn_without_class_sampler(cls: type, config: TrainConfig) -> None:
+    """A label-aware loss learns from pairs of rows with the same label, which random batches (the
+    default without a [sampler] section) may not hold: warn, naming the samplers that guarantee them."""
+    if config.loss.inner is not None:
+        _, cls, _ = innermost_loss(config)
+    if not requires_labels(cls) or config.sampler.name:
+        return
+    warnings.warn(
+        f"{config.where('loss.name')}: loss {cls.__name__} learns from rows that share a label, but without a "
+        "[sampler] section the batches are drawn at random and may hold no two rows of one class (the loss is "
+        'then 0 and nothing is learned); add [sampler] name = "PKBatchSampler" with options = { k = 4 } '
+        '(or "GroupByLabelBatchSampler")',
+        UserWarning,
+        stacklevel=2,
+    )
 
 
 def resolve_options(

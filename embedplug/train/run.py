@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
+from collections.abc import Iterator
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,14 @@ from embedplug.train.assemble import (
 )
 from embedplug.train.config import TrainConfig
 from embedplug.train.data import load_training_data
-from embedplug.train.losses import build_loss, check_data_fits_loss, check_loss_options, describe_backend, loss_class
+from embedplug.train.losses import (
+    build_loss,
+    check_data_fits_loss,
+    check_loss_options,
+    describe_backend,
+    loss_class,
+    warn_without_class_sampler,
+)
 from embedplug.train.launch import is_main_process, quiet_unless_main
 from embedplug.train.resume import METRICS_FILE, MODEL_DIR, RUN_FILE, resolve_start
 from embedplug.train.time_budget import StepBudget, apply_time_budget
@@ -33,8 +42,44 @@ def run_training(
     """Train as ``config`` says and return what is written to ``<output_dir>/metrics.json``.
 
     Everything a user can get wrong (names, options, data, an existing run) is checked before the
-    model is loaded, so mistakes fail in seconds, not after the first evaluation.
+    model is loaded, so mistakes fail in seconds, not after the first evaluation. Without
+    ``show_progress_bar`` no progress bar is drawn by embedplug, the trainer, datasets or transformers
+    (data loading, evaluation, training, loading and saving the model).
     """
+    with _library_progress_bars(show_progress_bar):
+        return _run_training(config, resume, overwrite, show_progress_bar)
+
+
+@contextlib.contextmanager
+def _library_progress_bars(show: bool) -> Iterator[None]:
+    """Unless ``show``: ``datasets``' bars (reading files) and transformers' (loading and writing the model)
+    off within the block, restored after. The trainer's own bars follow ``disable_tqdm`` (see
+    :func:`~embedplug.train.assemble.training_arguments`)."""
+    if show:
+        yield
+        return
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    switches = [
+        (datasets.is_progress_bar_enabled(), datasets.disable_progress_bars, datasets.enable_progress_bars),
+        (
+            transformers_logging.is_progress_bar_enabled(),
+            transformers_logging.disable_progress_bar,
+            transformers_logging.enable_progress_bar,
+        ),
+    ]
+    for _, disable, _ in switches:
+        disable()
+    try:
+        yield
+    finally:
+        for enabled, _, enable in switches:
+            if enabled:
+                enable()
+
+
+def _run_training(config: TrainConfig, resume, overwrite: bool, show_progress_bar: bool) -> dict[str, Any]:
     started = time.perf_counter()
     timings: dict[str, float] = {}
     output_dir = Path(config.output_dir)
@@ -49,9 +94,10 @@ def run_training(
     build_sampler(config)
     data = load_training_data(config)
     check_data_fits_loss(cls, config, data.label_column, list(data.train.column_names))
+    warn_without_class_sampler(cls, config)
     check_loss_options(cls, config, len([name for name in data.train.column_names if name != data.label_column]))
     # The arguments and the sampler on the real rows, as the trainer builds them (each raises a ConfigError).
-    arguments = training_arguments(config, build_sampler(config), bool(data.evaluations), None)
+    arguments = training_arguments(config, build_sampler(config), bool(data.evaluations), None, show_progress_bar)
     check_sampler_on_data(config, arguments, data.train, data.label_column)
     print(f"data: {data.description}")
 
@@ -71,7 +117,7 @@ def run_training(
     from embedplug.train.trainer_evaluator import HeldOutEvaluator
 
     evaluator = HeldOutEvaluator(data.evaluations, batch_size=config.evaluation.batch_size)
-    trainer = build_trainer(config, model, loss, data.train, evaluator)
+    trainer = build_trainer(config, model, loss, data.train, evaluator, show_progress_bar)
     if checkpoint is not None:
         print(f"resuming from {checkpoint}")
     train_started = time.perf_counter()

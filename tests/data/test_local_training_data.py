@@ -53,3 +53,21 @@ def test_missing_columns_are_named(tmp_path):
 def test_unknown_suffix_asks_for_a_format(tmp_path):
     with pytest.raises(ValueError, match="data.format"):
         detect_format(tmp_path / "rows.parquet")
+
+
+@pytest.mark.parametrize("columns", [(), ("text",)])
+def test_a_label_column_without_the_setting_suggests_it(tmp_path, columns):
+    path = tmp_path / "labelled.csv"
+    path.write_text("text,label\n" + "".join(f"{r['question']},{i % 3}\n" for i, r in enumerate(ROWS)))
+    with pytest.raises(ValueError, match=r"column named 'label' but data.label_column is not set.*'text'") as raised:
+        load_local(str(path), columns=columns)
+    assert 'data.label_column = "label"' in str(raised.value)
+    assert "needs two text columns" not in str(raised.value)
+    assert load_local(str(path), label_column="label").label_column == "label"
+
+
+def test_pairs_with_a_label_column_still_load_without_the_setting(tmp_path):
+    # (text1, text2, label) rows, e.g. similarity scores: two text columns, nothing is missing.
+    rows = [{"a": r["question"], "b": r["answer"], "label": 0.5} for r in ROWS]
+    data = load_local(str(write_jsonl(tmp_path / "scored.jsonl", rows)))
+    assert data.label_column is None and data.evaluations[0].primary_metric == "recall@1"

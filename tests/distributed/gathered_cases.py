@@ -36,6 +36,8 @@ class Case:
     whole_batch_value: bool = False
     raises: str | None = None
     seed: int = 0
+    # Labels as float values (classes by equality, as sentence-transformers compares them).
+    float_labels: bool = False
     extra: dict = field(default_factory=dict)
 
     def inputs(self) -> tuple[list[torch.Tensor], torch.Tensor | None]:
@@ -46,6 +48,8 @@ class Case:
             # Positives near their anchors, so the losses are not all at log(N).
             columns[1] = columns[0] + 0.8 * columns[1]
         labels = torch.randint(0, max(total // 3, 2), (total,), generator=generator) if self.labelled else None
+        if labels is not None and self.float_labels:
+            labels = labels.double() * 0.5 + 0.25  # 0.25, 0.75, ...: no rank may number them on its own
         return columns, labels
 
     def rows(self, rank: int) -> slice:
@@ -196,6 +200,17 @@ def _cases() -> list[Case]:
                     whole_batch_value=True,
                 )
             )
+    cases.append(
+        Case(
+            "batch_hard_float_labels",
+            lambda g: L.BatchHardTripletLoss(None, margin=1.0, gather_across_devices=g),
+            columns=1,
+            sizes=(8, 8),
+            labelled=True,
+            whole_batch_value=True,
+            float_labels=True,
+        )
+    )
     return cases
 
 

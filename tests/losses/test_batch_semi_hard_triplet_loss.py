@@ -38,3 +38,37 @@ def test_loss_specific_attributes_match():
     model = torch.nn.Linear(2, 2)
     ours, theirs = BatchSemiHardTripletLoss(model, margin=0.25), STBatchSemiHardTripletLoss(model, margin=0.25)
     assert ours.margin == theirs.margin == 0.25
+
+
+def _sentence_transformers_at_least(version: str) -> bool:
+    import importlib.metadata
+
+    installed = tuple(int(part) for part in importlib.metadata.version("sentence-transformers").split(".")[:2])
+    return installed >= tuple(int(part) for part in version.split("."))
+
+
+@pytest.mark.xfail(
+    _sentence_transformers_at_least("6.3"),
+    strict=True,
+    reason=(
+        "sentence-transformers 6.3's cosine_distance zeroes the diagonal and clamps at 0; embedplug's cosine "
+        "(reference.pairwise_distances and the C++ cosine finish) still gives d(a, a) = 1 - cos(a, a), which is 1 for "
+        "an all-zero row, so the masked-maximum fallback's row minimum (and its gradient) moves"
+    ),
+)
+def test_all_zero_row_with_cosine_distance_has_sentence_transformers_gradient():
+    # An all-zero row is at cosine distance exactly 1 from everything: no negative lies beyond its positive,
+    # so the masked-maximum fallback decides, and which column its gradient reaches (scaled by 1 / eps of
+    # the normalisation, ~1e11) depends on the row's distance to itself. Row 0 and 1: column 0 is not a
+    # negative of the zero row; row 2: it is.
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    for zero_row in (0, 1, 2):
+        embeddings = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+        embeddings[zero_row] = 0
+        expected_loss, expected_grad = loss_and_grad(
+            STBatchSemiHardTripletLoss, embeddings, labels, STDistance.cosine_distance
+        )
+        loss, grad = loss_and_grad(BatchSemiHardTripletLoss, embeddings, labels, STDistance.cosine_distance)
+        torch.testing.assert_close(loss, expected_loss)
+        scale = expected_grad.abs().max()
+        torch.testing.assert_close(grad / scale, expected_grad / scale, rtol=1e-5, atol=1e-6, msg=f"zero row {zero_row}")

@@ -145,14 +145,15 @@ def test_gist_margin_must_be_a_finite_number(margin):
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
 @pytest.mark.parametrize("reference", [False, True], ids=["fused", "reference"])
-def test_non_finite_guide_entries_are_refused_on_both_paths(bad, reference, monkeypatch):
+def test_non_finite_guide_entries_are_warned_about_on_both_paths(bad, reference, monkeypatch):
+    # Trained through as sentence-transformers does (see test_gist_embed_loss.py), never refused.
     if reference:
         force_reference(monkeypatch)
     a, p, guide = torch.randn(4, 3), torch.randn(4, 3), torch.randn(8, 2)
     guide[5, 1] = bad
-    with pytest.raises(ValueError, match="guide_positive has 1 row"):
-        F.gist_embed_loss(a, p, guide_anchor=guide[:4], guide_positive=guide[4:], margin=0.1)
-    with pytest.raises(ValueError, match="guide_candidates has 1 row"):
+    with pytest.warns(RuntimeWarning, match="guide_candidates have rows with NaN or Inf"):
+        assert torch.isfinite(F.gist_embed_loss(a, p, guide_anchor=guide[:4], guide_positive=guide[4:], margin=0.1))
+    with pytest.warns(RuntimeWarning, match="guide_candidates have rows with NaN or Inf"):
         masked_infonce(a, p, guide[:4], guide[4:], scale=20.0, margin_strategy="absolute")
 
 
@@ -312,3 +313,35 @@ def test_finite_embeddings_do_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         BatchHardTripletLoss(None).compute_loss_from_embeddings([x], labels)
+
+
+FUNCTIONAL_FORMS_ON_NAN_INPUT = {
+    # name -> loss on the 12 rows of batch() (one of them NaN); every public functional form.
+    "batch_hard_triplet_loss": lambda x, y: F.batch_hard_triplet_loss(x, y),
+    "batch_semi_hard_triplet_loss": lambda x, y: F.batch_semi_hard_triplet_loss(x, y),
+    "batch_all_triplet_loss": lambda x, y: F.batch_all_triplet_loss(x, y),
+    "batch_hard_soft_margin_triplet_loss": lambda x, y: F.batch_hard_soft_margin_triplet_loss(x, y),
+    "supervised_contrastive_loss": lambda x, y: F.supervised_contrastive_loss(x, y),
+    "multi_similarity_loss": lambda x, y: F.multi_similarity_loss(x, y, mining_epsilon=None),
+    "circle_loss": lambda x, y: F.circle_loss(x, y),
+    "multiple_negatives_ranking_loss": lambda x, y: F.multiple_negatives_ranking_loss(x[:6], x[6:]),
+    "gist_embed_loss": lambda x, y: F.gist_embed_loss(x[:6], x[6:]),
+    "mega_batch_margin_loss": lambda x, y: F.mega_batch_margin_loss(x[:6], x[6:]),
+    "triplet_loss": lambda x, y: F.triplet_loss(x[:4], x[4:8], x[8:]),
+}
+
+
+def test_every_functional_form_is_covered():
+    assert sorted(FUNCTIONAL_FORMS_ON_NAN_INPUT) == sorted(F.__all__)
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONAL_FORMS_ON_NAN_INPUT))
+def test_functional_forms_warn_when_non_finite_input_makes_the_loss_non_finite(name):
+    x, labels = batch()
+    x[1, 0] = math.nan
+    with pytest.warns(RuntimeWarning, match=rf"{name}: the loss is nan because 1 of the \d+ input rows contain NaN"):
+        loss = FUNCTIONAL_FORMS_ON_NAN_INPUT[name](x, labels)
+    assert torch.isnan(loss)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FUNCTIONAL_FORMS_ON_NAN_INPUT[name](batch()[0], labels)  # finite input: no warning

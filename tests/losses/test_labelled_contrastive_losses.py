@@ -214,6 +214,16 @@ def test_labels_of_shape_n_by_1_are_accepted(loss):
 
 
 @each_loss
+def test_float_labels_are_classes_by_equality(loss):
+    # pytorch-metric-learning (like sentence-transformers) compares labels with ==: 0.5 and 0.7 stay
+    # two classes, -0.0 and 0.0 are one.
+    embeddings = torch.randn(12, 5, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    values = torch.tensor([0.5, 0.7, -0.0, 0.0, 2.25, 1e9], dtype=torch.float64)
+    labels = values[torch.tensor([0, 0, 1, 1, 2, 3, 4, 4, 5, 5, 0, 1])]
+    assert_matches_pml(loss, embeddings, labels)
+
+
+@each_loss
 def test_non_contiguous_embeddings(loss):
     embeddings = torch.randn(16, 30, dtype=torch.float64)[:, ::3]
     labels = torch.arange(16) // 4

@@ -213,6 +213,23 @@ def test_labels_of_shape_n_by_1_are_accepted_like_sentence_transformers(loss):
 
 
 @each_loss
+@pytest.mark.parametrize("distance", KERNEL_DISTANCES)
+def test_float_labels_are_classes_by_equality_like_sentence_transformers(loss, distance):
+    # sentence-transformers compares labels with ==: 0.5 and 0.7 are two classes (a truncation to int
+    # would merge them), -0.0 and 0.0 one; [N, 1] float labels too.
+    generator = torch.Generator().manual_seed(6)
+    embeddings = torch.randn(12, 5, generator=generator)
+    values = torch.tensor([0.5, 0.7, -0.0, 0.0, 2.25, 1e9])
+    labels = values[torch.tensor([0, 0, 1, 1, 2, 3, 4, 4, 5, 5, 0, 1])]
+    metric = st_distance_function(distance)
+    for shaped in (labels, labels.double().unsqueeze(1)):
+        expected_loss, expected_grad = loss_and_grad(loss.theirs, embeddings, shaped, metric)
+        ours_loss, ours_grad = loss_and_grad(loss.ours, embeddings, shaped, metric)
+        torch.testing.assert_close(ours_loss, expected_loss, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ours_grad, expected_grad, rtol=1e-5, atol=loss.cosine_grad_atol)
+
+
+@each_loss
 @each_bad_labelled_input
 def test_bad_input_gets_a_clear_error(loss, embeddings, labels, error, match):
     with pytest.raises(error, match=match):

@@ -173,3 +173,19 @@ def test_cached_loss_stage_equals_the_uncached_loss():
     torch.testing.assert_close(loss, expected.detach())
     for column_reps, leaf in zip(reps, leaves):
         torch.testing.assert_close(torch.cat([rep.grad for rep in column_reps]), leaf.grad)
+
+
+@pytest.mark.parametrize(
+    "similarity_fct, shape",
+    [
+        (lambda x, y: (x * y).sum(-1), r"\(4,\)"),  # row-wise, as for paired inputs
+        (lambda x, y: (x @ y.T)[:, :2], r"\(4, 2\)"),
+        (lambda x, y: (x @ y.T).unsqueeze(0), r"\(1, 4, 4\)"),
+    ],
+    ids=["row-wise", "too few columns", "extra dimension"],
+)
+@pytest.mark.parametrize("directions", [("query_to_doc",), ("query_to_doc", "doc_to_query")])
+def test_a_similarity_fct_with_the_wrong_shape_gets_a_clear_error(similarity_fct, shape, directions):
+    loss = MultipleNegativesRankingLoss(None, similarity_fct=similarity_fct, directions=directions)
+    with pytest.raises(ValueError, match=rf"similarity function must map \[R, D\] and \[C, D\].*returned shape {shape}"):
+        loss.compute_loss_from_embeddings([torch.randn(4, 3), torch.randn(4, 3)])

@@ -270,6 +270,15 @@ def test_fewer_than_p_classes_with_enough_samples():
     assert len(PKBatchSampler.from_labels(labels, p=3, k=4)) > 0
 
 
+def test_too_few_classes_under_replace_does_not_suggest_replace():
+    # small_classes='replace' is the default and already in use: the fix is a smaller P.
+    with pytest.raises(ValueError) as raised:
+        PKBatchSampler.from_labels([0] * 8 + [1] * 8 + [2] * 3, p=4, k=4, small_classes="replace")
+    message = str(raised.value)
+    assert "use small_classes='replace'" not in message
+    assert "at most 3" in message and "batch_size of at most 12" in message
+
+
 def test_no_label_column():
     datasets = pytest.importorskip("datasets")
     dataset = datasets.Dataset.from_dict({"anchor": ["a", "b"], "positive": ["c", "d"]})

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
+from train.test_train_errors import label_aware_plugin  # noqa: F401  (a fixture)
 from train.wordnet_run_helpers import small_wordnet, supersense_config
 
 from embedplug.cli import main
@@ -19,7 +21,11 @@ def test_supersense_run_writes_model_metrics_and_reports_the_backend(tmp_path, m
         tmp_path, small_wordnet(tmp_path, monkeypatch), '\ntasks = ["supersense", "reverse-dictionary"]\n'
     )
     assert main(["train", str(config), "--no-progress"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    # No progress bar but sentence-transformers' own transient model-card one (it has no switch).
+    bars = [part for part in re.split(r"[\r\n]", captured.err) if re.search(r"\d+/\d+ \[", part)]
+    assert all("Computing widget examples" in bar for bar in bars), bars
     assert "BEFORE" in out and "AFTER" in out and "CHANGE" in out
     assert "loss backend: embedplug.losses.batch_hard_triplet.BatchHardTripletLoss on embedplug's" in out
     output_dir = tmp_path / "run"
@@ -83,3 +89,10 @@ def test_evaluation_during_training_drives_early_stopping(tmp_path, monkeypatch)
     evaluated = [entry for entry in state["log_history"] if "eval_supersense_knn@1" in entry]
     assert evaluated, "the held-out evaluator ran during training"
     assert json.loads((output_dir / METRICS_FILE).read_text())["global_step"] == 2
+
+
+def test_a_plugins_label_aware_loss_trains(tmp_path, monkeypatch, label_aware_plugin):  # noqa: F811
+    config = supersense_config(tmp_path, small_wordnet(tmp_path, monkeypatch))
+    assert main(["train", str(config), "--no-progress", "--set", "loss.name='PluginSupConLoss'", "--set", "loss.options={}"]) == 0
+    metrics = json.loads((tmp_path / "run" / METRICS_FILE).read_text())
+    assert metrics["global_step"] == 2 and metrics["loss"] == "PluginSupConLoss"

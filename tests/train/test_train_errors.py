@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from train.wordnet_run_helpers import small_wordnet, supersense_config
 
+import embedplug
+from embedplug import registry
 from embedplug.cli import main
+from embedplug.functional import supervised_contrastive_loss
 from embedplug.data.wordnet import WORDNET_DIR_ENV
 from embedplug.train.config import ConfigError, load_config
 from embedplug.train.data import load_training_data
@@ -44,14 +48,76 @@ def test_labelled_loss_with_pair_data_says_it_needs_labels(tmp_path, monkeypatch
         check_data_fits_loss(loss_class(config), config, data.label_column, list(data.train.column_names))
 
 
-def test_pair_loss_with_labelled_data_says_it_needs_pairs(tmp_path, monkeypatch):
+def test_pair_loss_with_labelled_data_says_it_needs_pairs_and_names_the_declaration(tmp_path, monkeypatch):
     class PairLoss:
         pass
 
     config = load_config(supersense_config(tmp_path, small_wordnet(tmp_path, monkeypatch)))
     assert not requires_labels(PairLoss)
-    with pytest.raises(ConfigError, match=r"\(anchor, positive\) pairs"):
+    with pytest.raises(ConfigError, match=r"\(anchor, positive\) pairs.*declares embedplug_label_aware = True"):
         check_data_fits_loss(PairLoss, config, "label", ["text", "label"])
+
+
+class PluginSupConLoss(torch.nn.Module):
+    """A third-party label-aware loss: it declares so, as embedplug.hookspecs documents."""
+
+    embedplug_label_aware = True
+
+    def __init__(self, model, temperature: float = 0.1) -> None:
+        super().__init__()
+        self.model, self.temperature = model, temperature
+
+    def forward(self, sentence_features, labels):
+        embeddings = self.model(sentence_features[0])["sentence_embedding"]
+        return supervised_contrastive_loss(embeddings, labels, temperature=self.temperature)
+
+
+@pytest.fixture
+def label_aware_plugin(fresh_registry):
+    class Plugin:
+        @embedplug.hookimpl
+        def embedplug_register_losses(self, register):
+            register(PluginSupConLoss)
+
+    registry.add_plugin(Plugin(), name="label-aware-plugin", distribution="label-aware-dist")
+    yield PluginSupConLoss
+    registry.remove_plugin("label-aware-plugin")
+
+
+def test_a_plugins_label_aware_loss_passes_the_checks_on_labelled_data(
+    tmp_path, monkeypatch, capsys, no_model_load, label_aware_plugin
+):
+    config = supersense_config(tmp_path, small_wordnet(tmp_path, monkeypatch))
+    with pytest.raises(AssertionError, match="the model was loaded"):  # every check before it passed
+        main(["train", str(config), "--no-progress", "--set", "loss.name='PluginSupConLoss'", "--set", "loss.options={}"])
+    assert "error" not in capsys.readouterr().err
+
+
+def test_a_label_aware_loss_without_a_sampler_warns_that_batches_may_hold_no_positives(
+    tmp_path, monkeypatch, no_model_load
+):
+    config = supersense_config(tmp_path, small_wordnet(tmp_path, monkeypatch))
+    overrides = ["sampler.name=''", "sampler.options={}"]
+    with pytest.warns(UserWarning, match=r"BatchHardTripletLoss learns from rows that share a label.*PKBatchSampler"):
+        with pytest.raises(AssertionError, match="the model was loaded"):
+            main(["train", str(config), "--no-progress", *[f"--set={item}" for item in overrides]])
+
+
+def test_no_progress_turns_the_trainers_bars_off(tmp_path, monkeypatch):
+    from embedplug.train.assemble import training_arguments
+
+    config = load_config(supersense_config(tmp_path, small_wordnet(tmp_path, monkeypatch)))
+    assert training_arguments(config, None, True, "supersense_knn@1", show_progress_bar=False).disable_tqdm is True
+    assert training_arguments(config, None, True, "supersense_knn@1").disable_tqdm is False
+
+
+def test_train_help_describes_the_config_inline(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = capsys.readouterr().out
+    assert "docs/" not in help_text  # a pip-installed user has no docs folder
+    for section in ("[model]", "[data]", "[loss]", "[sampler]", "[training]", "[evaluation]", "output_dir"):
+        assert section in help_text
 
 
 def test_missing_wordnet_prints_the_install_command(tmp_path, monkeypatch, capsys):

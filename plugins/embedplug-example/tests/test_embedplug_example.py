@@ -25,6 +25,12 @@ def test_plugin_is_discovered_through_its_entry_point():
     assert record["samplers"] == ["SeededShuffleBatchSampler", "seeded_shuffle"]
 
 
+def test_embedplug_train_treats_the_loss_as_label_aware():
+    from embedplug.hookspecs import is_label_aware
+
+    assert is_label_aware(ExampleSupConLoss)
+
+
 # ----- the loss
 
 

@@ -52,6 +52,10 @@ class ExampleSupConLoss(nn.Module):
         temperature: softmax temperature; smaller values focus on the hardest negatives. 0.1 as in the paper.
     """
 
+    # embedplug's loss contract (embedplug.hookspecs): this loss trains on texts with class labels, so
+    # `embedplug train` accepts it on labelled data.
+    embedplug_label_aware = True
+
     def __init__(self, model: nn.Module, temperature: float = 0.1) -> None:
         super().__init__()
         if temperature <= 0:
