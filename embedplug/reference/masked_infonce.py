@@ -35,8 +35,11 @@ def guide_keep_mask(
     tolerance = 2 * dim * torch.finfo(guide_rows.dtype).eps
     band = tolerance * guide_rows.norm(dim=1, keepdim=True) * guide_columns.norm(dim=1).unsqueeze(0)
     threshold = threshold.unsqueeze(1)
-    keep = similarity <= threshold - band
-    near = ~keep & (similarity <= threshold + band)
+    # Written as drop tests, as sentence-transformers compares (guide_sim > threshold drops): a NaN
+    # guide similarity or threshold then drops nothing, on both sides of the band.
+    drop = similarity > threshold + band
+    near = ~drop & (similarity > threshold - band)
+    keep = ~drop
     if near.any():
         row_index, column_index = near.nonzero(as_tuple=True)
         exact = _exact_similarity(guide_rows, guide_columns, row_index, column_index)

@@ -289,14 +289,6 @@ def test_a_guide_with_nan_or_inf_rows_warns_once_and_matches_sentence_transforme
     assert len([w for w in caught if "NaN or Inf" in str(w.message)]) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the fused kernel's guide band takes std::max_element over the guide row norms, which returns NaN when the "
-        "first norm is NaN, so every row's band is NaN and nothing is dropped; the reference's guide_keep_mask "
-        "tests `similarity <= threshold - band` (NaN: dropped) where sentence-transformers tests `>` (NaN: kept)"
-    ),
-)
 def test_a_non_finite_guide_row_zero_and_the_reference_match_sentence_transformers():
     student, guide = guide_with_bad_rows([(0, 0)])
     with warnings.catch_warnings():
