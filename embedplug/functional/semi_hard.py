@@ -8,14 +8,14 @@ import torch
 
 from embedplug._validation import (
     check_distance,
-    check_distance_matrix,
     check_embeddings,
     check_finite_number,
     check_labels,
 )
-from embedplug.distances import kernel_distance
+from embedplug.functional._pairwise_path import kernel_or_matrix
 from embedplug.ops import semi_hard_triplet_loss_forward
 from embedplug.reference.semi_hard import semi_hard_from_distance_matrix
+from embedplug.st_version import StSemantics
 
 
 def batch_semi_hard_triplet_loss(
@@ -23,6 +23,8 @@ def batch_semi_hard_triplet_loss(
     labels: torch.Tensor,
     margin: float = 5.0,
     distance: str | Callable[[torch.Tensor], torch.Tensor] = "euclidean",
+    *,
+    st_version: str | StSemantics | None = None,
 ) -> torch.Tensor:
     """Sum over anchor-positive pairs of ``max((d_ap - d_semi_hard) + margin, 0)`` / number of pairs.
 
@@ -38,6 +40,8 @@ def batch_semi_hard_triplet_loss(
             ``BatchHardTripletLossDistanceFunction`` functions (run by the fused kernel, O(N) extra
             memory), or any callable mapping [N, D] to an [N, N] distance matrix (run by the
             reference path).
+        st_version: the sentence-transformers release whose cosine distance to follow ("6.2",
+            "6.3"; None, the default: the installed one, see :mod:`embedplug.st_version`).
 
     Returns:
         A scalar tensor equal to sentence-transformers' ``BatchSemiHardTripletLoss`` (the number of
@@ -48,13 +52,11 @@ def batch_semi_hard_triplet_loss(
     labels = check_labels(labels, embeddings, caller)
     margin = check_finite_number(margin, "margin", caller)
     check_distance(distance, "distance", caller)
-    name = kernel_distance(distance)
+    name, matrix = kernel_or_matrix(embeddings, distance, caller, st_version)
     if name is not None:
         loss_sums = semi_hard_triplet_loss_forward(embeddings, labels, name, margin)
     else:
-        loss_sums = semi_hard_from_distance_matrix(
-            check_distance_matrix(distance(embeddings), embeddings, caller), labels, margin
-        )
+        loss_sums = semi_hard_from_distance_matrix(matrix, labels, margin)
     return loss_sums.sum() / positive_pair_count(labels).to(loss_sums.dtype).clamp(min=1e-16)
 
 
