@@ -75,12 +75,16 @@ def _op_backend(op_name: str, device_type: str) -> dict:
 def backend_info() -> dict:
     """Which implementation each op runs on CPU and CUDA, and why.
 
-    Returns a JSON-able dict ``{"extension": {...}, "ops": {op: {"cpu": {...}, "cuda": {...}}}}``.
+    Returns a JSON-able dict ``{"extension": {...}, "ops": {op: {"cpu": {...}, "cuda": {...}}},
+    "sentence_transformers": {"follows": ..., "installed": ..., "exact": ...}}``, the last saying
+    which sentence-transformers release's semantics the drop-in losses follow (:mod:`embedplug.st_version`).
     """
     import embedplug.ops  # noqa: F401  (populates REPORTED_OPS)
+    from embedplug import st_version
 
     return {
         "extension": {"loaded": STATUS.loaded, "reason": STATUS.reason, **STATUS.build_info},
+        "sentence_transformers": st_version.report(),
         "torch": torch.__version__,
         "cuda_available": torch.cuda.is_available(),
         "ops": {op: {device: _op_backend(op, device) for device in ("cpu", "cuda")} for op in REPORTED_OPS},

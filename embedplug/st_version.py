@@ -105,6 +105,11 @@ def current() -> StSemantics:
     return _CURRENT
 
 
+def loss_report() -> dict:
+    """The field a drop-in loss's ``backend_info()`` adds: ``{"follows_sentence_transformers": "6.3"}``."""
+    return {"follows_sentence_transformers": _CURRENT.version}
+
+
 def report() -> dict:
     """What ``backend_info()`` and ``embedplug doctor`` say about it: ``{"follows": "6.3",
     "installed": "6.3.0" or None, "exact": whether the installed release is in the table}``."""
