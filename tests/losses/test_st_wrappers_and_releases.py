@@ -141,6 +141,7 @@ def build_cached(module, name, model, guide):
     return getattr(module, name)(model, **options)
 
 
+@pytest.mark.filterwarnings("ignore:The CachedMultipleNegativesSymmetricRankingLoss is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("name", CACHED)
 def test_cached_drop_in_inside_matryoshka_follows_the_installed_engine(models, name):
     model, guide = models
