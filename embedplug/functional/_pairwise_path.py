@@ -6,6 +6,8 @@ The two differ only where ``1 - <u_a, u_b>`` rounds below 0, i.e. for (near-)par
 diagonal, which the losses read only through rounding-level terms. So under 6.3 the kernel still runs
 unless the batch holds a near-parallel pair (found by one fused pass, O(N) memory); such a batch takes
 the exact clamped matrix (O(N^2) memory), since a clamped distance changes which pair is mined.
+That check is a data-dependent branch: under ``torch.compile`` it is a graph break, so
+``fullgraph=True`` fails for the cosine distance under 6.3 (until the kernels clamp it themselves).
 """
 
 from __future__ import annotations
