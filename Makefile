@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: test demo bench docs setup ext system-deps clean cuda-build gpu-wheels
+.PHONY: test test-st62 demo bench docs setup ext system-deps clean cuda-build gpu-wheels
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,9 +37,35 @@ system-deps:
 	  else echo "WordNet missing: run 'sudo apt-get install -y wordnet-base'"; exit 1; fi; \
 	fi
 
-test: ext
+# The sentence-transformers parity tests once more, against 6.2 (the main environment gets the newest
+# release the pins allow, 6.3): a second, small environment with the same torch, so the in-place
+# embedplug/_C*.so that `ext` built loads there too and nothing is compiled again. `make test` runs
+# both; the 6.2 run costs about 80 s of set-up the first time, then about 3 min of tests on 2 cores.
+ST62_VENV ?= .venv-st62
+ST62_TESTS ?= tests/losses tests/distributed tests/test_st_version.py tests/test_drop_in_surface.py
+ST62_PYTEST_ARGS ?=
+
+$(ST62_VENV)/.deps-installed: pyproject.toml setup.py
+	$(PYTHON) -m venv $(ST62_VENV)
+	$(ST62_VENV)/bin/python -m pip install --quiet --upgrade pip "setuptools>=64" wheel
+	$(ST62_VENV)/bin/python -m pip install --quiet "torch==$(TORCH_VERSION)"
+	EMBEDPLUG_NO_EXT=1 $(ST62_VENV)/bin/python -m pip install --quiet --no-build-isolation -e ".[test]" \
+	  "sentence-transformers[train]==6.2.*"
+	touch $@
+
+define run_st62_parity_tests
+	$(ST62_VENV)/bin/python -c "import embedplug._extension as e, sentence_transformers as st; \
+	  assert e.STATUS.loaded, e.STATUS.reason; print('parity tests on sentence-transformers', st.__version__)"
+	$(ST62_VENV)/bin/python -m pytest -p no:cacheprovider $(ST62_TESTS) $(ST62_PYTEST_ARGS)
+endef
+
+test: ext $(ST62_VENV)/.deps-installed
 	$(BIN)/python -m embedplug doctor
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(run_st62_parity_tests)
+
+test-st62: ext $(ST62_VENV)/.deps-installed
+	$(run_st62_parity_tests)
 
 bench: ext
 	mkdir -p bench-results

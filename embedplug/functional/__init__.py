@@ -2,7 +2,10 @@
 
 Each returns a scalar loss with the same value and gradients as the sentence-transformers loss of
 the same name: the batch losses take ``embeddings`` [N, D] and integer ``labels`` [N];
-``triplet_loss`` and the in-batch-negative losses take the columns' embeddings.
+``triplet_loss`` and the in-batch-negative losses take the columns' embeddings. Where
+sentence-transformers releases differ (GIST, the batch triplet losses' cosine distance), the
+installed release's numbers are given; ``st_version="6.2"`` / ``"6.3"`` picks one
+(:mod:`embedplug.st_version`).
 """
 
 from embedplug.functional.batch_all import batch_all_triplet_loss

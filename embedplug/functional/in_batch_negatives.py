@@ -21,7 +21,9 @@ from embedplug._validation import (
     warns_non_finite_input,
 )
 from embedplug.ops import masked_infonce, masked_infonce_mean
+from embedplug.ops.masked_infonce import guide_thresholds
 from embedplug.ops.masked_infonce import multiple_negatives_ranking_loss as reference_mnrl
+from embedplug.st_version import StSemantics, semantics_for
 
 # nn.CosineSimilarity's eps, which GISTEmbedLoss uses: x.y / (max(|x|, eps) max(|y|, eps)).
 COSINE_SIMILARITY_EPS = 1e-8
@@ -63,6 +65,7 @@ def gist_embed_loss(
     contrast_anchors: bool = True,
     contrast_positives: bool = True,
     offset: int = 0,
+    st_version: str | StSemantics | None = None,
 ) -> torch.Tensor:
     """GISTEmbed loss (Solatorio 2024): in-batch InfoNCE with guide-filtered false negatives.
 
@@ -79,11 +82,17 @@ def gist_embed_loss(
             exceeds ``t - margin`` ("absolute") or ``t - |t| margin`` ("relative"), t the guide
             similarity of (anchor, its positive); the positive itself is never dropped.
         contrast_anchors, contrast_positives: add the anchor-anchor and positive-positive blocks.
+        offset: the first row of this device's positives in the gathered ``positive`` (0 unless gathered).
+        st_version: the sentence-transformers release whose rules to follow ("6.2", "6.3"); None
+            (default) follows the installed one (:mod:`embedplug.st_version`). From 6.3 each row's
+            own anchor-anchor and positive-positive similarity is always out of the softmax;
+            before, only when the guide's margin rule drops it.
 
     Returns:
         Scalar mean cross-entropy, equal to sentence-transformers' ``GISTEmbedLoss``.
     """
     caller = "gist_embed_loss"
+    masks_own_similarity = semantics_for(st_version).gist_masks_own_similarity
     negatives = list(negatives)
     _check_columns(caller, anchor, [positive, *negatives])
     batch_size, world_rows = anchor.shape[0], positive.shape[0]
@@ -126,18 +135,58 @@ def gist_embed_loss(
         with torch.no_grad():
             guide_anchors = _unit_rows(guide_anchor.detach(), COSINE_SIMILARITY_EPS)
             guide_candidates = _unit_rows(candidates_of(guide_positive, list(guide_negatives)).detach(), COSINE_SIMILARITY_EPS)
-    return masked_infonce_mean(
-        student_anchor,
-        student_candidates,
-        guide_anchors,
-        guide_candidates,
+    options = dict(
         scale=1.0 / temperature,
         margin_strategy=margin_strategy,
         margin=margin,
         anchor_anchor=contrast_anchors,
         positive_candidate_columns=world_rows if contrast_positives else 0,
-        exclude_self=False,
+        exclude_self=masks_own_similarity,
     )
+    if masks_own_similarity and contrast_positives and world_rows > batch_size:
+        return _gathered_gist_with_own_similarity_masked(
+            student_anchor, student_candidates, guide_anchors, guide_candidates, batch_size, world_rows, options
+        )
+    return masked_infonce_mean(student_anchor, student_candidates, guide_anchors, guide_candidates, **options)
+
+
+def _gathered_gist_with_own_similarity_masked(
+    anchors: torch.Tensor,
+    candidates: torch.Tensor,
+    guide_anchors: torch.Tensor | None,
+    guide_candidates: torch.Tensor | None,
+    batch_size: int,
+    world_rows: int,
+    options: dict,
+) -> torch.Tensor:
+    """GIST over gathered positives with only each row's own positive-positive similarity masked.
+
+    ``anchors`` [B, D] and ``candidates`` [P + k P, D] are unit rows, the local positives first
+    (candidate i is row i's positive), P = world_size * B. The kernel's ``exclude_self`` drops
+    positive-positive columns j with j mod B == i: row i's own positive, and also the other ranks'
+    positives at the same local row, which sentence-transformers keeps (its mask is the single
+    entry ``pp_sim[rows, offset + rows]``). Those W - 1 logits per row are added back here, under
+    the guide's rule, by merging them into each row's log-normaliser: O(B W D) work on top of the
+    fused op.
+    """
+    scale, margin_strategy, margin = options["scale"], options["margin_strategy"], options["margin"]
+    rows = torch.arange(batch_size, device=anchors.device)
+    positives = candidates[:batch_size]
+    row_loss, _ = masked_infonce(anchors, candidates, guide_anchors, guide_candidates, **options)
+    target_logit = scale * (anchors * positives).sum(dim=1)
+    # masked_infonce returns lse_i - target_i, differentiable in both; adding the target back gives lse_i.
+    log_normalizers = [row_loss + target_logit]
+    if guide_anchors is None:  # self-guided: the student's own detached similarities decide
+        guide_anchors, guide_candidates = anchors.detach(), candidates.detach()
+    threshold = guide_thresholds(guide_anchors, guide_candidates[:batch_size], margin_strategy, margin)
+    for block in range(1, world_rows // batch_size):
+        same_row = block * batch_size + rows
+        guide_similarity = (guide_candidates[:batch_size] * guide_candidates[same_row]).sum(dim=1)
+        logit = scale * (positives * candidates[same_row]).sum(dim=1)
+        # The guide's rule as the kernel applies it: a strictly larger guide similarity drops the entry.
+        log_normalizers.append(logit.masked_fill(guide_similarity > threshold, float("-inf")))
+    log_normalizer = torch.logsumexp(torch.stack(log_normalizers, dim=1), dim=1)
+    return (log_normalizer - target_logit).mean()
 
 
 def _similarity_name(similarity: str | Callable) -> str | None:

@@ -7,16 +7,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from embedplug._validation import (
-    check_distance,
-    check_distance_matrix,
-    check_embeddings,
-    check_labels,
-    warns_non_finite_input,
-)
-from embedplug.distances import kernel_distance
+from embedplug._validation import check_distance, check_embeddings, check_labels, warns_non_finite_input
+from embedplug.functional._pairwise_path import kernel_or_matrix
 from embedplug.ops import batch_hard_mining
 from embedplug.ops.batch_hard import mine_from_distance_matrix
+from embedplug.st_version import StSemantics
 
 
 @warns_non_finite_input
@@ -24,6 +19,8 @@ def batch_hard_soft_margin_triplet_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
     distance: str | Callable[[torch.Tensor], torch.Tensor] = "euclidean",
+    *,
+    st_version: str | StSemantics | None = None,
 ) -> torch.Tensor:
     """Mean over anchors of ``softplus(d(a, hardest positive) - d(a, hardest negative))``.
 
@@ -35,6 +32,8 @@ def batch_hard_soft_margin_triplet_loss(
         labels: [N] integer class ids (any shape with N elements).
         distance: a kernel distance name, one of sentence-transformers'
             ``BatchHardTripletLossDistanceFunction`` functions, or any [N, D] -> [N, N] callable.
+        st_version: the sentence-transformers release whose cosine distance to follow ("6.2",
+            "6.3"; None, the default: the installed one, see :mod:`embedplug.st_version`).
 
     Returns:
         A scalar tensor equal to sentence-transformers' ``BatchHardSoftMarginTripletLoss``.
@@ -43,9 +42,9 @@ def batch_hard_soft_margin_triplet_loss(
     check_embeddings(embeddings, caller)
     labels = check_labels(labels, embeddings, caller)
     check_distance(distance, "distance", caller)
-    name = kernel_distance(distance)
+    name, matrix = kernel_or_matrix(embeddings, distance, caller, st_version)
     if name is not None:
         distances, _ = batch_hard_mining(embeddings, labels, name)
     else:
-        distances, _ = mine_from_distance_matrix(check_distance_matrix(distance(embeddings), embeddings, caller), labels)
+        distances, _ = mine_from_distance_matrix(matrix, labels)
     return F.softplus(distances[:, 0] - (distances[:, 1] + distances[:, 2])).mean()

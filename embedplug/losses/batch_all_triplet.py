@@ -10,11 +10,12 @@ from torch import Tensor, nn
 from embedplug._validation import check_distance, check_finite_number
 from embedplug.functional.batch_all import batch_all_triplet_loss
 from embedplug.losses.base import LabelledBatchLoss
+from embedplug.losses.batch_triplet_backend import BatchTripletBackendMixin
 from embedplug.losses.distance_functions import BatchHardTripletLossDistanceFunction
 from embedplug.losses.triplet_masks import TripletMasksMixin
 
 
-class BatchAllTripletLoss(TripletMasksMixin, LabelledBatchLoss):
+class BatchAllTripletLoss(BatchTripletBackendMixin, TripletMasksMixin, LabelledBatchLoss):
     """Every valid (anchor, positive, negative) triplet in the batch, averaged over the active ones.
 
     Same constructor, attributes, forward and numbers as

@@ -10,11 +10,12 @@ from torch import Tensor, nn
 from embedplug._validation import check_distance, check_finite_number
 from embedplug.functional.batch_hard import batch_hard_triplet_loss
 from embedplug.losses.base import LabelledBatchLoss
+from embedplug.losses.batch_triplet_backend import BatchTripletBackendMixin
 from embedplug.losses.distance_functions import BatchHardTripletLossDistanceFunction
 from embedplug.losses.triplet_masks import TripletMasksMixin
 
 
-class BatchHardTripletLoss(TripletMasksMixin, LabelledBatchLoss):
+class BatchHardTripletLoss(BatchTripletBackendMixin, TripletMasksMixin, LabelledBatchLoss):
     """For each anchor, the hardest positive and the hardest negative in the batch (Hermans et al. 2017).
 
     Same constructor, attributes, forward and numbers as
@@ -22,6 +23,8 @@ class BatchHardTripletLoss(TripletMasksMixin, LabelledBatchLoss):
     embedplug's copies (``euclidean_distance``, ``eucledian_distance``, ``cosine_distance``, and
     ``functools.partial(euclidean_distance, squared=True)``) run on the fused kernel, which never
     materialises the N x N distance matrix; any other callable runs on the pure-torch reference.
+    The cosine distance is the installed release's (:mod:`embedplug.st_version`; from 6.3 clamped at
+    0 with a zero diagonal), as in the whole batch triplet family; :meth:`backend_info` says which.
 
     Args:
         model: the SentenceTransformer being trained.

@@ -10,11 +10,12 @@ from torch import Tensor, nn
 from embedplug._validation import check_distance, check_finite_number
 from embedplug.functional.semi_hard import batch_semi_hard_triplet_loss
 from embedplug.losses.base import LabelledBatchLoss
+from embedplug.losses.batch_triplet_backend import BatchTripletBackendMixin
 from embedplug.losses.distance_functions import BatchHardTripletLossDistanceFunction
 from embedplug.ops.semi_hard import _masked_maximum
 
 
-class BatchSemiHardTripletLoss(LabelledBatchLoss):
+class BatchSemiHardTripletLoss(BatchTripletBackendMixin, LabelledBatchLoss):
     """For each anchor-positive pair, the nearest negative farther than the positive (FaceNet's semi-hard).
 
     Same constructor, attributes, forward and numbers as

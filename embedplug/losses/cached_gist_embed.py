@@ -18,7 +18,8 @@ class CachedGISTEmbedLoss(GradCacheMixin, GuideMixin, EmbeddingLoss):
     """GISTEmbedLoss with GradCache: very large in-batch negatives at mini-batch memory.
 
     Same constructor, attributes, config, citation, forward and numbers as
-    ``sentence_transformers.losses.CachedGISTEmbedLoss`` (6.x): every mini-batch is embedded
+    ``sentence_transformers.losses.CachedGISTEmbedLoss`` of the installed release (6.2 or 6.3, whose
+    GIST rules differ as :class:`~embedplug.losses.GISTEmbedLoss` says): every mini-batch is embedded
     without gradients (the guide alongside it), the loss and its gradients w.r.t. the embeddings
     are computed on the whole batch, then each mini-batch is re-embedded with gradients under the
     same RNG state and the cached gradients are back-propagated. sentence-transformers chunks the

@@ -33,7 +33,7 @@ class CachedMultipleNegativesRankingLoss(GradCacheMixin, MultipleNegativesRankin
     """MultipleNegativesRankingLoss with GradCache (Gao et al. 2021).
 
     Same constructor, attributes, config, forward and numbers as
-    ``sentence_transformers.losses.CachedMultipleNegativesRankingLoss`` (6.2). The loss stage runs
+    ``sentence_transformers.losses.CachedMultipleNegativesRankingLoss`` (6.2 and 6.3). The loss stage runs
     on the whole batch at once (the fused kernel is O(N D) memory, so sentence-transformers'
     chunking of the score matrix is unnecessary); options outside the kernel run on the reference,
     as :meth:`backend_info` reports. ``calculate_loss`` can be patched by ``MatryoshkaLoss``.

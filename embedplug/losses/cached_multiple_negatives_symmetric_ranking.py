@@ -15,7 +15,7 @@ class CachedMultipleNegativesSymmetricRankingLoss(CachedMultipleNegativesRanking
     """:class:`~embedplug.losses.MultipleNegativesSymmetricRankingLoss` with GradCache (Gao et al. 2021).
 
     Same constructor, attributes, config, citation, forward and numbers as
-    ``sentence_transformers.losses.CachedMultipleNegativesSymmetricRankingLoss`` (6.2, deprecated
+    ``sentence_transformers.losses.CachedMultipleNegativesSymmetricRankingLoss`` (6.2 and 6.3, deprecated
     there): :class:`~embedplug.losses.CachedMultipleNegativesRankingLoss` with
     ``directions=("query_to_doc", "doc_to_query")`` and ``partition_mode="per_direction"``.
 

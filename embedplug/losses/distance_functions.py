@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import torch
 
+from embedplug.functional._pairwise_path import cosine_distance_matrix
 from embedplug.ops.batch_hard import pairwise_distances
+from embedplug.st_version import current
 
 
 class BatchHardTripletLossDistanceFunction:
@@ -16,8 +18,9 @@ class BatchHardTripletLossDistanceFunction:
 
     @staticmethod
     def cosine_distance(embeddings: torch.Tensor) -> torch.Tensor:
-        """[N, D] -> [N, N] matrix of 1 - cosine similarity."""
-        return pairwise_distances(embeddings, "cosine")
+        """[N, D] -> [N, N] matrix of 1 - cosine similarity, as the installed sentence-transformers
+        computes it (from 6.3 clamped at 0 with a zero diagonal; see :mod:`embedplug.st_version`)."""
+        return cosine_distance_matrix(embeddings, clamped=current().cosine_distance_clamped)
 
     @staticmethod
     def euclidean_distance(embeddings: torch.Tensor, squared: bool = False) -> torch.Tensor:

@@ -18,6 +18,7 @@ from embedplug.distributed import gather_columns, is_distributed, require_equal_
 from embedplug.functional.in_batch_negatives import MARGIN_STRATEGIES, check_columns, gist_embed_loss
 from embedplug.losses.base import EmbeddingLoss
 from embedplug.ops.masked_infonce import fused_backend_info
+from embedplug.st_version import loss_report
 
 GIST_CITATION = """
 @misc{solatorio2024gistembed,
@@ -164,8 +165,9 @@ class GuideMixin:
 
     def backend_info(self, device_type: str = "cpu") -> dict:
         """Which implementation this loss runs on ``device_type``: every option combination runs on
-        the fused ``masked_infonce`` kernel when the extension has one for the device."""
-        return fused_backend_info(device_type)
+        the fused ``masked_infonce`` kernel when the extension has one for the device; and which
+        sentence-transformers release's GIST rules it follows (the installed one's)."""
+        return {**fused_backend_info(device_type), **loss_report()}
 
     @property
     def citation(self) -> str:
@@ -179,7 +181,9 @@ class GISTEmbedLoss(GuideMixin, EmbeddingLoss):
     ``sentence_transformers.losses.GISTEmbedLoss`` (6.x), computed by the fused masked in-batch
     softmax: every similarity block (anchor-positive, anchor-anchor, positive-positive,
     anchor-negative, and the guide's) is produced tile by tile and folded into an online
-    log-sum-exp, so memory is O(N D) instead of sentence-transformers' O(N^2 D).
+    log-sum-exp, so memory is O(N D) instead of sentence-transformers' O(N^2 D). The numbers are
+    the installed release's (:mod:`embedplug.st_version`): from 6.3 each anchor's and positive's
+    similarity to itself is always out of the softmax, before only when the guide's rule drops it.
 
     Beyond sentence-transformers: ``guide=None`` filters with the model's own detached
     similarities (self-guided), with no second model and no second forward pass.

@@ -22,6 +22,7 @@ from embedplug.functional.in_batch_negatives import (
 from embedplug.losses.base import EmbeddingLoss
 from embedplug.ops.masked_infonce import fused_backend_info
 from embedplug.ops.masked_infonce import multiple_negatives_ranking_loss as reference_mnrl
+from embedplug.st_version import loss_report
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +98,9 @@ class MultipleNegativesRankingMixin:
                 "implementation": "reference",
                 "reason": "pure-torch reference: a custom similarity function, or a batch gathered across "
                 "processes with per-direction partitions, hardness weighting or unequal per-rank sizes",
+                **loss_report(),
             }
-        return fused_backend_info(device_type)
+        return {**fused_backend_info(device_type), **loss_report()}
 
     def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor | None = None) -> Tensor:
         """``embeddings``: [queries [B, D], positives [B, D], negatives [B, D]...] -> scalar loss."""
@@ -189,7 +191,7 @@ class MultipleNegativesRankingLoss(MultipleNegativesRankingMixin, EmbeddingLoss)
     """InfoNCE with in-batch negatives (MultipleNegativesRankingLoss), on the fused kernel.
 
     Same constructor, attributes, config, citation, forward and numbers as
-    ``sentence_transformers.losses.MultipleNegativesRankingLoss`` (6.2), including ``directions``
+    ``sentence_transformers.losses.MultipleNegativesRankingLoss`` (6.2 and 6.3), including ``directions``
     (query_to_doc, query_to_query, doc_to_query, doc_to_doc), ``partition_mode`` and hardness
     weighting, all fused for ``util.cos_sim`` / ``util.dot_score``; :meth:`backend_info` says
     which implementation runs.

@@ -27,7 +27,7 @@ class MultipleNegativesSymmetricRankingLoss(MultipleNegativesRankingLoss):
     """Symmetric InfoNCE: the query-to-doc and the doc-to-query softmax losses, averaged.
 
     Same constructor, attributes, config, citation, forward and numbers as
-    ``sentence_transformers.losses.MultipleNegativesSymmetricRankingLoss`` (6.2, deprecated there):
+    ``sentence_transformers.losses.MultipleNegativesSymmetricRankingLoss`` (6.2 and 6.3, deprecated there):
     :class:`~embedplug.losses.MultipleNegativesRankingLoss` with
     ``directions=("query_to_doc", "doc_to_query")`` and ``partition_mode="per_direction"``, fused for
     ``util.cos_sim`` and ``util.dot_score``. Like sentence-transformers, it warns that it is

@@ -187,12 +187,16 @@ def backend_of(op_names, device_type: str) -> dict:
 def backend_info() -> dict:
     """Which implementation each op runs on CPU and CUDA, and why.
 
-    Returns a JSON-able dict ``{"extension": {...}, "torch": str, "cuda_available": bool,
-    "ops": {op: {"cpu": {...}, "cuda": {...}}}}``.
+    Returns a JSON-able dict ``{"extension": {...}, "sentence_transformers": {...}, "torch": str,
+    "cuda_available": bool, "ops": {op: {"cpu": {...}, "cuda": {...}}}}``; ``sentence_transformers``
+    says which release's semantics the drop-in losses follow (:mod:`embedplug.st_version`).
     """
+    from embedplug import st_version
+
     status = _extension.STATUS
     return {
         "extension": {"loaded": status.loaded, "reason": status.reason, **status.build_info},
+        "sentence_transformers": st_version.report(),
         "torch": torch.__version__,
         "cuda_available": torch.cuda.is_available(),
         "ops": {name: {device: backend(spec, device) for device in ("cpu", "cuda")} for name, spec in SPECS.items()},

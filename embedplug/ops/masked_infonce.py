@@ -11,6 +11,7 @@ from embedplug.ops.samples import paired_batches, unit_rows
 from embedplug.ops.spec import Autograd, Choice, Count, Embeddings, Flag, OpSpec, Real, Sample
 from embedplug.reference import masked_infonce as reference
 from embedplug.reference.masked_infonce import HARDNESS_MODES, MARGIN_STRATEGIES, PARTITION_MODES
+from embedplug.reference.masked_infonce import guide_thresholds  # noqa: F401  (the gathered GIST path)
 from embedplug.reference.multiple_negatives_ranking import multiple_negatives_ranking_loss  # noqa: F401
 
 # Position of compute_grad among the mean op's schema arguments (the MNRL options follow it).

@@ -174,6 +174,14 @@ def _cases() -> list[Case]:
             st_loss=lambda columns: st_gist_gathered(columns),
         ),
         Case(
+            # A negative margin keeps the self similarities in the guide's filter: 6.2 and 6.3 differ.
+            "gist_negative_margin_like_sentence_transformers",
+            lambda g: L.GISTEmbedLoss(None, None, temperature=0.05, margin=-0.3, gather_across_devices=g),
+            columns=2,
+            expect="st",
+            st_loss=lambda columns: st_gist_gathered(columns, margin=-0.3),
+        ),
+        Case(
             "gist_unequal_sizes",
             lambda g: L.GISTEmbedLoss(None, None, gather_across_devices=g),
             columns=2,

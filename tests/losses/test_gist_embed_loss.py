@@ -124,8 +124,19 @@ def test_parity_when_every_anchor_equals_its_positive():
     student[1], guide[1] = student[0].clone(), guide[0].clone()
     (loss, _), (expected, _) = losses_and_grads(student, guide)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=0)
-    # positive, anchor-self and positive-self all score 1 / temperature: ln 3 per row.
-    torch.testing.assert_close(loss, torch.tensor(3.0).log(), rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("st_version, logits_at_the_top", [("6.2", 3), ("6.3", 1)])
+def test_every_anchor_equal_to_its_positive_in_each_release(st_version, logits_at_the_top):
+    # The positive, the anchor's own anchor-anchor entry and the positive's own positive-positive
+    # entry all score 1 / temperature. At margin 0 the guide keeps the self entries (they tie with
+    # the threshold): 6.2 softmaxes over all three (ln 3 per row), 6.3 always masks the self
+    # entries, leaving the positive alone at the top (ln 1); the rest is ~exp(-70).
+    generator = torch.Generator().manual_seed(3)
+    student, guide = make_columns(300, 2, generator)
+    loss = gist_embed_loss(student[0], student[0].clone(), guide_anchor=guide[0], guide_positive=guide[0].clone(),
+                           st_version=st_version)
+    torch.testing.assert_close(loss, torch.tensor(float(logits_at_the_top)).log(), rtol=1e-4, atol=1e-6)
 
 
 def test_float64_parity_is_tight():
