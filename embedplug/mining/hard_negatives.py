@@ -145,9 +145,14 @@ def mine(
     *,
     embedding_cache: bool = True,
     st_version: str | None = None,
+    progress: bool | None = None,
 ) -> MiningResult:
-    """:func:`mine_hard_negatives` returning a :class:`MiningResult` (dataset and report)."""
+    """:func:`mine_hard_negatives` returning a :class:`MiningResult` (dataset and report).
+
+    ``progress`` shows or hides the progress bars apart from ``verbose`` (default: as ``verbose``).
+    """
     behaviour = behaviour_for(st_version)
+    progress = verbose if progress is None else progress
     if len(dataset) == 0:
         raise ValueError("The dataset is empty. Please provide a non-empty dataset.")
     if faiss_batch_size <= 0:
@@ -250,11 +255,11 @@ def mine(
     try:
         corpus_embeddings, corpus_embedded = embed_texts(
             model, texts.corpus, DOCUMENT, prompt_name=corpus_prompt_name, prompt=corpus_prompt,
-            batch_size=batch_size, pool=pool.get, cache=cache, show_progress_bar=verbose,
+            batch_size=batch_size, pool=pool.get, cache=cache, show_progress_bar=progress,
         )
         query_embeddings, query_embedded = embed_texts(
             model, texts.queries, QUERY, prompt_name=query_prompt_name, prompt=query_prompt,
-            batch_size=batch_size, pool=pool.get, cache=cache, show_progress_bar=verbose,
+            batch_size=batch_size, pool=pool.get, cache=cache, show_progress_bar=progress,
         )
     finally:
         pool.close()
@@ -273,12 +278,12 @@ def mine(
         behaviour.cross_encoder_always_rescores
         or any(value is not None for value in (absolute_margin, relative_margin, max_score, min_score))
     )
-    search = _Search(model, query_embeddings, corpus_embeddings, device, faiss_batch_size, verbose)
+    search = _Search(model, query_embeddings, corpus_embeddings, device, faiss_batch_size, progress)
     if rescore:
         window = range_max + reserved_slots
         raw_scores, raw_indices = search.raw_window(window)
         ce_scores, positive_scores = _rescore(
-            cross_encoder, texts, raw_scores, raw_indices, batch_size, use_multi_process, device
+            cross_encoder, texts, raw_scores, raw_indices, batch_size, use_multi_process, device, progress
         )
         rules = make_rules(
             n_queries, positives=positives, positive_scores=_padded_scores(positive_scores, texts, device),
@@ -433,7 +438,7 @@ def _padded_scores(flat_scores: torch.Tensor, texts: _MiningTexts, device) -> to
 class _Search:
     """The streamed top-k over query chunks of ``faiss_batch_size``, with sentence-transformers' progress bar."""
 
-    def __init__(self, model, query_embeddings, corpus_embeddings, device, chunk_size: int, verbose: bool):
+    def __init__(self, model, query_embeddings, corpus_embeddings, device, chunk_size: int, progress: bool):
         similarity_name = model.similarity_fn_name
         similarity_name = getattr(similarity_name, "value", similarity_name)  # an enum member or its string
         queries = torch.as_tensor(query_embeddings).to(device)
@@ -446,13 +451,13 @@ class _Search:
         elif similarity_name != "dot":
             self.similarity = model.similarity  # not a GEMM: the reference streams it tile by tile
         self.queries, self.corpus = queries, corpus
-        self.chunk_size, self.verbose = chunk_size, verbose
+        self.chunk_size, self.progress = chunk_size, progress
 
     def _chunks(self):
         from tqdm.autonotebook import trange
 
         return trange(
-            0, self.queries.shape[0], self.chunk_size, desc="Computing similarity scores", disable=not self.verbose
+            0, self.queries.shape[0], self.chunk_size, desc="Computing similarity scores", disable=not self.progress
         )
 
     def raw_window(self, window: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -491,7 +496,9 @@ class _Search:
         return torch.cat(scores), torch.cat(indices), removed
 
 
-def _rescore(cross_encoder, texts: _MiningTexts, raw_scores, raw_indices, batch_size, use_multi_process, device):
+def _rescore(
+    cross_encoder, texts: _MiningTexts, raw_scores, raw_indices, batch_size, use_multi_process, device, progress
+):
     """Cross-encoder scores of every raw candidate [Q, W] and of every (query, positive) pair [R]."""
     from tqdm.autonotebook import tqdm
 
@@ -500,8 +507,11 @@ def _rescore(cross_encoder, texts: _MiningTexts, raw_scores, raw_indices, batch_
     try:
         # The same pairs in the same batches as sentence-transformers, padding slots (index -1, read as the
         # last corpus text) included, so a real cross-encoder's batch padding gives the same numbers.
-        for row, candidates in tqdm(enumerate(raw_indices.tolist()), desc="Rescoring with CrossEncoder",
-                                    total=len(raw_indices)):
+        rows = tqdm(
+            enumerate(raw_indices.tolist()), desc="Rescoring with CrossEncoder", total=len(raw_indices),
+            disable=not progress,
+        )
+        for row, candidates in rows:
             query = texts.queries[row]
             passages = [texts.corpus[index] for index in candidates]
             predicted = cross_encoder.predict(

@@ -93,7 +93,8 @@ class MiningReport:
         lines = [
             f"Mined {self.output_rows:,} rows ({self.output_format}) from {self.dataset_rows:,} input rows: "
             f"{self.unique_queries:,} unique queries, a corpus of {self.corpus_size:,} unique texts "
-            f"({self.embedded_texts:,} texts embedded, the rest read from the cache).",
+            f"(embedded {self.embedded_texts:,} of {self.unique_queries + self.corpus_size:,} texts, the rest "
+            "came from the cache).",
             f"Negatives per query (asked for {self.num_negatives}): " + self._negatives_histogram() + ".",
             "",
             "Scores         count     mean " + " ".join(f"{_quantile_label(q):>7}" for q in QUANTILES) + "      min      max",
@@ -105,7 +106,8 @@ class MiningReport:
         lines += ["", f"Candidates considered: {self.candidates:,} (the best raw rows per query, as sentence-transformers retrieves them)"]
         for name, count in self.removed.items():
             setting = "" if name in ("excluded", "positives") else f" (= {self.filter_values[name]})"
-            if name in ("excluded", "positives") or self.filter_values.get(name) is not None:
+            # The query's own text is only dropped by sentence-transformers >= 6.3: show it when it happened.
+            if (name == "excluded" and count) or name == "positives" or self.filter_values.get(name) is not None:
                 label = {"excluded": "the query's own text", "positives": "positives"}.get(name, name) + setting
                 share = f"{count / self.candidates:.2%}" if self.candidates else "-"
                 lines.append(f"  removed {label:<30} {count:>12,}  {share:>7}")
@@ -113,7 +115,10 @@ class MiningReport:
 
     def _negatives_histogram(self) -> str:
         counts = Counter(self.negatives_per_query.tolist())
-        return ", ".join(f"{found} for {queries:,} queries" for found, queries in sorted(counts.items(), reverse=True))
+        return ", ".join(
+            f"{found} for {queries:,} {'query' if queries == 1 else 'queries'}"
+            for found, queries in sorted(counts.items(), reverse=True)
+        )
 
     def to_json(self) -> dict:
         """The numbers of :meth:`format_summary` as plain JSON values."""
