@@ -291,3 +291,19 @@ def test_cold_cache_embeds_exactly_what_sentence_transformers_embeds(model, cach
     again = embedplug_hard_negatives.mine(words, model, **COLUMNS, verbose=False, cache_folder=str(tmp_path))
     assert encoded == [] and again.report.embedded_texts == 0
     assert_same_dataset(again.dataset, result.dataset)
+
+
+def test_st_version_selects_whether_a_query_text_can_be_its_own_negative(model, caches, synonyms):
+    """6.3 drops a corpus row equal to the query (6.2 could return the query itself as a hard negative)."""
+    _, our_cache = caches
+    own_negatives = {}
+    for version in ("6.2", "6.3"):
+        mined = mine_hard_negatives(
+            synonyms, model, num_negatives=3, output_format="n-tuple", verbose=False, cache_folder=str(our_cache),
+            st_version=version,
+        )
+        own_negatives[version] = sum(
+            row["query"] in (row["negative_1"], row["negative_2"], row["negative_3"]) for row in mined
+        )
+    assert own_negatives["6.2"] > 0
+    assert own_negatives["6.3"] == 0
