@@ -28,6 +28,7 @@ from embedplug.mining.cache import EmbeddingCache
 from embedplug.mining.compat import STBehaviour, behaviour_for
 from embedplug.mining.embed import DOCUMENT, QUERY, embed_texts
 from embedplug.mining.output import FORMATS, MinedPairs, format_output
+from embedplug.mining.shards import Shards
 from embedplug.mining.summary import MiningReport
 from embedplug.mining.topk import run_hard_negative_topk
 from embedplug.reference.hard_negative_topk import (
@@ -146,10 +147,15 @@ def mine(
     embedding_cache: bool = True,
     st_version: str | None = None,
     progress: bool | None = None,
+    shards: Shards | None = None,
 ) -> MiningResult:
     """:func:`mine_hard_negatives` returning a :class:`MiningResult` (dataset and report).
 
     ``progress`` shows or hides the progress bars apart from ``verbose`` (default: as ``verbose``).
+    ``shards`` (from :meth:`Shards.from_process_group`; every rank calls with the same arguments):
+    each rank embeds its share of the corpus and of the queries and searches for its share of the
+    queries; the parts are gathered, so every rank returns the whole dataset. Draws for ``"random"``
+    come from each rank's ``random`` module: seed it alike on every rank.
     """
     behaviour = behaviour_for(st_version)
     progress = verbose if progress is None else progress
@@ -253,12 +259,12 @@ def mine(
     pool = _LazyPool(model, use_multi_process)
     cache = EmbeddingCache(cache_folder) if embedding_cache else None
     try:
-        corpus_embeddings, corpus_embedded = embed_texts(
-            model, texts.corpus, DOCUMENT, prompt_name=corpus_prompt_name, prompt=corpus_prompt,
+        corpus_embeddings, corpus_embedded = _embed_shared(
+            shards, model, texts.corpus, DOCUMENT, prompt_name=corpus_prompt_name, prompt=corpus_prompt,
             batch_size=batch_size, pool=pool.get, cache=cache, show_progress_bar=progress,
         )
-        query_embeddings, query_embedded = embed_texts(
-            model, texts.queries, QUERY, prompt_name=query_prompt_name, prompt=query_prompt,
+        query_embeddings, query_embedded = _embed_shared(
+            shards, model, texts.queries, QUERY, prompt_name=query_prompt_name, prompt=query_prompt,
             batch_size=batch_size, pool=pool.get, cache=cache, show_progress_bar=progress,
         )
     finally:
@@ -278,7 +284,7 @@ def mine(
         behaviour.cross_encoder_always_rescores
         or any(value is not None for value in (absolute_margin, relative_margin, max_score, min_score))
     )
-    search = _Search(model, query_embeddings, corpus_embeddings, device, faiss_batch_size, progress)
+    search = _Search(model, query_embeddings, corpus_embeddings, device, faiss_batch_size, progress, shards)
     if rescore:
         window = range_max + reserved_slots
         raw_scores, raw_indices = search.raw_window(window)
@@ -436,9 +442,13 @@ def _padded_scores(flat_scores: torch.Tensor, texts: _MiningTexts, device) -> to
 
 
 class _Search:
-    """The streamed top-k over query chunks of ``faiss_batch_size``, with sentence-transformers' progress bar."""
+    """The streamed top-k over query chunks of ``faiss_batch_size``, with sentence-transformers' progress bar.
 
-    def __init__(self, model, query_embeddings, corpus_embeddings, device, chunk_size: int, progress: bool):
+    With ``shards``, :meth:`filtered` searches this rank's share of the queries and gathers the rest.
+    """
+
+    def __init__(self, model, query_embeddings, corpus_embeddings, device, chunk_size: int, progress: bool,
+                 shards: Shards | None = None):
         similarity_name = model.similarity_fn_name
         similarity_name = getattr(similarity_name, "value", similarity_name)  # an enum member or its string
         queries = torch.as_tensor(query_embeddings).to(device)
@@ -451,14 +461,13 @@ class _Search:
         elif similarity_name != "dot":
             self.similarity = model.similarity  # not a GEMM: the reference streams it tile by tile
         self.queries, self.corpus = queries, corpus
-        self.chunk_size, self.progress = chunk_size, progress
+        self.chunk_size, self.progress, self.shards = chunk_size, progress, shards
 
-    def _chunks(self):
+    def _chunks(self, start: int = 0, stop: int | None = None):
         from tqdm.autonotebook import trange
 
-        return trange(
-            0, self.queries.shape[0], self.chunk_size, desc="Computing similarity scores", disable=not self.progress
-        )
+        stop = self.queries.shape[0] if stop is None else stop
+        return trange(start, stop, self.chunk_size, desc="Computing similarity scores", disable=not self.progress)
 
     def raw_window(self, window: int) -> tuple[torch.Tensor, torch.Tensor]:
         """[Q, window] best rows by raw score, no rules (for cross-encoder rescoring)."""
@@ -479,10 +488,12 @@ class _Search:
     def filtered(self, k, *, positives, positive_scores, excluded, exclude_positives, filters, range_min, range_max,
                  reserved_slots):
         """[Q, k] survivors of the rules in sentence-transformers' window, and the removal counts."""
-        scores, indices = [], []
+        first, last = (0, self.queries.shape[0]) if self.shards is None else self.shards.span(self.queries.shape[0])
+        scores = [self.queries.new_empty((0, k))]
+        indices = [torch.empty((0, k), dtype=torch.long, device=self.queries.device)]
         removed = torch.zeros(len(REMOVAL_NAMES), dtype=torch.long, device=self.queries.device)
-        for start in self._chunks():
-            stop = start + self.chunk_size
+        for start in self._chunks(first, last):
+            stop = min(start + self.chunk_size, last)
             result = run_hard_negative_topk(
                 self.queries[start:stop], self.corpus, k, positives=positives[start:stop],
                 positive_scores=positive_scores[start:stop], excluded=excluded[start:stop],
@@ -493,7 +504,25 @@ class _Search:
             scores.append(result.scores)
             indices.append(result.indices)
             removed += result.removed
-        return torch.cat(scores), torch.cat(indices), removed
+        scores, indices = torch.cat(scores), torch.cat(indices)
+        if self.shards is not None:
+            parts = self.shards.gather((scores.cpu(), indices.cpu(), removed.cpu()))
+            device = self.queries.device
+            scores = torch.cat([part[0] for part in parts]).to(device)
+            indices = torch.cat([part[1] for part in parts]).to(device)
+            removed = sum(part[2] for part in parts).to(device)
+        return scores, indices, removed
+
+
+def _embed_shared(shards: Shards | None, model, texts: list[str], role: str, **options) -> tuple[np.ndarray, int]:
+    """:func:`embed_texts`, or with ``shards`` this rank's share of ``texts``, gathered into the whole."""
+    if shards is None:
+        return embed_texts(model, texts, role, **options)
+    start, stop = shards.span(len(texts))
+    part, embedded = embed_texts(model, texts[start:stop], role, **options) if stop > start else (None, 0)
+    parts = shards.gather((part, embedded))
+    arrays = [array for array, _ in parts if array is not None and len(array)]
+    return np.concatenate(arrays), sum(count for _, count in parts)
 
 
 def _rescore(
