@@ -58,8 +58,10 @@ class MiningReport:
         missing = self.maximum_possible_samples - self.output_rows
         if missing > 0:
             solutions = ["range_max"] + (["range_min"] if self.range_min > 0 else [])
-            solutions += [name for name in ("absolute_margin", "relative_margin", "max_score") if self.filter_values[name] is not None]
-            considerations = ", ".join(solutions[:-1]) + " and " + solutions[-1] if len(solutions) > 1 else solutions[0]
+            solutions += [
+                name for name in ("absolute_margin", "relative_margin", "max_score") if self.filter_values[name] is not None
+            ]
+            considerations = solutions[0] if len(solutions) == 1 else ", ".join(solutions[:-1]) + " and " + solutions[-1]
             lines.append(
                 f"Could not find enough negatives for {missing} samples ({missing / self.maximum_possible_samples:.2%})."
                 f" Consider adjusting the {considerations} parameter{'s' if len(solutions) > 1 else ''} if you'd like"
@@ -97,13 +99,21 @@ class MiningReport:
             "came from the cache).",
             f"Negatives per query (asked for {self.num_negatives}): " + self._negatives_histogram() + ".",
             "",
-            "Scores         count     mean " + " ".join(f"{_quantile_label(q):>7}" for q in QUANTILES) + "      min      max",
+            "Scores         count     mean "
+            + " ".join(f"{_quantile_label(q):>7}" for q in QUANTILES)
+            + "      min      max",
         ]
         for label, scores in zip(("positive", "negative", "pos - neg"), self._score_columns()):
-            lines.append(f"{label:<10} {len(scores):>9,} {_number(scores, torch.mean):>8} " + " ".join(
-                f"{_number(scores, lambda s, q=q: _quantile(s, q)):>7}" for q in QUANTILES
-            ) + f" {_number(scores, torch.min):>8} {_number(scores, torch.max):>8}")
-        lines += ["", f"Candidates considered: {self.candidates:,} (the best raw rows per query, as sentence-transformers retrieves them)"]
+            quantiles = " ".join(f"{_number(scores, lambda s, q=q: _quantile(s, q)):>7}" for q in QUANTILES)
+            lines.append(
+                f"{label:<10} {len(scores):>9,} {_number(scores, torch.mean):>8} {quantiles} "
+                f"{_number(scores, torch.min):>8} {_number(scores, torch.max):>8}"
+            )
+        lines += [
+            "",
+            f"Candidates considered: {self.candidates:,} (the best raw rows per query, as sentence-transformers "
+            "retrieves them)",
+        ]
         for name, count in self.removed.items():
             setting = "" if name in ("excluded", "positives") else f" (= {self.filter_values[name]})"
             # The query's own text is only dropped by sentence-transformers >= 6.3: show it when it happened.
