@@ -148,11 +148,18 @@ def _add_train_command(subparsers: SubparsersAction) -> None:
     add_train_command(subparsers)
 
 
+def _add_mine_command(subparsers: SubparsersAction) -> None:
+    from embedplug.mining.command import add_mine_command
+
+    add_mine_command(subparsers)
+
+
 SUBCOMMANDS: dict[str, Callable[[SubparsersAction], None]] = {
     "plugins": _add_plugins_command,
     "doctor": _add_doctor_command,
     "bench": _add_bench_command,
     "train": _add_train_command,
+    "mine": _add_mine_command,
 }
 
 

@@ -15,6 +15,7 @@ A config is a file with these sections (every key optional; see docs/training.md
     [training]    any SentenceTransformerTrainingArguments field, plus max_minutes (a time budget),
                   early_stopping_patience and early_stopping_threshold
     [evaluation]  tasks, queries, references, batch_size
+    [mining]      num_negatives, refresh_every, options (more mine_hard_negatives arguments)
 
 Unknown keys are errors that name the key, the file and line, and close matches.
 """
@@ -93,6 +94,13 @@ class EvaluationSection:
 
 
 @dataclasses.dataclass
+class MiningSection:
+    num_negatives: int = 0  # hard negatives mined per (anchor, positive) pair; 0: no mining
+    refresh_every: int = 0  # re-embed and re-mine every N optimizer steps; 0: mine once before training
+    options: dict = dataclasses.field(default_factory=dict)  # embedplug.mining.mine_hard_negatives arguments
+
+
+@dataclasses.dataclass
 class TrainConfig:
     """A parsed, validated config. ``sources`` maps dotted keys to where they were set, for messages."""
 
@@ -105,6 +113,7 @@ class TrainConfig:
     sampler: SamplerSection = dataclasses.field(default_factory=SamplerSection)
     training: dict = dataclasses.field(default_factory=dict)
     evaluation: EvaluationSection = dataclasses.field(default_factory=EvaluationSection)
+    mining: MiningSection = dataclasses.field(default_factory=MiningSection)
     sources: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def where(self, dotted_key: str) -> str:
@@ -130,9 +139,10 @@ _SECTIONS = {
     "loss": LossSection,
     "sampler": SamplerSection,
     "evaluation": EvaluationSection,
+    "mining": MiningSection,
 }
 _TOP_LEVEL = {"output_dir": str, "seed": int}
-_FREE_FORM = {("loss", "options"), ("sampler", "options")}
+_FREE_FORM = {("loss", "options"), ("sampler", "options"), ("mining", "options")}
 
 
 # --------------------------------------------------------------------------------------------------

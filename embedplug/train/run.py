@@ -32,6 +32,7 @@ from embedplug.train.losses import (
     warn_without_class_sampler,
 )
 from embedplug.train.launch import is_main_process, quiet_unless_main
+from embedplug.train.mining import check_mining, start_mining
 from embedplug.train.resume import METRICS_FILE, MODEL_DIR, RUN_FILE, resolve_start
 from embedplug.train.time_budget import StepBudget, apply_time_budget
 
@@ -93,9 +94,10 @@ def _run_training(config: TrainConfig, resume, overwrite: bool, show_progress_ba
     cls = loss_class(config)
     build_sampler(config)
     data = load_training_data(config)
-    check_data_fits_loss(cls, config, data.label_column, list(data.train.column_names))
+    columns = check_mining(config, list(data.train.column_names), data.label_column)  # with the mined negatives
+    check_data_fits_loss(cls, config, data.label_column, columns)
     warn_without_class_sampler(cls, config)
-    check_loss_options(cls, config, len([name for name in data.train.column_names if name != data.label_column]))
+    check_loss_options(cls, config, len([name for name in columns if name != data.label_column]))
     # The arguments and the sampler on the real rows, as the trainer builds them (each raises a ConfigError).
     arguments = training_arguments(config, build_sampler(config), bool(data.evaluations), None, show_progress_bar)
     check_sampler_on_data(config, arguments, data.train, data.label_column)
@@ -117,13 +119,21 @@ def _run_training(config: TrainConfig, resume, overwrite: bool, show_progress_ba
     from embedplug.train.trainer_evaluator import HeldOutEvaluator
 
     evaluator = HeldOutEvaluator(data.evaluations, batch_size=config.evaluation.batch_size)
-    trainer = build_trainer(config, model, loss, data.train, evaluator, show_progress_bar)
+    refresher = start_mining(config, model, data.train)
+    trainer = build_trainer(config, model, loss, refresher.dataset if refresher else data.train, evaluator,
+                            show_progress_bar)
+    if refresher:
+        refresher.attach(trainer)
     if checkpoint is not None:
         print(f"resuming from {checkpoint}")
     train_started = time.perf_counter()
     budget = _apply_time_budget(config, trainer, model, output_dir, checkpoint)
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     timings["train_seconds"] = time.perf_counter() - train_started
+    if refresher:  # mining is reported apart from training, including the refreshes that ran inside it
+        refreshes = sum(mining_round.seconds for mining_round in refresher.rounds[1:])
+        timings["train_seconds"] -= refreshes
+        timings["mining_seconds"] = refresher.report()["seconds"]
     model.save(str(output_dir / MODEL_DIR))
     link_embedplug_losses_in(output_dir / MODEL_DIR)
 
@@ -139,6 +149,7 @@ def _run_training(config: TrainConfig, resume, overwrite: bool, show_progress_ba
         "sampler": config.sampler.name or "(sentence-transformers default)",
         "global_step": result.global_step,
         "time_budget": dataclasses.asdict(budget) if budget else None,
+        "mining": refresher.report() if refresher else None,
         "resumed_from": str(checkpoint) if checkpoint else None,
         "timings": timings,
         "config": config.to_dict(),
@@ -159,7 +170,10 @@ def _train_only(config: TrainConfig, checkpoint) -> dict[str, Any]:
     transformers.set_seed(config.seed)
     model = load_model(config.model.path, config.model.max_seq_length, config=config)
     loss = build_loss(loss_class(config), config, model, lambda: load_guide(config, model))
-    trainer = build_trainer(config, model, loss, data.train, None)
+    refresher = start_mining(config, model, data.train)  # every rank mines its share, in step with rank 0
+    trainer = build_trainer(config, model, loss, refresher.dataset if refresher else data.train, None)
+    if refresher:
+        refresher.attach(trainer)
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     return {"global_step": result.global_step, "resumed_from": str(checkpoint) if checkpoint else None}
 
