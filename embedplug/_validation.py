@@ -13,18 +13,19 @@ from typing import TypeVar
 import torch
 
 
-def check_embeddings(embeddings: torch.Tensor, caller: str) -> None:
-    """Raises TypeError/ValueError unless ``embeddings`` is a non-empty floating [N, D] tensor."""
+def check_embeddings(embeddings: torch.Tensor, caller: str, name: str = "embeddings") -> None:
+    """Raises TypeError/ValueError unless ``embeddings`` is a non-empty floating [N, D] tensor; messages
+    call it ``name``."""
     if not isinstance(embeddings, torch.Tensor):
-        raise TypeError(f"{caller}: embeddings must be a torch.Tensor, got {type(embeddings).__name__}")
+        raise TypeError(f"{caller}: {name} must be a torch.Tensor, got {type(embeddings).__name__}")
     if embeddings.dim() != 2:
-        raise ValueError(f"{caller}: embeddings must be 2-D [N, D], got shape {tuple(embeddings.shape)}")
+        raise ValueError(f"{caller}: {name} must be 2-D [N, D], got shape {tuple(embeddings.shape)}")
     if not embeddings.is_floating_point():
-        raise TypeError(f"{caller}: embeddings must be a floating-point tensor, got {embeddings.dtype}")
+        raise TypeError(f"{caller}: {name} must be a floating-point tensor, got {embeddings.dtype}")
     if embeddings.shape[0] == 0:
-        raise ValueError(f"{caller}: empty batch (embeddings has N = 0 rows)")
+        raise ValueError(f"{caller}: empty batch ({name} has N = 0 rows)")
     if embeddings.shape[1] == 0:
-        raise ValueError(f"{caller}: embeddings have D = 0 features")
+        raise ValueError(f"{caller}: {name} have D = 0 features")
 
 
 def check_labels(labels: torch.Tensor, embeddings: torch.Tensor, caller: str) -> torch.Tensor:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from embedplug._validation import check_embeddings
 from embedplug.distances import canonical_distance
 
 
@@ -45,16 +46,7 @@ class Embeddings(Arg):
     def check(self, value, caller):
         if value is None and self.optional:
             return None
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"{caller}: {self.name} must be a torch.Tensor, got {type(value).__name__}")
-        if value.dim() != 2:
-            raise ValueError(f"{caller}: {self.name} must be 2-D [N, D], got shape {tuple(value.shape)}")
-        if not value.is_floating_point():
-            raise TypeError(f"{caller}: {self.name} must be a floating-point tensor, got {value.dtype}")
-        if value.shape[0] == 0:
-            raise ValueError(f"{caller}: {self.name} is empty (N = 0 rows)")
-        if value.shape[1] == 0:
-            raise ValueError(f"{caller}: {self.name} has D = 0 features")
+        check_embeddings(value, caller, self.name)
         return value
 
 
