@@ -13,6 +13,17 @@ from typing import Any
 
 @dataclasses.dataclass(frozen=True)
 class Shards:
+    """This process's place among ``world_size`` mining processes: which share of the rows it embeds and
+    searches (:meth:`span`), and how the shares come back together (:meth:`gather`).
+
+    Pass it as ``mine(..., shards=Shards.from_process_group())`` under torchrun; ``None`` (one process)
+    mines everything locally. Every rank must make the same calls, since :meth:`gather` is a collective.
+
+    Attributes:
+        rank: this process's rank, 0 .. world_size - 1.
+        world_size: the number of processes sharing the work.
+    """
+
     rank: int
     world_size: int
 
