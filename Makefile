@@ -42,7 +42,7 @@ system-deps:
 # embedplug/_C*.so that `ext` built loads there too and nothing is compiled again. `make test` runs
 # both; the 6.2 run costs about 80 s of set-up the first time, then about 3 min of tests on 2 cores.
 ST62_VENV ?= .venv-st62
-ST62_TESTS ?= tests/losses tests/distributed tests/test_st_version.py tests/test_drop_in_surface.py
+ST62_TESTS ?= tests/losses tests/distributed tests/mining tests/test_st_version.py tests/test_drop_in_surface.py
 ST62_PYTEST_ARGS ?=
 
 $(ST62_VENV)/.deps-installed: pyproject.toml setup.py

@@ -111,9 +111,14 @@ def format_report(report: dict[str, Any]) -> str:
 def _versions(report: dict[str, Any]) -> str:
     torch_build = "CPU-only build" if report.get("torch_cuda") is None else f"CUDA {report['torch_cuda']}"
     st = report.get("sentence_transformers")
+    followed = report.get("backend", {}).get("sentence_transformers", {})
+    follows = ""
+    if followed.get("follows"):
+        exact = "" if followed.get("exact", True) else ", the nearest release embedplug knows"
+        follows = f"; the drop-in losses follow sentence-transformers {followed['follows']}{exact}"
     return (
         f"embedplug {report['embedplug']}, Python {report['python']}, torch {report['torch']} ({torch_build}), "
-        f"sentence-transformers {st or 'not installed'}"
+        f"sentence-transformers {st or 'not installed'}{follows}"
     )
 
 

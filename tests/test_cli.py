@@ -208,3 +208,18 @@ def test_subcommands_are_added_from_the_registry_dict(monkeypatch, capsys):
     monkeypatch.setitem(cli.SUBCOMMANDS, "hello", add_hello_command)
     assert cli.main(["hello"]) == 7
     assert capsys.readouterr().out == "hi\n"
+
+
+@pytest.mark.parametrize(
+    ("followed", "expected"),
+    [
+        ({"follows": "6.3", "installed": "6.3.0", "exact": True}, "; the drop-in losses follow sentence-transformers 6.3"),
+        ({"follows": "6.3", "installed": "6.4.0", "exact": False},
+         "; the drop-in losses follow sentence-transformers 6.3, the nearest release embedplug knows"),
+    ],
+)
+def test_doctor_says_which_sentence_transformers_release_the_drop_ins_follow(followed, expected):
+    from embedplug.doctor import format_report
+
+    first_line = format_report(_report(backend__sentence_transformers=followed)).splitlines()[0]
+    assert first_line.endswith(expected)
