@@ -3,7 +3,8 @@
 The kernels' cosine distance is ``1 - <u_a, u_b>`` as computed (sentence-transformers 6.2). From
 6.3 sentence-transformers clamps it at 0 and zeroes the diagonal (``StSemantics.cosine_distance_clamped``).
 The two differ only where ``1 - <u_a, u_b>`` rounds below 0, i.e. for (near-)parallel rows, and on the
-diagonal, which the losses read only through rounding-level terms. So under 6.3 the kernel still runs
+diagonal, which the losses read only through rounding-level terms, except for an all-zero row (its
+``1 - cos(a, a)`` is 1), which semi-hard's masked-maximum fallback reads. So under 6.3 the kernel still runs
 unless the batch holds a near-parallel pair (found by one fused pass, O(N) memory); such a batch takes
 the exact clamped matrix (O(N^2) memory), since a clamped distance changes which pair is mined.
 That check is a data-dependent branch: under ``torch.compile`` it is a graph break, so
@@ -26,6 +27,8 @@ from embedplug.st_version import StSemantics, semantics_for
 # A pair whose kernel similarity is within this many D * eps of 1 may round to a negative distance
 # in sentence-transformers' own GEMM (each GEMM's error on unit rows is below D * eps).
 _NEAR_PARALLEL_EPS_FACTOR = 4
+# F.normalize's default eps: a row no longer than this keeps its length (a zero row stays zero).
+_NORMALIZE_EPS = 1e-12
 
 
 def cosine_distance_matrix(embeddings: torch.Tensor, clamped: bool) -> torch.Tensor:
@@ -47,6 +50,13 @@ def has_near_parallel_pair(embeddings: torch.Tensor) -> bool:
     return bool((nearest > 1 - tolerance).any())
 
 
+def has_degenerate_self_distance(embeddings: torch.Tensor) -> bool:
+    """Whether a row's cosine distance to itself is not ~0: an (almost) all-zero row, which
+    ``F.normalize`` leaves at zero length, so ``1 - cos(a, a)`` is 1 where 6.3's zeroed diagonal is 0."""
+    norms = embeddings.detach().norm(dim=-1)
+    return bool((norms <= _NORMALIZE_EPS).any())
+
+
 def kernel_or_matrix(
     embeddings: torch.Tensor,
     distance: str | Callable[[torch.Tensor], torch.Tensor],
@@ -59,6 +69,8 @@ def kernel_or_matrix(
     name = kernel_distance(distance)
     if name is None:
         return None, check_distance_matrix(distance(embeddings), embeddings, caller)
-    if name == "cosine" and semantics_for(st_version).cosine_distance_clamped and has_near_parallel_pair(embeddings):
+    if name == "cosine" and semantics_for(st_version).cosine_distance_clamped and (
+        has_degenerate_self_distance(embeddings) or has_near_parallel_pair(embeddings)
+    ):
         return None, cosine_distance_matrix(embeddings, clamped=True)
     return name, None

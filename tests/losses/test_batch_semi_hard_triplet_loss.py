@@ -47,15 +47,6 @@ def _sentence_transformers_at_least(version: str) -> bool:
     return installed >= tuple(int(part) for part in version.split("."))
 
 
-@pytest.mark.xfail(
-    _sentence_transformers_at_least("6.3"),
-    strict=True,
-    reason=(
-        "sentence-transformers 6.3's cosine_distance zeroes the diagonal and clamps at 0; embedplug's cosine "
-        "(reference.pairwise_distances and the C++ cosine finish) still gives d(a, a) = 1 - cos(a, a), which is 1 for "
-        "an all-zero row, so the masked-maximum fallback's row minimum (and its gradient) moves"
-    ),
-)
 def test_all_zero_row_with_cosine_distance_has_sentence_transformers_gradient():
     # An all-zero row is at cosine distance exactly 1 from everything: no negative lies beyond its positive,
     # so the masked-maximum fallback decides, and which column its gradient reaches (scaled by 1 / eps of
