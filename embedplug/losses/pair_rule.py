@@ -46,7 +46,9 @@ class PairRuleLoss(LabelledBatchLoss):
     def __init__(self, model: nn.Module, rule: PairRule, gather_across_devices: bool = False) -> None:
         super().__init__(model)
         if not isinstance(rule, PairRule):
-            raise TypeError(f"{type(self).__name__}: rule must be an embedplug.pair_rules.PairRule, got {type(rule).__name__}")
+            raise TypeError(
+                f"{type(self).__name__}: rule must be an embedplug.pair_rules.PairRule, got {type(rule).__name__}"
+            )
         self.rule = rule
         self.gather_across_devices = gather_across_devices
 
@@ -128,7 +130,11 @@ def _fixed_rule_class(rule: PairRule, name: str, doc, citation, module) -> type[
 def _factory_class(factory: Callable[..., PairRule], name: str, doc, citation, module) -> type[PairRuleLoss]:
     factory_signature = inspect.signature(factory)
     for parameter in factory_signature.parameters.values():
-        if parameter.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD, inspect.Parameter.POSITIONAL_ONLY):
+        if parameter.kind in (
+            inspect.Parameter.VAR_POSITIONAL,
+            inspect.Parameter.VAR_KEYWORD,
+            inspect.Parameter.POSITIONAL_ONLY,
+        ):
             raise TypeError(
                 f"make_loss_class: {factory.__name__}'s parameters become the loss's constructor arguments and must "
                 f"be nameable; {parameter} is not"
@@ -151,14 +157,17 @@ def _factory_class(factory: Callable[..., PairRule], name: str, doc, citation, m
 
     self_parameter = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
     model_parameter = inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=nn.Module)
-    gather_parameter = inspect.Parameter("gather_across_devices", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=bool)
+    gather_parameter = inspect.Parameter(
+        "gather_across_devices", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=bool
+    )
     __init__.__signature__ = inspect.Signature(
         [self_parameter, model_parameter, *factory_signature.parameters.values(), gather_parameter]
     )
     namespace = {
         "__init__": __init__,
         "get_config_dict": get_config_dict,
-        "__doc__": doc or f"{name}: the PairRuleLoss of ``{factory.__name__}``'s rule.\n\n{inspect.getdoc(factory) or ''}",
+        "__doc__": doc
+        or f"{name}: the PairRuleLoss of ``{factory.__name__}``'s rule.\n\n{inspect.getdoc(factory) or ''}",
         "__module__": module,
         "rule_citation": citation,
     }

@@ -64,7 +64,9 @@ class PMLContrastiveLoss(PairRuleLoss):
     def __init__(
         self, model: nn.Module, pos_margin: float = 0.0, neg_margin: float = 1.0, gather_across_devices: bool = False
     ) -> None:
-        super().__init__(model, presets.contrastive(pos_margin, neg_margin), gather_across_devices=gather_across_devices)
+        super().__init__(
+            model, presets.contrastive(pos_margin, neg_margin), gather_across_devices=gather_across_devices
+        )
         self.pos_margin, self.neg_margin = pos_margin, neg_margin
 
     def get_config_dict(self) -> dict[str, Any]:
@@ -112,7 +114,9 @@ class PMLGeneralizedLiftedStructureLoss(PairRuleLoss):
         self, model: nn.Module, neg_margin: float = 1.0, pos_margin: float = 0.0, gather_across_devices: bool = False
     ) -> None:
         super().__init__(
-            model, presets.generalized_lifted_structure(neg_margin, pos_margin), gather_across_devices=gather_across_devices
+            model,
+            presets.generalized_lifted_structure(neg_margin, pos_margin),
+            gather_across_devices=gather_across_devices,
         )
         self.neg_margin, self.pos_margin = neg_margin, pos_margin
 

@@ -42,7 +42,9 @@ def pair_rule_forward(embeddings: torch.Tensor, labels: torch.Tensor, rule: Pair
     if not isinstance(rule, PairRule):
         raise TypeError(f"{CALLER}: rule must be an embedplug.pair_rules.PairRule, got {type(rule).__name__}")
     if embeddings.device.type == "meta":
-        raise ValueError(f"{CALLER}: the inputs are on the meta device, which has no data to compute on; pass real tensors")
+        raise ValueError(
+            f"{CALLER}: the inputs are on the meta device, which has no data to compute on; pass real tensors"
+        )
     if embeddings.dtype in (torch.float16, torch.bfloat16):
         embeddings = embeddings.float()
     return reference.pair_rule_forward(embeddings, labels, rule)

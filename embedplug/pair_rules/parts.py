@@ -179,12 +179,16 @@ class Side:
             set_field(self, "normalize", measure != "dot")
         flag("Side.normalize", self.normalize)
         if measure == "cosine" and not self.normalize:
-            raise PairRuleError("Side.normalize: 'cosine' is the dot product of normalised embeddings; use measure 'dot'")
+            raise PairRuleError(
+                "Side.normalize: 'cosine' is the dot product of normalised embeddings; use measure 'dot'"
+            )
         if measure == "dot" and self.normalize:
             raise PairRuleError("Side.normalize: the dot product of normalised embeddings is measure 'cosine'")
         set_field(self, "angle_offset", real("Side.angle_offset", self.angle_offset))
         if self.angle_offset != 0 and measure != "cosine":
-            raise PairRuleError(f"Side.angle_offset: needs measure 'cosine' (the angle is acos of a cosine), got {measure!r}")
+            raise PairRuleError(
+                f"Side.angle_offset: needs measure 'cosine' (the angle is acos of a cosine), got {measure!r}"
+            )
         instance("Side.weight", self.weight, SelfPacedWeight, optional=True)
         instance("Side.affine", self.affine, Affine)
         instance("Side.filter", self.filter, MiningFilter, optional=True)

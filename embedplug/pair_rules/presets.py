@@ -40,11 +40,17 @@ def multi_similarity(
     alpha = check_positive_number(alpha, "alpha", caller)
     beta = check_positive_number(beta, "beta", caller)
     base = check_finite_number(base, "base", caller)
-    mined = None if mining_epsilon is None else MiningFilter(check_finite_number(mining_epsilon, "mining_epsilon", caller))
+    mined = (
+        None if mining_epsilon is None else MiningFilter(check_finite_number(mining_epsilon, "mining_epsilon", caller))
+    )
     return PairRule(
         # alpha * (base - s) as -alpha * (s - base): the same float (negation is exact).
-        positives=Side("cosine", affine=Affine(-alpha, base), filter=mined, reduction="lse_add_one", output_scale=1.0 / alpha),
-        negatives=Side("cosine", affine=Affine(beta, base), filter=mined, reduction="lse_add_one", output_scale=1.0 / beta),
+        positives=Side(
+            "cosine", affine=Affine(-alpha, base), filter=mined, reduction="lse_add_one", output_scale=1.0 / alpha
+        ),
+        negatives=Side(
+            "cosine", affine=Affine(beta, base), filter=mined, reduction="lse_add_one", output_scale=1.0 / beta
+        ),
         combine=Combine("sum"),
         reducer=Reducer("mean"),
     )
@@ -87,7 +93,9 @@ def ntxent(temperature: float = 0.07) -> PairRule:
     temperature = check_positive_number(temperature, "temperature", "pair_rules.presets.ntxent")
     side = Side("cosine", affine=Affine(temperature=temperature))
     return PairRule(
-        positives=dataclasses.replace(side, term=VersusLse("pair_and_negatives", outer="tiny_floor"), reduction="pairs"),
+        positives=dataclasses.replace(
+            side, term=VersusLse("pair_and_negatives", outer="tiny_floor"), reduction="pairs"
+        ),
         negatives=side,
         reducer=Reducer("mean", over="positive_pairs"),
         zero_without_both_pair_kinds=True,

@@ -83,7 +83,10 @@ def _check_term_sides(rule: PairRule) -> None:
 def _check_filters(rule: PairRule) -> None:
     positives, negatives = rule.positives, rule.negatives
     for name, side in (("positives", positives), ("negatives", negatives)):
-        if side.filter is not None and (positives.measure, positives.normalize) != (negatives.measure, negatives.normalize):
+        if side.filter is not None and (positives.measure, positives.normalize) != (
+            negatives.measure,
+            negatives.normalize,
+        ):
             raise PairRuleError(
                 f"{name}.filter: a MiningFilter compares a pair with the other side's hardest pair, so both sides need "
                 f"one measure; positives use {positives.measure!r} (normalize={positives.normalize}), negatives "

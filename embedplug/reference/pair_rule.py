@@ -167,7 +167,9 @@ def versus_lse_terms(term: VersusLse, x_pos, x_neg, kept_pos, kept_neg):
         difference, nonempty = _difference_to_reference(row_lse(x_neg, kept_neg), x_pos, partner)
         if term.reference == "pair_and_negatives":
             # log(1 + sum_n e^{x_n - x_p}) from the difference: precise for the tiny terms of easy pairs.
-            z = torch.where(nonempty, torch.logaddexp(torch.zeros_like(difference), difference), torch.zeros_like(difference))
+            z = torch.where(
+                nonempty, torch.logaddexp(torch.zeros_like(difference), difference), torch.zeros_like(difference)
+            )
             positive = nonempty
         else:
             # PML's masked log-sum-exp is 0 over no negatives: z = 0 - x_p there.

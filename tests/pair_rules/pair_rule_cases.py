@@ -73,7 +73,9 @@ def pml_cases() -> list[PmlCase]:
 
     return [
         PmlCase("contrastive", presets.contrastive(), losses.ContrastiveLoss()),
-        PmlCase("contrastive-margins", presets.contrastive(0.3, 0.8), losses.ContrastiveLoss(pos_margin=0.3, neg_margin=0.8)),
+        PmlCase(
+            "contrastive-margins", presets.contrastive(0.3, 0.8), losses.ContrastiveLoss(pos_margin=0.3, neg_margin=0.8)
+        ),
         PmlCase("ntxent", presets.ntxent(), losses.NTXentLoss()),
         PmlCase("ntxent-low-temperature", presets.ntxent(0.02), losses.NTXentLoss(temperature=0.02)),
         PmlCase("generalized-lifted", presets.generalized_lifted_structure(), losses.GeneralizedLiftedStructureLoss()),
@@ -89,7 +91,9 @@ def pml_cases() -> list[PmlCase]:
             losses.TupletMarginLoss(margin=10.0, scale=100.0),
             smooth_at_exact_similarities=False,
         ),
-        PmlCase("supcon", presets.supcon(), losses.SupConLoss(), exact=exactly_counted(losses.SupConLoss, supcon_counted)),
+        PmlCase(
+            "supcon", presets.supcon(), losses.SupConLoss(), exact=exactly_counted(losses.SupConLoss, supcon_counted)
+        ),
         PmlCase(
             "supcon-low-temperature",
             presets.supcon(0.02),
@@ -98,7 +102,9 @@ def pml_cases() -> list[PmlCase]:
         ),
         PmlCase("multi-similarity", presets.multi_similarity(mining_epsilon=None), losses.MultiSimilarityLoss()),
         PmlCase("multi-similarity-mined", presets.multi_similarity(), mined(losses.MultiSimilarityLoss(), 0.1)),
-        PmlCase("circle", presets.circle(), losses.CircleLoss(), exact=exactly_counted(losses.CircleLoss, circle_counted)),
+        PmlCase(
+            "circle", presets.circle(), losses.CircleLoss(), exact=exactly_counted(losses.CircleLoss, circle_counted)
+        ),
         PmlCase(
             "circle-large-gamma",
             presets.circle(0.25, 256.0),
@@ -128,7 +134,9 @@ def assert_equal_losses(actual_fn, expected_fn, embeddings, labels, msg: str = "
 
 
 def assert_matches_pml(case: PmlCase, embeddings, labels, msg: str = "") -> None:
-    assert_equal_losses(lambda x, y: pair_rule_loss(x, y, case.rule), case.oracle, embeddings, labels, f"{case.id} {msg}")
+    assert_equal_losses(
+        lambda x, y: pair_rule_loss(x, y, case.rule), case.oracle, embeddings, labels, f"{case.id} {msg}"
+    )
 
 
 def structures(n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -48,7 +48,9 @@ def test_example_lifted_structure_equals_pytorch_metric_learning(example, dtype,
     generator = torch.Generator().manual_seed(19)
     for n in (1, 2, 5, 40):
         for name, labels in structures(n, generator).items():
-            assert_equal_losses(ours, theirs, torch.randn(n, 8, generator=generator, dtype=dtype), labels, f"n={n} {name}")
+            assert_equal_losses(
+                ours, theirs, torch.randn(n, 8, generator=generator, dtype=dtype), labels, f"n={n} {name}"
+            )
             assert_equal_losses(ours, theirs, well_separated(labels, 8, dtype, generator), labels, f"separated {name}")
     for labels in (torch.randint(0, 4, (32,), generator=generator), torch.arange(32) // 4):
         assert_equal_losses(ours, theirs, duplicates(32, 8, dtype, generator), labels, "duplicates")
@@ -92,4 +94,3 @@ def test_the_documented_twenty_lines_are_the_example_and_equal_pytorch_metric_le
     assert_equal_losses(
         lambda x, y: loss.compute_loss_from_embeddings([x], y), pml_losses.LiftedStructureLoss(), embeddings, labels
     )
-

@@ -64,7 +64,9 @@ def test_degenerate_batches_give_a_zero_loss_with_a_zero_gradient():
     # kinds of pairs also on one class and on all-distinct labels.
     one_kind = (torch.zeros(5, dtype=torch.long), torch.arange(5))
     cases = [(rule, torch.tensor([0])) for rule in (presets.contrastive(), presets.generalized_lifted_structure())]
-    cases += [(rule, labels) for rule in (presets.ntxent(), presets.supcon(), presets.tuplet_margin()) for labels in one_kind]
+    cases += [
+        (rule, labels) for rule in (presets.ntxent(), presets.supcon(), presets.tuplet_margin()) for labels in one_kind
+    ]
     for rule, labels in cases:
         embeddings = torch.randn(labels.numel(), 3, requires_grad=True)
         loss = reduce_pair_rule(rule, embeddings, pair_rule_forward(embeddings, labels, rule))

@@ -69,7 +69,7 @@ def test_signature_defaults_config_and_citation(name):
 
 @each_builtin
 def test_forward_embeds_the_first_column_and_equals_pml(name):
-    pml_name, parameters = BUILTINS[name]
+    pml_name, _ = BUILTINS[name]
     embedder = Embedder()
     features = {"x": torch.randn(12, 3, dtype=torch.float64)}
     labels = torch.arange(12) // 3
@@ -134,7 +134,9 @@ def test_gathers_across_devices_when_distributed(monkeypatch):
         lambda embeddings, labels, caller: (torch.cat([embeddings, other_rank[0]]), torch.cat([labels, other_rank[1]])),
     )
     whole = torch.cat([local[0], other_rank[0]]), torch.cat([local[1], other_rank[1]])
-    gathered = losses.PMLContrastiveLoss(None, gather_across_devices=True).compute_loss_from_embeddings([local[0]], local[1])
+    gathered = losses.PMLContrastiveLoss(None, gather_across_devices=True).compute_loss_from_embeddings(
+        [local[0]], local[1]
+    )
     torch.testing.assert_close(gathered, pml_losses.ContrastiveLoss()(*whole))
     alone = losses.PMLContrastiveLoss(None).compute_loss_from_embeddings([local[0]], local[1])
     torch.testing.assert_close(alone, pml_losses.ContrastiveLoss()(*local))
@@ -160,7 +162,10 @@ def test_make_loss_class_from_a_rule_building_function():
     assert cls.__name__ == "PluginNTXentLoss" and cls.__module__ == __name__ and issubclass(cls, PairRuleLoss)
     assert list(inspect.signature(cls).parameters) == ["model", "temperature", "scale_note", "gather_across_devices"]
     instance = cls(None, 0.2)
-    assert instance.rule == presets.ntxent(0.2) and instance.get_config_dict() == {"temperature": 0.2, "scale_note": "none"}
+    assert instance.rule == presets.ntxent(0.2) and instance.get_config_dict() == {
+        "temperature": 0.2,
+        "scale_note": "none",
+    }
     assert instance.citation == "@misc{x}" and "NTXent, as a plugin would write it." in cls.__doc__
     assert cls(None, temperature=0.3, gather_across_devices=True).get_config_dict()["gather_across_devices"] is True
     with pytest.raises(TypeError):

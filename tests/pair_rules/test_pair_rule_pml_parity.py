@@ -109,6 +109,6 @@ def test_float32_pml_drops_anchors_whose_loss_rounded_to_zero_and_the_rule_does_
     labels = torch.tensor([0, 1, 1, 2, 2, 3])
     ours = pair_rule_loss(embeddings, labels, presets.supcon(0.02))
     pml = losses.SupConLoss(temperature=0.02)(embeddings, labels)
-    oracle = [case for case in CASES if case.id == "supcon-low-temperature"][0].exact(embeddings, labels)
+    oracle = next(case for case in CASES if case.id == "supcon-low-temperature").exact(embeddings, labels)
     torch.testing.assert_close(ours, oracle)
     torch.testing.assert_close(ours, pml / 2)

@@ -34,7 +34,7 @@ each_dtype = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], id
 
 def assert_equals_fused(name, embeddings, labels, msg=""):
     rule, fused = PRESETS[name]
-    ours = lambda x, y: pair_rule_loss(x, y, rule)  # noqa: E731
+    ours = lambda x, y: pair_rule_loss(x, y, rule)  # noqa: E731 (a one-line stand-in)
     # In float32 the fused kernels sum in their own order: on the tiny losses of well-separated
     # classes they differ from PML by ~2e-7 absolute, where the rule (PML's order) agrees with it.
     assert_equal_losses(ours, fused, embeddings, labels, f"{name} fused {msg}", float32_atol=1e-6)

@@ -37,15 +37,39 @@ BAD_RULES = {
     "nan scale": (lambda: Affine(scale=float("nan")), PairRuleError, r"Affine\.scale must be a finite number"),
     "bool shift": (lambda: Affine(shift=True), TypeError, r"Affine\.shift must be a real number"),
     "measure": (lambda: Side("manhattan"), PairRuleError, r"Side\.measure must be one of 'cosine', 'dot'"),
-    "cosine unnormalised": (lambda: Side("cosine", normalize=False), PairRuleError, r"Side\.normalize: .*use measure 'dot'"),
+    "cosine unnormalised": (
+        lambda: Side("cosine", normalize=False),
+        PairRuleError,
+        r"Side\.normalize: .*use measure 'dot'",
+    ),
     "dot normalised": (lambda: Side("dot", normalize=True), PairRuleError, r"Side\.normalize: .*measure 'cosine'"),
-    "angle on a distance": (lambda: Side("euclidean", angle_offset=0.1), PairRuleError, r"Side\.angle_offset: needs measure 'cosine'"),
-    "callable term": (lambda: Side(term=torch.relu), TypeError, r"Side\.term must be .*a rule holds data, not functions"),
+    "angle on a distance": (
+        lambda: Side("euclidean", angle_offset=0.1),
+        PairRuleError,
+        r"Side\.angle_offset: needs measure 'cosine'",
+    ),
+    "callable term": (
+        lambda: Side(term=torch.relu),
+        TypeError,
+        r"Side\.term must be .*a rule holds data, not functions",
+    ),
     "term name": (lambda: Side(term="softplus"), PairRuleError, r"Side\.term must be one of 'logit', 'hinge'"),
     "callable weight": (lambda: Side(weight=lambda s: s), TypeError, r"Side\.weight must be a SelfPacedWeight or None"),
-    "weight flag": (lambda: SelfPacedWeight(0.5, increasing=1), TypeError, r"SelfPacedWeight\.increasing must be True or False"),
-    "filter epsilon": (lambda: MiningFilter(float("inf")), PairRuleError, r"MiningFilter\.epsilon must be a finite number"),
-    "lse of a hinge": (lambda: Side(term="hinge", reduction="lse"), PairRuleError, r"Side\.reduction: 'lse' reduces logits; a 'hinge'"),
+    "weight flag": (
+        lambda: SelfPacedWeight(0.5, increasing=1),
+        TypeError,
+        r"SelfPacedWeight\.increasing must be True or False",
+    ),
+    "filter epsilon": (
+        lambda: MiningFilter(float("inf")),
+        PairRuleError,
+        r"MiningFilter\.epsilon must be a finite number",
+    ),
+    "lse of a hinge": (
+        lambda: Side(term="hinge", reduction="lse"),
+        PairRuleError,
+        r"Side\.reduction: 'lse' reduces logits; a 'hinge'",
+    ),
     "lse of versus": (
         lambda: Side(term=VersusLse("pair_and_negatives"), reduction="lse_add_one"),
         PairRuleError,
@@ -59,7 +83,11 @@ BAD_RULES = {
         r"VersusLse\.rows: 'anchor_and_positive' .* needs reference 'negatives' or 'pair_and_negatives'",
     ),
     "combine kind": (lambda: Combine("product"), PairRuleError, r"Combine\.kind must be one of"),
-    "reducer kind": (lambda: Reducer("median"), PairRuleError, r"Reducer\.kind must be one of 'mean', 'sum', 'avg_non_zero'"),
+    "reducer kind": (
+        lambda: Reducer("median"),
+        PairRuleError,
+        r"Reducer\.kind must be one of 'mean', 'sum', 'avg_non_zero'",
+    ),
     "reducer over": (lambda: Reducer(over="batches"), PairRuleError, r"Reducer\.over must be one of"),
     "side type": (lambda: PairRule("cosine", LOGIT), TypeError, r"PairRule\.positives must be a Side"),
     "no combine": (lambda: PairRule(LOGIT, LOGIT), PairRuleError, r"combine: reducer\.over='anchors' needs a Combine"),
@@ -74,7 +102,9 @@ BAD_RULES = {
         r"negatives\.reduction: 'pairs' hands each pair's term to the batch reducer, but reducer\.over is 'anchors'",
     ),
     "per-anchor at pair level": (
-        lambda: PairRule(HINGE_PAIRS, Side("euclidean", term="hinge", reduction="sum"), Reducer(over="pairs_of_each_side")),
+        lambda: PairRule(
+            HINGE_PAIRS, Side("euclidean", term="hinge", reduction="sum"), Reducer(over="pairs_of_each_side")
+        ),
         PairRuleError,
         r"negatives\.reduction: reducer\.over='pairs_of_each_side' reduces that side's pair terms",
     ),
@@ -84,7 +114,10 @@ BAD_RULES = {
         r"negatives\.term: a VersusLse term .* defined on positives only",
     ),
     "versus reads hinge negatives": (
-        lambda: rule(positives=Side(term=VersusLse("pair_and_negatives"), reduction="mean"), negatives=Side(term="hinge", reduction="sum")),
+        lambda: rule(
+            positives=Side(term=VersusLse("pair_and_negatives"), reduction="mean"),
+            negatives=Side(term="hinge", reduction="sum"),
+        ),
         PairRuleError,
         r"negatives\.term: the positives' VersusLse term reads the negatives' logits",
     ),
@@ -94,7 +127,11 @@ BAD_RULES = {
         r"negatives: this rule never reads them",
     ),
     "reference negatives not lse": (
-        lambda: rule(positives=Side(term=VersusLse("pair_and_negatives"), reduction="mean"), negatives=Side(reduction="sum"), combine=Combine("positives")),
+        lambda: rule(
+            positives=Side(term=VersusLse("pair_and_negatives"), reduction="mean"),
+            negatives=Side(reduction="sum"),
+            combine=Combine("positives"),
+        ),
         PairRuleError,
         r"negatives\.reduction: the negatives enter this rule only through the log-sum-exp .* set 'lse', got 'sum'",
     ),
@@ -161,7 +198,11 @@ def test_avg_non_zero_rules_that_make_zeros_known_are_accepted():
         presets.contrastive(),
         presets.supcon(),
         presets.circle(),
-        rule(positives=Side(reduction="lse_add_one"), negatives=Side(reduction="lse_add_one"), reducer=Reducer("avg_non_zero")),
+        rule(
+            positives=Side(reduction="lse_add_one"),
+            negatives=Side(reduction="lse_add_one"),
+            reducer=Reducer("avg_non_zero"),
+        ),
         rule(combine=Combine("hinge_of_sum"), reducer=Reducer("avg_non_zero")),
     ):
         assert rule_.reducer.kind == "avg_non_zero"
@@ -180,7 +221,17 @@ def test_avg_non_zero_rules_that_make_zeros_known_are_accepted():
         (torch.randn(4, 3), torch.zeros(4, dtype=torch.long, device="meta"), ValueError, "move them to one device"),
         (torch.randn(4, 3, device="meta"), torch.zeros(4, dtype=torch.long, device="meta"), ValueError, "meta device"),
     ],
-    ids=["3-D", "integer embeddings", "label count", "float labels", "empty", "no features", "list labels", "device", "meta"],
+    ids=[
+        "3-D",
+        "integer embeddings",
+        "label count",
+        "float labels",
+        "empty",
+        "no features",
+        "list labels",
+        "device",
+        "meta",
+    ],
 )
 @pytest.mark.parametrize("entry", [pair_rule_forward, pair_rule_loss], ids=["op", "functional"])
 def test_bad_input_gets_a_clear_error(entry, embeddings, labels, error, match):
@@ -198,4 +249,6 @@ def test_labels_of_shape_n_by_1_are_accepted():
     embeddings = torch.randn(8, 4, dtype=torch.float64)
     labels = torch.arange(8) // 2
     rule_ = presets.ntxent()
-    torch.testing.assert_close(pair_rule_loss(embeddings, labels.unsqueeze(1), rule_), pair_rule_loss(embeddings, labels, rule_))
+    torch.testing.assert_close(
+        pair_rule_loss(embeddings, labels.unsqueeze(1), rule_), pair_rule_loss(embeddings, labels, rule_)
+    )

@@ -34,4 +34,6 @@ OH_SONG_2016_CITATION = """
 """
 
 # A sentence-transformers loss class: ExampleLiftedStructureLoss(model, neg_margin=1.0, pos_margin=0.0).
-ExampleLiftedStructureLoss = make_loss_class(lifted_structure, name="ExampleLiftedStructureLoss", citation=OH_SONG_2016_CITATION)
+ExampleLiftedStructureLoss = make_loss_class(
+    lifted_structure, name="ExampleLiftedStructureLoss", citation=OH_SONG_2016_CITATION
+)
