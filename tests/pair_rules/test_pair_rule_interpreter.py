@@ -72,3 +72,20 @@ def test_degenerate_batches_give_a_zero_loss_with_a_zero_gradient():
         loss = reduce_pair_rule(rule, embeddings, pair_rule_forward(embeddings, labels, rule))
         loss.backward()
         assert loss.item() == 0.0 and torch.equal(embeddings.grad, torch.zeros_like(embeddings))
+
+
+def test_circle_counts_anchors_whose_softplus_underflowed():
+    # Class 0 (two copies of e1, negatives at cosine 0) has lse_p + lse_n = -256 at gamma 2048:
+    # softplus is e^-256, 0 in float32 but > 0 exactly. Class 1 (e2 and -e2) has a large loss.
+    from pair_rule_cases import circle_counted, exactly_counted
+    from pytorch_metric_learning import losses
+
+    embeddings = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    rule = presets.circle(0.25, 2048.0)
+    outputs = pair_rule_forward(embeddings, labels, rule)
+    assert outputs.loss_sums[0, :2].tolist() == [0.0, 0.0] and outputs.counted.tolist() == [[1, 1, 1, 1]]
+    ours = reduce_pair_rule(rule, embeddings, outputs)
+    exact = exactly_counted(losses.CircleLoss, circle_counted, m=0.25, gamma=2048.0)(embeddings, labels)
+    torch.testing.assert_close(ours, exact)
+    torch.testing.assert_close(ours, losses.CircleLoss(m=0.25, gamma=2048.0)(embeddings, labels) / 2)
