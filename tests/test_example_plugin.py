@@ -77,7 +77,7 @@ def test_example_is_discovered_through_its_entry_point(installed_example):
     assert record["name"] == "example"
     assert record["version"] == PLUGIN_PROJECT["version"]
     assert record["entry_point"] == "embedplug_example.plugin"
-    assert record["losses"] == ["ExampleSupConLoss", "example_supcon"]
+    assert record["losses"] == ["ExampleSupConLoss", "example_supcon", "ExampleLiftedStructureLoss", "example_lifted_structure"]
     assert record["samplers"] == ["SeededShuffleBatchSampler", "seeded_shuffle"]
     assert found["records"][0]["distribution"] == "embedplug"  # built-ins still load first
 
@@ -86,7 +86,7 @@ def test_example_is_listed_by_the_cli(installed_example):
     result = run(sys.executable, "-m", "embedplug", "plugins", env=clean_environ())
     assert result.returncode == 0, result.stderr
     [row] = [line.split() for line in result.stdout.splitlines() if line.startswith("example ")]
-    assert row == ["example", DISTRIBUTION, PLUGIN_PROJECT["version"], "2", "2", "ok"]
+    assert row == ["example", DISTRIBUTION, PLUGIN_PROJECT["version"], "4", "2", "ok"]
 
 
 def test_example_can_be_disabled(installed_example):

@@ -17,6 +17,7 @@ from embedplug.functional.labelled_contrastive import (
     supervised_contrastive_loss,
 )
 from embedplug.functional.mega_batch_margin import mega_batch_margin_loss
+from embedplug.functional.pair_rule import pair_rule_loss
 from embedplug.functional.semi_hard import batch_semi_hard_triplet_loss
 from embedplug.functional.soft_margin import batch_hard_soft_margin_triplet_loss
 from embedplug.functional.triplet import triplet_loss
@@ -31,6 +32,7 @@ __all__ = [
     "multi_similarity_loss",
     "mega_batch_margin_loss",
     "multiple_negatives_ranking_loss",
+    "pair_rule_loss",
     "supervised_contrastive_loss",
     "triplet_loss",
 ]

@@ -18,6 +18,13 @@ from embedplug.losses.labelled_contrastive import CircleLoss, MultiSimilarityLos
 from embedplug.losses.mega_batch_margin import MegaBatchMarginLoss
 from embedplug.losses.multiple_negatives_ranking import MultipleNegativesRankingLoss
 from embedplug.losses.multiple_negatives_symmetric_ranking import MultipleNegativesSymmetricRankingLoss
+from embedplug.losses.pair_rule import PairRuleLoss, make_loss_class
+from embedplug.losses.pml_pair_losses import (
+    PMLContrastiveLoss,
+    PMLGeneralizedLiftedStructureLoss,
+    PMLNTXentLoss,
+    PMLTupletMarginLoss,
+)
 from embedplug.losses.triplet import TripletDistanceMetric, TripletLoss
 
 # Registered by embedplug's own plugin (embedplug._builtin_plugin) under their class names.
@@ -37,6 +44,10 @@ BUILTIN_LOSSES: tuple = (
     MegaBatchMarginLoss,
     MultipleNegativesSymmetricRankingLoss,
     CachedMultipleNegativesSymmetricRankingLoss,
+    PMLContrastiveLoss,
+    PMLNTXentLoss,
+    PMLGeneralizedLiftedStructureLoss,
+    PMLTupletMarginLoss,
 )
 
 __all__ = [
@@ -55,8 +66,14 @@ __all__ = [
     "MultiSimilarityLoss",
     "MegaBatchMarginLoss",
     "MultipleNegativesRankingLoss",
+    "PMLContrastiveLoss",
+    "PMLGeneralizedLiftedStructureLoss",
+    "PMLNTXentLoss",
+    "PMLTupletMarginLoss",
+    "PairRuleLoss",
     "SupConLoss",
     "MultipleNegativesSymmetricRankingLoss",
     "TripletDistanceMetric",
     "TripletLoss",
+    "make_loss_class",
 ]

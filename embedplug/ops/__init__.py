@@ -9,6 +9,7 @@ from embedplug.ops.hardest_negative import hardest_off_diagonal_similarity
 from embedplug.ops.labelled_contrastive import circle_loss_forward, multi_similarity_loss_forward, supcon_loss_forward
 from embedplug.ops.layer import SPECS, backend, backend_info, backend_of, force_reference, runs_fused
 from embedplug.ops.masked_infonce import masked_infonce, masked_infonce_mean
+from embedplug.ops.pair_rule import pair_rule_forward
 from embedplug.ops.semi_hard import semi_hard_triplet_loss_forward
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "masked_infonce",
     "masked_infonce_mean",
     "multi_similarity_loss_forward",
+    "pair_rule_forward",
     "runs_fused",
     "semi_hard_triplet_loss_forward",
     "supcon_loss_forward",

@@ -194,6 +194,10 @@ def _cases() -> list[Case]:
         ("batch_hard_soft_margin", L.BatchHardSoftMarginTripletLoss, {}),
         ("batch_semi_hard", L.BatchSemiHardTripletLoss, {"margin": 1.0}),
         ("batch_all", L.BatchAllTripletLoss, {"margin": 2.0}),
+        ("pml_contrastive", L.PMLContrastiveLoss, {"pos_margin": 0.1}),
+        ("pml_ntxent", L.PMLNTXentLoss, {"temperature": 0.1}),
+        ("pml_generalized_lifted", L.PMLGeneralizedLiftedStructureLoss, {}),
+        ("pml_tuplet_margin", L.PMLTupletMarginLoss, {}),
     ]:
         for sizes, dtype in [((8, 8), torch.float32), ((7, 10), torch.float32), ((8, 8), torch.float64)]:
             suffix = f"{sizes[0]}_{sizes[1]}_{str(dtype)[6:]}"

@@ -8,7 +8,13 @@ import torch
 from torch import nn
 
 import embedplug
-from embedplug_example import SeededShuffleBatchSampler, ExampleSupConLoss, supervised_contrastive_loss
+from embedplug_example import (
+    ExampleLiftedStructureLoss,
+    ExampleSupConLoss,
+    SeededShuffleBatchSampler,
+    lifted_structure,
+    supervised_contrastive_loss,
+)
 
 
 # ----- discovery: the first thing a new plugin should check (as in datasette-plugin's template)
@@ -17,11 +23,13 @@ from embedplug_example import SeededShuffleBatchSampler, ExampleSupConLoss, supe
 def test_plugin_is_discovered_through_its_entry_point():
     assert embedplug.get_loss("ExampleSupConLoss") is ExampleSupConLoss
     assert embedplug.get_loss("example_supcon") is ExampleSupConLoss
+    assert embedplug.get_loss("ExampleLiftedStructureLoss") is ExampleLiftedStructureLoss
+    assert embedplug.get_loss("example_lifted_structure") is ExampleLiftedStructureLoss
     assert embedplug.get_sampler("SeededShuffleBatchSampler") is SeededShuffleBatchSampler
     [record] = [record for record in embedplug.list_plugins() if record["distribution"] == "embedplug-example"]
     assert record["version"] == importlib.metadata.version("embedplug-example")
     assert record["errors"] == []
-    assert record["losses"] == ["ExampleSupConLoss", "example_supcon"]
+    assert record["losses"] == ["ExampleSupConLoss", "example_supcon", "ExampleLiftedStructureLoss", "example_lifted_structure"]
     assert record["samplers"] == ["SeededShuffleBatchSampler", "seeded_shuffle"]
 
 
@@ -107,6 +115,38 @@ def test_loss_follows_the_sentence_transformers_contract():
 def test_loss_rejects_non_positive_temperature():
     with pytest.raises(ValueError, match="temperature"):
         ExampleSupConLoss(TinyEmbedder(), temperature=0.0)
+
+
+# ----- the rule-defined loss: pytorch-metric-learning's LiftedStructureLoss, interpreted by embedplug
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("margins", [{}, {"neg_margin": 0.7, "pos_margin": 0.2}])
+def test_lifted_structure_rule_equals_pytorch_metric_learning(dtype, margins):
+    pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
+    generator = torch.Generator().manual_seed(0)
+    tolerance = {"rtol": 1e-6, "atol": 1e-9} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-7}
+    for labels in (torch.arange(12) // 3, torch.randint(0, 4, (12,), generator=generator), torch.zeros(5, dtype=torch.long)):
+        embeddings = torch.randn(labels.numel(), 6, generator=generator, dtype=dtype)
+        ours, theirs = embeddings.clone().requires_grad_(), embeddings.clone().requires_grad_()
+        value = ExampleLiftedStructureLoss(None, **margins).compute_loss_from_embeddings([ours], labels)
+        expected = pml_losses.LiftedStructureLoss(**margins)(theirs, labels)
+        torch.testing.assert_close(value, expected, **tolerance)
+        value.backward()
+        expected.backward()
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=tolerance["rtol"], atol=tolerance["rtol"] * theirs.grad.abs().max().item() + tolerance["atol"])
+
+
+def test_lifted_structure_loss_is_a_sentence_transformers_loss():
+    model = TinyEmbedder()
+    loss_module = ExampleLiftedStructureLoss(model, neg_margin=0.8)
+    loss = loss_module([{"input_ids": torch.randn(6, 8)}], torch.tensor([0, 0, 1, 1, 2, 2]))
+    loss.backward()
+    assert loss_module.model is model and loss.ndim == 0 and torch.isfinite(loss)
+    assert loss_module.rule == lifted_structure(neg_margin=0.8)
+    assert loss_module.get_config_dict() == {"neg_margin": 0.8, "pos_margin": 0.0}
+    assert loss_module.backend_info()["implementation"] in ("fused", "reference")
+    assert "Lifted Structured Feature Embedding" in loss_module.citation
 
 
 # ----- the sampler

@@ -1,0 +1,31 @@
+"""A label-aware pair loss described by a :class:`~embedplug.pair_rules.PairRule`, on raw embeddings."""
+
+from __future__ import annotations
+
+import torch
+
+from embedplug._validation import check_embeddings, check_labels
+from embedplug.ops import pair_rule as ops
+from embedplug.pair_rules import PairRule
+
+
+def pair_rule_loss(embeddings: torch.Tensor, labels: torch.Tensor, rule: PairRule) -> torch.Tensor:
+    """The loss ``rule`` describes, on one labelled batch.
+
+    Args:
+        embeddings: [N, D] floating tensor (float16/bfloat16 are computed in float32).
+        labels: [N] (or [N, 1]) integer class ids.
+        rule: a :class:`~embedplug.pair_rules.PairRule`, e.g. one of
+            :mod:`embedplug.pair_rules.presets` (pytorch-metric-learning's pair losses).
+
+    Returns:
+        A scalar, differentiable in ``embeddings``. Runs on the exact pure-torch interpreter (N x N
+        memory) until the fused pair-rule kernel lands.
+    """
+    caller = "pair_rule_loss"
+    check_embeddings(embeddings, caller)
+    labels = check_labels(labels, embeddings, caller)
+    if not isinstance(rule, PairRule):
+        raise TypeError(f"{caller}: rule must be an embedplug.pair_rules.PairRule, got {type(rule).__name__}")
+    outputs = ops.pair_rule_forward(embeddings, labels, rule)
+    return ops.reduce_pair_rule(rule, embeddings, outputs)
