@@ -35,9 +35,7 @@ class PairRuleLoss(LabelledBatchLoss):
     (e.g. ``embedplug.samplers.PKBatchSampler``).
     """
 
-    # embedplug train: single texts with class labels. ``requires_labels`` is what this version
-    # reads; ``embedplug_label_aware`` is the declaration it is moving to.
-    requires_labels = True
+    # embedplug train: single texts with class labels (the loss contract's declaration).
     embedplug_label_aware = True
     embedplug_implementation = REFERENCE
     # A BibTeX entry for the model card, or None (no citation is written).
