@@ -1,8 +1,8 @@
 """The generic op layer: every op's registration, boundary checks, fused-or-reference dispatch and
 backend report, read from its :class:`~embedplug.ops.spec.OpSpec`.
 
-Imports only :mod:`embedplug._extension` (which loads ``_C`` and nothing else), so no module of
-``embedplug`` imports back into it.
+At import it needs only :mod:`embedplug._extension` (which loads ``_C`` and nothing else) and
+:mod:`embedplug.ops.spec`, so no module of ``embedplug`` imports back into it.
 """
 
 from __future__ import annotations
