@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import torch
 
-from embedplug._validation import check_embeddings, check_labels
+from embedplug._validation import check_embeddings, check_labels, warns_non_finite_input
 from embedplug.ops import pair_rule as ops
 from embedplug.pair_rules import PairRule
 
 
+@warns_non_finite_input
 def pair_rule_loss(embeddings: torch.Tensor, labels: torch.Tensor, rule: PairRule) -> torch.Tensor:
     """The loss ``rule`` describes, on one labelled batch.
 
     Args:
         embeddings: [N, D] floating tensor (float16/bfloat16 are computed in float32).
-        labels: [N] (or [N, 1]) integer class ids.
+        labels: [N] (or [N, 1]) class ids (floats are classes by equality, as sentence-transformers').
         rule: a :class:`~embedplug.pair_rules.PairRule`, e.g. one of
             :mod:`embedplug.pair_rules.presets` (pytorch-metric-learning's pair losses).
 

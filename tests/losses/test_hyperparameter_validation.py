@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import embedplug.functional as F
+from embedplug.pair_rules import presets as pair_rule_presets
 from embedplug.losses import (
     BatchAllTripletLoss,
     BatchHardSoftMarginTripletLoss,
@@ -328,6 +329,7 @@ FUNCTIONAL_FORMS_ON_NAN_INPUT = {
     "gist_embed_loss": lambda x, y: F.gist_embed_loss(x[:6], x[6:]),
     "mega_batch_margin_loss": lambda x, y: F.mega_batch_margin_loss(x[:6], x[6:]),
     "triplet_loss": lambda x, y: F.triplet_loss(x[:4], x[4:8], x[8:]),
+    "pair_rule_loss": lambda x, y: F.pair_rule_loss(x, y, pair_rule_presets.contrastive()),
 }
 
 
