@@ -195,3 +195,14 @@ def test_cached_gist_mini_batched_loss_stage_equals_the_installed_release(option
     for our_column, their_column in zip(our_reps, reps):
         for ours_piece, theirs_piece in zip(our_column, their_column):
             torch.testing.assert_close(ours_piece.grad, theirs_piece.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_near_parallel_check_finds_exactly_the_parallel_pairs():
+    from embedplug.functional._pairwise_path import has_near_parallel_pair
+
+    x = torch.randn(50, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert not has_near_parallel_pair(x) and not has_near_parallel_pair(x.float()) and not has_near_parallel_pair(x[:1])
+    for scale in (1.0, 2.0, 0.5):
+        parallel = x.clone()
+        parallel[3] = scale * parallel[7]
+        assert has_near_parallel_pair(parallel) and has_near_parallel_pair(parallel.float())
