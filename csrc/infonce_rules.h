@@ -215,7 +215,10 @@ C10_HOST_DEVICE inline scalar_t softmax_shift(scalar_t row_max) {
 }
 
 // Online log-sum-exp of one row (KeOps / flash-attention style): running maximum and the sum of
-// exp(logit - maximum). NaN logits do not move the maximum but poison the value.
+// exp(logit - maximum). This is the one online log-sum-exp of the extension: every kernel that
+// merges softmax partials (a tile's, a thread's, a CUB reduction's) goes through raise_maximum and
+// merge, so CPU and CUDA share the rescaling and its NaN policy. NaN logits do not move the maximum
+// but are remembered, and poison the value.
 template <typename scalar_t>
 struct RunningLogSumExp {
   scalar_t maximum;
@@ -226,10 +229,14 @@ struct RunningLogSumExp {
     return {-std::numeric_limits<scalar_t>::infinity(), scalar_t(0), false};
   }
 
-  // Raises the maximum to candidate_maximum (if larger; a NaN never is), rescaling the sum, and
-  // returns the shift the new terms' exp runs at (softmax_shift). While nothing was kept the sum is
-  // 0 and its factor exp(-inf) is 0 too.
+  // A partial state of a set of logits: their maximum and sum exp(logit - maximum).
+  C10_HOST_DEVICE static RunningLogSumExp of(scalar_t maximum, scalar_t sum) { return {maximum, sum, false}; }
+
+  // Raises the maximum to candidate_maximum (if larger; a NaN never is, and is remembered),
+  // rescaling the sum, and returns the shift the new terms' exp runs at (softmax_shift). While
+  // nothing was kept the sum is 0 and its factor exp(-inf) is 0 too.
   C10_HOST_DEVICE scalar_t raise_maximum(scalar_t candidate_maximum) {
+    saw_nan |= candidate_maximum != candidate_maximum;
     if (candidate_maximum > maximum) {
       sum *= std::exp(maximum - candidate_maximum);
       maximum = candidate_maximum;
@@ -240,21 +247,19 @@ struct RunningLogSumExp {
   // Adds sum of exp(logit + shift) for the shift raise_maximum returned.
   C10_HOST_DEVICE void add(scalar_t shifted_exp_sum) { sum += shifted_exp_sum; }
 
-  // Folds one logit in (the CUDA epilogue's per-thread update).
-  C10_HOST_DEVICE void add_logit(scalar_t logit) {
-    saw_nan |= logit != logit;
-    const scalar_t shift = raise_maximum(logit);
-    add(exp_or_zero(logit + shift));
-  }
-
-  // Folds another partial state in (a CUB block reduction's operator).
+  // Folds another partial state in: a tile's, a thread's, or (CUB) a block reduction's operand.
+  // An empty other (maximum -inf) adds other.sum * exp(-inf) = 0.
   C10_HOST_DEVICE void merge(const RunningLogSumExp& other) {
     saw_nan |= other.saw_nan;
     const scalar_t shift = raise_maximum(other.maximum);
     add(other.sum * exp_or_zero(other.maximum + shift));
   }
 
-  // The row's maximum as an amax over its logits would give it (NaN propagates).
+  // Folds one logit in: the merge of the one-logit state (logit, 1). The CUDA epilogues fold their
+  // columns one by one; the CPU appends MultiSimilarity's zero logit (PML's add_one) this way.
+  C10_HOST_DEVICE void add_logit(scalar_t logit) { merge(of(logit, scalar_t(1))); }
+
+  // The row's maximum as an amax over its logits gives it (NaN propagates).
   C10_HOST_DEVICE scalar_t nan_propagating_maximum() const {
     return saw_nan ? std::numeric_limits<scalar_t>::quiet_NaN() : maximum;
   }

@@ -45,16 +45,21 @@ inline void check_finite(double value, const char* name) {
   TORCH_CHECK(std::isfinite(value), "embedplug: ", name, " must be a finite number, got ", value);
 }
 
+// Per sample, how many samples share its label (itself included), on the labels' device.
+inline at::Tensor class_sizes(const at::Tensor& labels) {
+  const auto flat = labels.reshape({-1});
+  const auto [values, inverse, counts] = at::_unique2(flat, /*sorted=*/false, /*return_inverse=*/true, /*return_counts=*/true);
+  return counts.index_select(0, inverse.reshape({-1})).contiguous();
+}
+
 // The anchors the reducer counts (rules::counted_by_reducer), from the class sizes: the decision is
 // structural, so it is the same whatever the losses rounded to.
 inline at::Tensor anchors_counted_by_reducer(const at::Tensor& labels, const at::Tensor& losses,
                                              const ContrastiveOptions& options) {
   if (options.loss == ContrastiveLoss::kMultiSimilarity) return at::ones_like(losses, losses.options().dtype(at::kBool));
-  const auto flat = labels.reshape({-1});
-  const auto [values, inverse, counts] = at::_unique2(flat, /*sorted=*/false, /*return_inverse=*/true, /*return_counts=*/true);
-  const auto class_size = counts.index_select(0, inverse.reshape({-1}));
+  const auto class_size = class_sizes(labels);
   const auto positives = class_size - 1;
-  const auto negatives = flat.size(0) - class_size;
+  const auto negatives = class_size.size(0) - class_size;
   const auto structural = options.loss == ContrastiveLoss::kSupCon ? positives.ge(1).logical_and_((positives + negatives).ge(2))
                                                                    : positives.ge(1).logical_and_(negatives.ge(1));
   return structural.logical_or_(losses.isnan());

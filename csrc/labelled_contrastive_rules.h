@@ -1,26 +1,28 @@
-// Per-element and per-row rules of the label-aware contrastive losses (SupCon, MultiSimilarity with
+// Per-pair and per-row rules of the label-aware contrastive losses (SupCon, MultiSimilarity with
 // and without the MultiSimilarityMiner, Circle), shared by the CPU kernel (csrc/cpu) and the CUDA
 // kernel (csrc/cuda): host/device functions, no CUDA includes, no std containers.
 //
 // A row is anchor i against every column j of the batch, s_ij its cosine similarity (on rows
 // normalised as torch.nn.functional.normalize does). Columns split into positives (same label,
-// j != i) and negatives (other label); each loss keeps some of them and runs one log-sum-exp over
-// a group of kept columns (SupCon: positives and negatives together; MultiSimilarity and Circle:
-// one over the positives, one over the negatives). The CUDA kernel evaluates a row in four sweeps
-// over its columns, each a block reduce:
-//   1. scan_column: pair counts, row maximum, the miner's hardest positive / negative, non-finite;
-//   2. column_group + column_logit: the maximum logit of each group;
-//   3. the sum of exp(logit - group maximum) per group (and SupCon's sum of positive logits);
-//   4. finish_row, then column_weight: d loss_i / d s_ij for every column.
-// The CPU kernel (csrc/cpu/labelled_contrastive_tiles.h) visits each unordered pair once per pass
-// and merges per-tile maxima and exp sums online; it applies the same predicates and logits
-// (keeps_positive / keeps_negative, unshifted_logit, logit_slope) and the same finish_row.
+// j != i) and negatives (other label); each loss keeps some of them (PairRule::keeps) and runs one
+// log-sum-exp over a group of kept columns (SupCon: positives and negatives together;
+// MultiSimilarity and Circle: one over the positives, one over the negatives).
+//
+// Both backends run the same algorithm over upper-triangular Gram tiles (CPU: square tiles,
+// csrc/cpu/labelled_contrastive_tiles.h; CUDA: a band of rows against every later column,
+// csrc/cuda/labelled_contrastive_kernel.cu): each unordered pair is computed once per pass and feeds
+// both of its rows. Passes: the miner's thresholds (with the miner only); per row and group an
+// online log-sum-exp of the kept logits (infonce::RunningLogSumExp), kept counts and SupCon's
+// positive-logit sum; finish_anchor; then the gradient pass, where pair_gradient gives
+// W[a, j] = w_a d loss_a / d s_aj and one symmetric M = W + W^T per tile meets the unit rows in GEMMs.
 // The formulas, their evaluation order and PyTorch-metric-learning 2.9's conventions (its logsumexp
-// with add_one, Softplus's threshold, AvgNonZero's "loss > 0" taken in exact arithmetic) are reproduced so that float32
-// results equal PML's to rounding.
+// with add_one, Softplus's threshold, AvgNonZero's "loss > 0" taken in exact arithmetic) are
+// reproduced so that float32 results equal PML's to rounding.
 #pragma once
 
 #include <c10/macros/Macros.h>
+
+#include "infonce_rules.h"
 
 #include <math.h>
 
@@ -32,8 +34,8 @@ namespace rules {
 
 enum class ContrastiveLoss : int32_t { kSupCon = 0, kMultiSimilarity = 1, kCircle = 2 };
 
-// Which group a column's logit enters.
-enum ColumnGroup : int32_t { kNoGroup = -1, kPositiveGroup = 0, kNegativeGroup = 1 };
+// The groups a row's kept logits enter (SupCon uses one, in the negative slot).
+enum ColumnGroup : int32_t { kPositiveGroup = 0, kNegativeGroup = 1 };
 
 template <typename scalar_t>
 struct ContrastiveParams {
@@ -57,11 +59,6 @@ C10_HOST_DEVICE inline scalar_t rule_infinity() {
 }
 
 template <typename scalar_t>
-C10_HOST_DEVICE inline bool rule_is_finite(scalar_t x) {
-  return x - x == scalar_t(0);  // false for NaN and +-inf, true otherwise (no <cmath> on device)
-}
-
-template <typename scalar_t>
 C10_HOST_DEVICE inline scalar_t rule_max(scalar_t a, scalar_t b) {
   return a < b ? b : a;
 }
@@ -74,41 +71,13 @@ C10_HOST_DEVICE inline scalar_t rule_relu(scalar_t x) {
   return x > scalar_t(0) ? x : scalar_t(0);
 }
 
-// Sweep 1: what the row's columns say before any logit is formed.
-template <typename scalar_t>
-struct RowScan {
+// What a row's structure gives before any similarity is read: its pair counts, from the class
+// sizes, and whether any row holds NaN or +-inf (a non-finite row makes every similarity row
+// non-finite, since each row meets every other).
+struct RowCounts {
   int64_t positives = 0, negatives = 0;
   bool non_finite = false;
-  scalar_t maximum = -rule_infinity<scalar_t>();           // over every column, the anchor's own too
-  scalar_t hardest_negative = -rule_infinity<scalar_t>();  // largest negative similarity
-  scalar_t hardest_positive = rule_infinity<scalar_t>();   // smallest positive similarity
 };
-
-template <typename scalar_t>
-C10_HOST_DEVICE inline void scan_column(RowScan<scalar_t>& scan, scalar_t s, bool is_self, bool same_label) {
-  scan.non_finite |= !rule_is_finite(s);
-  scan.maximum = rule_max(scan.maximum, s);
-  if (is_self) return;
-  if (same_label) {
-    ++scan.positives;
-    scan.hardest_positive = rule_min(scan.hardest_positive, s);
-  } else {
-    ++scan.negatives;
-    scan.hardest_negative = rule_max(scan.hardest_negative, s);
-  }
-}
-
-template <typename scalar_t>
-C10_HOST_DEVICE inline RowScan<scalar_t> merge_scans(const RowScan<scalar_t>& a, const RowScan<scalar_t>& b) {
-  RowScan<scalar_t> out;
-  out.positives = a.positives + b.positives;
-  out.negatives = a.negatives + b.negatives;
-  out.non_finite = a.non_finite || b.non_finite;
-  out.maximum = rule_max(a.maximum, b.maximum);
-  out.hardest_negative = rule_max(a.hardest_negative, b.hardest_negative);
-  out.hardest_positive = rule_min(a.hardest_positive, b.hardest_positive);
-  return out;
-}
 
 // MultiSimilarityMiner (similarity, so "inverted") keeps a positive p when s_ip - epsilon < max_n
 // s_in and a negative n when s_in + epsilon > min_p s_ip, comparing in the tensor's dtype; an anchor
@@ -121,16 +90,6 @@ C10_HOST_DEVICE inline bool keeps_positive(const ContrastiveParams<scalar_t>& p,
 template <typename scalar_t>
 C10_HOST_DEVICE inline bool keeps_negative(const ContrastiveParams<scalar_t>& p, scalar_t hardest_positive, scalar_t s) {
   return !p.mine || (s + p.epsilon) > hardest_positive;
-}
-
-// The group a column enters (kNoGroup: left out).
-template <typename scalar_t>
-C10_HOST_DEVICE inline int32_t column_group(const ContrastiveParams<scalar_t>& p, const RowScan<scalar_t>& scan,
-                                            scalar_t s, bool is_self, bool same_label) {
-  if (is_self) return kNoGroup;
-  if (p.loss == ContrastiveLoss::kSupCon) return kNegativeGroup;  // one softmax over every other column
-  if (same_label) return keeps_positive(p, scan.hardest_negative, s) ? kPositiveGroup : kNoGroup;
-  return keeps_negative(p, scan.hardest_positive, s) ? kNegativeGroup : kNoGroup;
 }
 
 // The logit of a column in `group` before any row-dependent shift:
@@ -152,16 +111,6 @@ C10_HOST_DEVICE inline scalar_t unshifted_logit(const ContrastiveParams<scalar_t
   }
 }
 
-// The logit a column contributes to its group, in PML's evaluation order: SupCon subtracts the
-// row's maximum s_ij / T "for numerical stability" (it cancels in the softmax, so a kernel that
-// runs an online log-sum-exp may use unshifted_logit throughout); the others are unshifted.
-template <typename scalar_t>
-C10_HOST_DEVICE inline scalar_t column_logit(const ContrastiveParams<scalar_t>& p, const RowScan<scalar_t>& scan,
-                                             scalar_t s, int32_t group) {
-  if (p.loss == ContrastiveLoss::kSupCon) return s / p.temperature - scan.maximum / p.temperature;
-  return unshifted_logit(p, s, group);
-}
-
 // d logit / d s with the detached factors held constant.
 template <typename scalar_t>
 C10_HOST_DEVICE inline scalar_t logit_slope(const ContrastiveParams<scalar_t>& p, scalar_t s, int32_t group) {
@@ -177,8 +126,8 @@ C10_HOST_DEVICE inline scalar_t logit_slope(const ContrastiveParams<scalar_t>& p
   }
 }
 
-// Sweeps 2 and 3, per group: the largest logit, then sum exp(logit - maximum); plus the count of
-// kept columns and (SupCon) the sum of the positives' logits.
+// A row's groups once every pair has been folded in: per group the maximum kept logit and
+// sum exp(logit - maximum), the count of kept columns, and (SupCon) the sum of the positives' logits.
 template <typename scalar_t>
 struct GroupSums {
   scalar_t maximum[2] = {-rule_infinity<scalar_t>(), -rule_infinity<scalar_t>()};
@@ -187,22 +136,27 @@ struct GroupSums {
   scalar_t positive_logit_sum = scalar_t(0);
 };
 
-// MultiSimilarity's logsumexp appends a zero logit (PML's add_one): it enters every group's maximum.
+// GroupSums from the online log-sum-exp states the passes merged. MultiSimilarity's logsumexp
+// appends a zero logit to each group (PML's add_one), folded in here as one more logit.
 template <typename scalar_t>
-C10_HOST_DEVICE inline scalar_t group_maximum_start(const ContrastiveParams<scalar_t>& p) {
-  return p.loss == ContrastiveLoss::kMultiSimilarity ? scalar_t(0) : -rule_infinity<scalar_t>();
-}
-
-// The exp-sum a group starts from: MultiSimilarity's appended zero logit, exp(0 - maximum).
-template <typename scalar_t>
-C10_HOST_DEVICE inline scalar_t group_sum_start(const ContrastiveParams<scalar_t>& p, scalar_t maximum) {
-  return p.loss == ContrastiveLoss::kMultiSimilarity ? rule_exp(-maximum) : scalar_t(0);
-}
-
-// exp(logit - maximum) of a column, 0 for a group whose maximum is -inf (nothing kept).
-template <typename scalar_t>
-C10_HOST_DEVICE inline scalar_t shifted_exp(scalar_t logit, scalar_t maximum) {
-  return maximum == -rule_infinity<scalar_t>() ? scalar_t(0) : rule_exp(logit - maximum);
+C10_HOST_DEVICE inline GroupSums<scalar_t> group_sums_of(const ContrastiveParams<scalar_t>& p,
+                                                         infonce::RunningLogSumExp<scalar_t> positive,
+                                                         infonce::RunningLogSumExp<scalar_t> negative,
+                                                         int64_t kept_positive, int64_t kept_negative,
+                                                         scalar_t positive_logit_sum) {
+  if (p.loss == ContrastiveLoss::kMultiSimilarity) {
+    positive.add_logit(scalar_t(0));
+    negative.add_logit(scalar_t(0));
+  }
+  GroupSums<scalar_t> sums;
+  sums.maximum[kPositiveGroup] = positive.maximum;
+  sums.exp_sum[kPositiveGroup] = positive.sum;
+  sums.maximum[kNegativeGroup] = negative.maximum;
+  sums.exp_sum[kNegativeGroup] = negative.sum;
+  sums.kept[kPositiveGroup] = kept_positive;
+  sums.kept[kNegativeGroup] = kept_negative;
+  sums.positive_logit_sum = positive_logit_sum;
+  return sums;
 }
 
 // What a finished row gives: its loss (PML's per-element loss before reduction), the counts of
@@ -229,30 +183,30 @@ C10_HOST_DEVICE inline scalar_t softplus_slope(scalar_t x) {
 }
 
 template <typename scalar_t>
-C10_HOST_DEVICE inline RowResult<scalar_t> finish_row(const ContrastiveParams<scalar_t>& p, const RowScan<scalar_t>& scan,
+C10_HOST_DEVICE inline RowResult<scalar_t> finish_row(const ContrastiveParams<scalar_t>& p, const RowCounts& counts,
                                                       const GroupSums<scalar_t>& sums) {
   RowResult<scalar_t> out;
   const scalar_t nan = std::numeric_limits<scalar_t>::quiet_NaN();
   if (p.loss == ContrastiveLoss::kSupCon) {
-    out.positive_pairs = scan.positives;
-    out.negative_pairs = scan.negatives;
-    if (scan.non_finite) {
+    out.positive_pairs = counts.positives;
+    out.negative_pairs = counts.negatives;
+    if (counts.non_finite) {
       out.loss = nan;
       out.coefficient[kNegativeGroup] = nan;
       return out;
     }
-    if (scan.positives == 0) return out;  // PML: -(0 / tiny), filtered out by AvgNonZeroReducer
+    if (counts.positives == 0) return out;  // PML: -(0 / tiny), filtered out by AvgNonZeroReducer
     const scalar_t log_normalizer = sums.maximum[kNegativeGroup] + rule_log(sums.exp_sum[kNegativeGroup]);
     // PML divides by (count + finfo.tiny); the tiny term vanishes next to a count >= 1.
-    const scalar_t count = static_cast<scalar_t>(scan.positives) + std::numeric_limits<scalar_t>::min();
-    out.loss = -(sums.positive_logit_sum - static_cast<scalar_t>(scan.positives) * log_normalizer) / count;
+    const scalar_t count = static_cast<scalar_t>(counts.positives) + std::numeric_limits<scalar_t>::min();
+    out.loss = -(sums.positive_logit_sum - static_cast<scalar_t>(counts.positives) * log_normalizer) / count;
     out.coefficient[kNegativeGroup] = scalar_t(1) / sums.exp_sum[kNegativeGroup];
     out.positive_offset = -(scalar_t(1) / p.temperature) / count;
     return out;
   }
   out.positive_pairs = sums.kept[kPositiveGroup];
   out.negative_pairs = sums.kept[kNegativeGroup];
-  if (scan.non_finite) {
+  if (counts.non_finite) {
     out.loss = nan;
     out.coefficient[kPositiveGroup] = out.coefficient[kNegativeGroup] = nan;
     return out;
@@ -267,7 +221,7 @@ C10_HOST_DEVICE inline RowResult<scalar_t> finish_row(const ContrastiveParams<sc
     return out;
   }
   // Circle: softplus(lse_p + lse_n), zero for an anchor without a positive or a negative.
-  if (scan.positives == 0 || scan.negatives == 0) return out;
+  if (counts.positives == 0 || counts.negatives == 0) return out;
   const scalar_t z = (sums.maximum[kPositiveGroup] + rule_log(sums.exp_sum[kPositiveGroup])) +
                      (sums.maximum[kNegativeGroup] + rule_log(sums.exp_sum[kNegativeGroup]));
   out.loss = softplus(z);
@@ -275,17 +229,6 @@ C10_HOST_DEVICE inline RowResult<scalar_t> finish_row(const ContrastiveParams<sc
   out.coefficient[kPositiveGroup] = slope / sums.exp_sum[kPositiveGroup];
   out.coefficient[kNegativeGroup] = slope / sums.exp_sum[kNegativeGroup];
   return out;
-}
-
-// d loss_i / d s_ij for one column with logit `logit` (0 for a column in no group). NaN
-// coefficients poison the row.
-template <typename scalar_t>
-C10_HOST_DEVICE inline scalar_t column_weight(const ContrastiveParams<scalar_t>& p, const RowResult<scalar_t>& row,
-                                              const GroupSums<scalar_t>& sums, scalar_t s, scalar_t logit,
-                                              bool same_label, int32_t group) {
-  if (group == kNoGroup) return scalar_t(0);
-  const scalar_t weight = row.coefficient[group] * shifted_exp(logit, sums.maximum[group]) * logit_slope(p, s, group);
-  return same_label ? weight + row.positive_offset : weight;
 }
 
 // Whether the reducer counts anchor i. AvgNonZeroReducer averages over the losses that are > 0; the
@@ -308,6 +251,106 @@ C10_HOST_DEVICE inline bool counted_by_reducer(const ContrastiveParams<scalar_t>
     default:
       return positive_pairs >= 1 && negative_pairs >= 1;
   }
+}
+
+// What the gradient pass reads about a finished row: its groups' maxima (the shifts of the pair
+// exps) and finish_row's coefficients and SupCon offset times the row's weight w_a, exactly 0 for
+// a row of weight 0 even when its coefficients are NaN (a row the reducer leaves out must not
+// poison the batch).
+template <typename scalar_t>
+struct RowGradient {
+  scalar_t maximum[2];
+  scalar_t coefficient[2];
+  scalar_t positive_offset;
+};
+
+template <typename scalar_t>
+C10_HOST_DEVICE inline RowGradient<scalar_t> row_gradient(const GroupSums<scalar_t>& sums, const RowResult<scalar_t>& row,
+                                                          scalar_t row_weight) {
+  const bool dropped = row_weight == scalar_t(0);
+  RowGradient<scalar_t> out;
+  for (int g = 0; g < 2; ++g) {
+    out.maximum[g] = sums.maximum[g];
+    out.coefficient[g] = dropped ? scalar_t(0) : row_weight * row.coefficient[g];
+  }
+  out.positive_offset = dropped ? scalar_t(0) : row_weight * row.positive_offset;
+  return out;
+}
+
+// What a pair contributes, as branch-free functions of its similarity and label test. `Loss` and
+// `Mine` are template arguments so that the rules' switches fold away: the CPU tile loops then
+// vectorise, and the CUDA kernels carry no per-pair branch on the loss.
+template <ContrastiveLoss Loss, bool Mine, typename scalar_t>
+struct PairRule {
+  ContrastiveParams<scalar_t> p;
+
+  // The parameters with the loss and the miner switch as constants the compiler sees: a member
+  // read inside the loop would keep the rules' switches as branches, and branches stop the loop
+  // from vectorising. Built field by field: the vectoriser gives up on a loop holding an
+  // aggregate copy.
+  C10_HOST_DEVICE ContrastiveParams<scalar_t> constant() const {
+    ContrastiveParams<scalar_t> q;
+    q.loss = Loss;
+    q.mine = Mine;
+    q.temperature = p.temperature;
+    q.alpha = p.alpha;
+    q.beta = p.beta;
+    q.base = p.base;
+    q.m = p.m;
+    q.gamma = p.gamma;
+    q.epsilon = p.epsilon;
+    return q;
+  }
+
+  // Whether the pair's logit goes to the positive group (SupCon has one group, the negative slot).
+  C10_HOST_DEVICE static bool in_positive_group(bool same) { return Loss != ContrastiveLoss::kSupCon && same; }
+
+  C10_HOST_DEVICE scalar_t logit(scalar_t s, bool same) const {
+    const ContrastiveParams<scalar_t> q = constant();
+    if (Loss == ContrastiveLoss::kSupCon) return unshifted_logit(q, s, kNegativeGroup);
+    const scalar_t positive = unshifted_logit(q, s, kPositiveGroup);
+    const scalar_t negative = unshifted_logit(q, s, kNegativeGroup);
+    return same ? positive : negative;
+  }
+
+  C10_HOST_DEVICE scalar_t slope(scalar_t s, bool same) const {
+    const ContrastiveParams<scalar_t> q = constant();
+    const scalar_t positive = logit_slope(q, s, kPositiveGroup);
+    const scalar_t negative = logit_slope(q, s, kNegativeGroup);
+    return in_positive_group(same) ? positive : negative;
+  }
+
+  // Whether a row with these thresholds keeps the pair; the anchor's own column is the caller's.
+  C10_HOST_DEVICE bool keeps(scalar_t s, bool same, scalar_t hardest_positive, scalar_t hardest_negative) const {
+    if (!Mine) return true;
+    const ContrastiveParams<scalar_t> q = constant();
+    const bool positive = keeps_positive(q, hardest_negative, s);
+    const bool negative = keeps_negative(q, hardest_positive, s);
+    return (same & positive) | (!same & negative);  // a select between two bools is not if-converted
+  }
+};
+
+// The exponent a pair enters its group's exp sum with: logit - shift for a kept pair, the exp
+// cutoff for a dropped one (its exp is ~0 and adds nothing next to a group sum >= 1). The clamp
+// keeps exp on its fast path (ATen's vectorised exp leaves it for inputs whose result underflows,
+// ~50x slower); NaN stays NaN.
+template <typename scalar_t>
+C10_HOST_DEVICE inline scalar_t shifted_logit(bool keep, scalar_t logit, scalar_t shift) {
+  const scalar_t cutoff = infonce::exp_underflow_cutoff<scalar_t>();
+  const scalar_t shifted = logit - shift;
+  return keep ? (shifted < cutoff ? cutoff : shifted) : cutoff;
+}
+
+// W[a, j] = w_a d loss_a / d s_aj of one pair, from row a's weighted coefficient of the pair's
+// group, exp(shifted_logit) and the logit's slope; plus SupCon's -w_a / (T |P_a|) on every
+// positive pair (the derivative of its mean over the positives' logits).
+template <ContrastiveLoss Loss, typename scalar_t>
+C10_HOST_DEVICE inline scalar_t pair_gradient(bool keep, bool same, bool other, scalar_t coefficient,
+                                              scalar_t exp_shifted, scalar_t slope, scalar_t positive_offset) {
+  const scalar_t term = coefficient * exp_shifted * slope;
+  const scalar_t offset =
+      Loss == ContrastiveLoss::kSupCon ? ((same & other) ? positive_offset : scalar_t(0)) : scalar_t(0);
+  return (keep ? term : scalar_t(0)) + offset;
 }
 
 }  // namespace rules

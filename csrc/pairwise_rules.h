@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <limits>
 
+#include "arg_extreme_rules.h"
+
 namespace embedplug {
 
 enum class DistanceKind { kEuclidean, kSquaredEuclidean, kCosine };
@@ -79,50 +81,6 @@ C10_HOST_DEVICE inline bool is_non_finite(scalar_t value) {
 
 C10_HOST_DEVICE inline bool is_negative_pair(int64_t label_anchor, int64_t label_column) {
   return label_anchor != label_column;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Running arg-max / arg-min with torch.max's tie rule (the smallest index wins), a total order on
-// (value, index): results merged in any order (threads, tiles, warps) are the same.
-
-inline constexpr int64_t kNoIndex = std::numeric_limits<int64_t>::max();
-
-template <typename scalar_t>
-struct ArgExtreme {
-  scalar_t value;
-  int64_t index;
-};
-
-template <typename scalar_t>
-C10_HOST_DEVICE inline ArgExtreme<scalar_t> empty_argmax() {
-  return {-std::numeric_limits<scalar_t>::infinity(), kNoIndex};
-}
-template <typename scalar_t>
-C10_HOST_DEVICE inline ArgExtreme<scalar_t> empty_argmin() {
-  return {std::numeric_limits<scalar_t>::infinity(), kNoIndex};
-}
-template <typename scalar_t>
-C10_HOST_DEVICE inline void keep_max(ArgExtreme<scalar_t>& best, scalar_t value, int64_t index) {
-  if (value > best.value || (value == best.value && index < best.index)) best = {value, index};
-}
-template <typename scalar_t>
-C10_HOST_DEVICE inline void keep_min(ArgExtreme<scalar_t>& best, scalar_t value, int64_t index) {
-  if (value < best.value || (value == best.value && index < best.index)) best = {value, index};
-}
-template <typename scalar_t>
-C10_HOST_DEVICE inline bool is_set(const ArgExtreme<scalar_t>& best) {
-  return best.index != kNoIndex;
-}
-// Binary merges, for reductions (cub::BlockReduce takes them as its operator).
-template <typename scalar_t>
-C10_HOST_DEVICE inline ArgExtreme<scalar_t> merge_max(ArgExtreme<scalar_t> a, const ArgExtreme<scalar_t>& b) {
-  keep_max(a, b.value, b.index);
-  return a;
-}
-template <typename scalar_t>
-C10_HOST_DEVICE inline ArgExtreme<scalar_t> merge_min(ArgExtreme<scalar_t> a, const ArgExtreme<scalar_t>& b) {
-  keep_min(a, b.value, b.index);
-  return a;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -51,18 +51,17 @@ std::tuple<at::Tensor, at::Tensor> hardest_off_diagonal_similarity_cpu(const at:
   auto indices = at::empty({n}, anchors.options().dtype(at::kLong));
   if (n == 0) return {values, indices};
   AT_DISPATCH_FLOATING_TYPES(anchors.scalar_type(), "hardest_off_diagonal_similarity_cpu", [&] {
-    using hardest_negative::RunningMax;
     scalar_t* out_values = values.data_ptr<scalar_t>();
     int64_t* out_indices = indices.data_ptr<int64_t>();
     const int64_t tile = std::max<int64_t>(std::min(kColumnTile, m), 1);
     const int64_t num_blocks = (n + kRowBlock - 1) / kRowBlock;
     at::parallel_for(0, num_blocks, 1, [&](int64_t block_begin, int64_t block_end) {
       std::vector<scalar_t> buffer(static_cast<size_t>(kRowBlock * tile));
-      std::vector<RunningMax<scalar_t>> best(kRowBlock);
+      std::vector<ArgExtreme<scalar_t>> best(kRowBlock);
       for (int64_t b = block_begin; b < block_end; ++b) {
         const int64_t row_begin = b * kRowBlock;
         const int64_t rows = std::min(kRowBlock, n - row_begin);
-        for (int64_t r = 0; r < rows; ++r) best[r] = {-std::numeric_limits<scalar_t>::infinity(), -1};
+        for (int64_t r = 0; r < rows; ++r) best[r] = empty_argmax<scalar_t>();
         const auto anchor_rows = anchors.narrow(0, row_begin, rows);
         for (int64_t column_begin = 0; column_begin < m; column_begin += tile) {
           const int64_t columns = std::min(tile, m - column_begin);
@@ -79,7 +78,7 @@ std::tuple<at::Tensor, at::Tensor> hardest_off_diagonal_similarity_cpu(const at:
         }
         for (int64_t r = 0; r < rows; ++r) {
           out_values[row_begin + r] = best[r].value;
-          out_indices[row_begin + r] = best[r].index;
+          out_indices[row_begin + r] = hardest_negative::output_index(best[r]);
         }
       }
     });

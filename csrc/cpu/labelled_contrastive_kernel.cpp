@@ -27,7 +27,6 @@ using rules::ContrastiveLoss;
 using rules::ContrastiveParams;
 using rules::GroupSums;
 using rules::RowResult;
-using rules::RowScan;
 
 struct ContrastiveOutputs {
   at::Tensor losses, positive_pairs, negative_pairs, unit_grad;
@@ -64,7 +63,7 @@ ContrastiveOutputs run_tiles(const at::Tensor& embeddings, const int64_t* labels
   const int32_t* ids = classes.ids.data();
   const int64_t tile = contrastive_tile_size(n);
   const ContrastiveParams<scalar_t> p = options.params<scalar_t>();
-  const PairRule<Loss, Mine, scalar_t> rule(p);
+  const PairRule<Loss, Mine, scalar_t> rule{p};
   const int num_threads = std::max(at::get_num_threads(), 1);
   std::vector<TileScratch<scalar_t>> scratch(num_threads);
   for (auto& own : scratch) own.reserve(tile);
@@ -95,32 +94,25 @@ ContrastiveOutputs run_tiles(const at::Tensor& embeddings, const int64_t* labels
   const GroupStates<scalar_t>& group = groups[0];
   const bool non_finite = any_non_finite_row(unit);
   for (int64_t a = 0; a < n; ++a) {
-    RowScan<scalar_t> scan;
-    scan.positives = classes.class_size[a] - 1;
-    scan.negatives = n - classes.class_size[a];
-    scan.non_finite = non_finite;
-    GroupSums<scalar_t> sums;
-    for (int g = 0; g < 2; ++g) {
-      sums.maximum[g] = group.maximum[g][a];
-      sums.exp_sum[g] = group.exp_sum[g][a];
-      sums.kept[g] = group.kept[g][a];
-      // MultiSimilarity's logsumexp appends a zero logit to each group (PML's add_one).
-      if (Loss == ContrastiveLoss::kMultiSimilarity) {
-        merge_log_sum_exp(sums.maximum[g], sums.exp_sum[g], scalar_t(0), scalar_t(1));
-      }
-    }
-    sums.positive_logit_sum = group.positive_logit_sum[a];
-    const RowResult<scalar_t> result = rules::finish_row(p, scan, sums);
+    rules::RowCounts counts;
+    counts.positives = classes.class_size[a] - 1;
+    counts.negatives = n - classes.class_size[a];
+    counts.non_finite = non_finite;
+    const GroupSums<scalar_t> sums = rules::group_sums_of(
+        p, RunningLogSumExp<scalar_t>::of(group.maximum[kPositiveGroup][a], group.exp_sum[kPositiveGroup][a]),
+        RunningLogSumExp<scalar_t>::of(group.maximum[kNegativeGroup][a], group.exp_sum[kNegativeGroup][a]),
+        group.kept[kPositiveGroup][a], group.kept[kNegativeGroup][a], group.positive_logit_sum[a]);
+    const RowResult<scalar_t> result = rules::finish_row(p, counts, sums);
     losses[a] = result.loss;
     positive_pairs[a] = result.positive_pairs;
     negative_pairs[a] = result.negative_pairs;
     if (row_weight == nullptr) continue;
-    const scalar_t w = (*row_weight)(a, result);
+    const rules::RowGradient<scalar_t> row = rules::row_gradient(sums, result, (*row_weight)(a, result));
     for (int g = 0; g < 2; ++g) {
-      gradients.maximum[g * n + a] = sums.maximum[g];
-      gradients.coefficient[g * n + a] = w == scalar_t(0) ? scalar_t(0) : w * result.coefficient[g];
+      gradients.maximum[g * n + a] = row.maximum[g];
+      gradients.coefficient[g * n + a] = row.coefficient[g];
     }
-    gradients.positive_offset[a] = w == scalar_t(0) ? scalar_t(0) : w * result.positive_offset;
+    gradients.positive_offset[a] = row.positive_offset;
   }
   if (row_weight == nullptr) return out;
 

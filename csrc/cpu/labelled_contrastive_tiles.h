@@ -38,10 +38,12 @@ namespace embedplug {
 namespace cpu {
 namespace contrastive_tiles {
 
+using infonce::RunningLogSumExp;
 using rules::ContrastiveLoss;
 using rules::ContrastiveParams;
 using rules::kNegativeGroup;
 using rules::kPositiveGroup;
+using rules::PairRule;
 
 template <typename scalar_t>
 constexpr scalar_t minus_infinity() {
@@ -88,21 +90,15 @@ struct Thresholds {
   }
 };
 
-// (m, s) <- the log-sum-exp state of both sets: exp sums rescaled to the larger maximum. A state
-// with m = -inf holds nothing (its s is ignored); m is never NaN (NaN logits lose every
-// comparison) while s may be.
+// (m, s) <- the log-sum-exp state of both sets, through the extension's one online merge
+// (infonce::RunningLogSumExp). A state with m = -inf holds nothing. NaN similarities are not
+// tracked here: any non-finite row makes every loss NaN (rules::RowCounts::non_finite).
 template <typename scalar_t>
 inline void merge_log_sum_exp(scalar_t& m, scalar_t& s, scalar_t other_m, scalar_t other_s) {
-  if (!(other_m > minus_infinity<scalar_t>())) return;
-  if (!(m > minus_infinity<scalar_t>())) {
-    m = other_m;
-    s = other_s;
-  } else if (other_m > m) {
-    s = s * rules::rule_exp(m - other_m) + other_s;
-    m = other_m;
-  } else {
-    s = s + other_s * rules::rule_exp(other_m - m);
-  }
+  RunningLogSumExp<scalar_t> state = RunningLogSumExp<scalar_t>::of(m, s);
+  state.merge(RunningLogSumExp<scalar_t>::of(other_m, other_s));
+  m = state.maximum;
+  s = state.sum;
 }
 
 // lse pass results, one entry per row and group.
@@ -129,68 +125,15 @@ struct GroupStates {
   }
 };
 
-// What a pair contributes, as branch-free functions of its similarity and label test. `Loss` and
-// `Mine` are template arguments so that the rules' switches fold away and the tile loops vectorise.
+// The shared PairRule with, for the column side, a row's thresholds read from per-column arrays
+// (only with the miner: without it the arrays are null and every pair is kept).
 template <ContrastiveLoss Loss, bool Mine, typename scalar_t>
-struct PairRule {
-  ContrastiveParams<scalar_t> p;
-
-  explicit PairRule(ContrastiveParams<scalar_t> params) : p(params) {}
-
-  // The parameters with the loss and the miner switch as constants the compiler sees: a member
-  // read inside the loop would keep the rules' switches as branches, and branches stop the loop
-  // from vectorising.
-  // Built field by field: the vectoriser gives up on a loop holding an aggregate copy.
-  ContrastiveParams<scalar_t> constant() const {
-    ContrastiveParams<scalar_t> q;
-    q.loss = Loss;
-    q.mine = Mine;
-    q.temperature = p.temperature;
-    q.alpha = p.alpha;
-    q.beta = p.beta;
-    q.base = p.base;
-    q.m = p.m;
-    q.gamma = p.gamma;
-    q.epsilon = p.epsilon;
-    return q;
-  }
-
-  // Whether the pair's logit goes to the positive group (SupCon has one group, the negative slot).
-  static bool in_positive_group(bool same) { return Loss != ContrastiveLoss::kSupCon && same; }
-
-  scalar_t logit(scalar_t s, bool same) const {
-    const ContrastiveParams<scalar_t> q = constant();
-    if (Loss == ContrastiveLoss::kSupCon) return rules::unshifted_logit(q, s, kNegativeGroup);
-    const scalar_t positive = rules::unshifted_logit(q, s, kPositiveGroup);
-    const scalar_t negative = rules::unshifted_logit(q, s, kNegativeGroup);
-    return same ? positive : negative;
-  }
-
-  scalar_t slope(scalar_t s, bool same) const {
-    const ContrastiveParams<scalar_t> q = constant();
-    const scalar_t positive = rules::logit_slope(q, s, kPositiveGroup);
-    const scalar_t negative = rules::logit_slope(q, s, kNegativeGroup);
-    return in_positive_group(same) ? positive : negative;
-  }
-
-  // Whether a row with these thresholds keeps the pair; the anchor's own column is the caller's.
-  bool keeps(scalar_t s, bool same, scalar_t hardest_positive, scalar_t hardest_negative) const {
-    if (!Mine) return true;
-    const ContrastiveParams<scalar_t> q = constant();
-    const bool positive = rules::keeps_positive(q, hardest_negative, s);
-    const bool negative = rules::keeps_negative(q, hardest_positive, s);
-    return (same & positive) | (!same & negative);  // a select between two bools is not if-converted
-  }
-
-  // keeps() for the row of column c, whose thresholds are read from per-column arrays (only with the
-  // miner: without it the arrays are null and every pair is kept).
-  bool column_keeps(scalar_t s, bool same, const scalar_t* hardest_positive, const scalar_t* hardest_negative,
-                    int64_t c) const {
-    if (!Mine) return true;
-    const scalar_t positive_threshold = hardest_positive[c], negative_threshold = hardest_negative[c];
-    return keeps(s, same, positive_threshold, negative_threshold);
-  }
-};
+inline bool column_keeps(const PairRule<Loss, Mine, scalar_t>& rule, scalar_t s, bool same,
+                         const scalar_t* hardest_positive, const scalar_t* hardest_negative, int64_t c) {
+  if (!Mine) return true;
+  const scalar_t positive_threshold = hardest_positive[c], negative_threshold = hardest_negative[c];
+  return rule.keeps(s, same, positive_threshold, negative_threshold);
+}
 
 // A Gram tile as the loops read it: s between rows [row_begin, row_begin + rows) and columns
 // [col_begin, col_begin + cols), row-major. On a diagonal tile (columns = rows) column r is row r's
@@ -244,15 +187,6 @@ struct TileScratch {
     column_kept.resize(static_cast<size_t>(2 * tile));
   }
 };
-
-// x clamped from below at the exp cutoff; NaN stays NaN. ATen's vectorised exp leaves its fast path
-// for inputs whose result underflows (~50x slower); at the cutoff exp is ~1e-38 (fp32) / 1e-308
-// (fp64), which adds nothing next to a group sum >= 1 (the group maximum adds exp(0) = 1).
-template <typename scalar_t>
-inline scalar_t clamp_to_cutoff(scalar_t x) {
-  const scalar_t cutoff = infonce::exp_underflow_cutoff<scalar_t>();
-  return x < cutoff ? cutoff : x;
-}
 
 template <typename scalar_t>
 void exp_in_place(scalar_t* values, int64_t entries) {
@@ -321,7 +255,6 @@ void group_sums_tile(const PairRule<Loss, Mine, scalar_t> rule, const Tile<scala
   using Rule = PairRule<Loss, Mine, scalar_t>;
   constexpr bool kSupCon = Loss == ContrastiveLoss::kSupCon;
   const scalar_t ninf = minus_infinity<scalar_t>();
-  const scalar_t cutoff = infonce::exp_underflow_cutoff<scalar_t>();
   const bool columns = !t.diagonal;
   const int32_t* column_ids = ids + t.col_begin;
   const int32_t* column_index = scratch.column_index.data();
@@ -387,7 +320,7 @@ void group_sums_tile(const PairRule<Loss, Mine, scalar_t> rule, const Tile<scala
       for (int64_t c = 0; c < t.cols; ++c) {
         const bool same = column_ids[c] == label;
         const bool keep =
-            rule.column_keeps(s[c], same, column_hardest_positive, column_hardest_negative, c);
+            column_keeps(rule, s[c], same, column_hardest_positive, column_hardest_negative, c);
         const bool positive = keep & Rule::in_positive_group(same);
         const bool negative = keep & !Rule::in_positive_group(same);
         positive_logits[c] = positive ? logits[c] : ninf;
@@ -430,10 +363,10 @@ void group_sums_tile(const PairRule<Loss, Mine, scalar_t> rule, const Tile<scala
       for (int64_t c = 0; c < t.cols; ++c) {
         const bool same = column_ids[c] == label;
         const bool keep =
-            rule.column_keeps(s[c], same, column_hardest_positive, column_hardest_negative, c);
+            column_keeps(rule, s[c], same, column_hardest_positive, column_hardest_negative, c);
         const scalar_t shift_positive = column_maximum_positive[c], shift_negative = column_maximum_negative[c];
         const scalar_t shift = Rule::in_positive_group(same) ? shift_positive : shift_negative;
-        column_side[c] = keep ? clamp_to_cutoff(row_side[c] - shift) : cutoff;
+        column_side[c] = rules::shifted_logit(keep, row_side[c], shift);
       }
     }
 #pragma omp simd
@@ -441,7 +374,7 @@ void group_sums_tile(const PairRule<Loss, Mine, scalar_t> rule, const Tile<scala
       const bool same = column_ids[c] == label;
       const bool keep = rule.keeps(s[c], same, hardest_positive, hardest_negative) & (column_index[c] != self);
       const scalar_t shift = Rule::in_positive_group(same) ? maximum_positive : maximum_negative;
-      row_side[c] = keep ? clamp_to_cutoff(row_side[c] - shift) : cutoff;
+      row_side[c] = rules::shifted_logit(keep, row_side[c], shift);
     }
   }
   const int64_t entries = t.rows * t.cols;
@@ -499,7 +432,6 @@ void symmetric_pair_weights_tile(const PairRule<Loss, Mine, scalar_t> rule, cons
                                  const Thresholds<scalar_t>* thresholds, const RowGradients<scalar_t>& rows,
                                  TileScratch<scalar_t>& scratch) {
   using Rule = PairRule<Loss, Mine, scalar_t>;
-  constexpr bool kSupCon = Loss == ContrastiveLoss::kSupCon;
   const int64_t n = static_cast<int64_t>(rows.positive_offset.size());
   const int32_t* column_ids = ids + t.col_begin;
   const int32_t* column_index = scratch.column_index.data();
@@ -510,7 +442,6 @@ void symmetric_pair_weights_tile(const PairRule<Loss, Mine, scalar_t> rule, cons
   const scalar_t* column_coefficient_positive = rows.coefficient.data() + t.col_begin;
   const scalar_t* column_coefficient_negative = rows.coefficient.data() + n + t.col_begin;
   const scalar_t* column_offset = rows.positive_offset.data() + t.col_begin;
-  const scalar_t cutoff = infonce::exp_underflow_cutoff<scalar_t>();
   // One loop per side and step: each stays simple enough for if-conversion.
   for (int64_t r = 0; r < t.rows; ++r) {
     const TileRow<Mine, scalar_t> row(t, r, ids, thresholds);
@@ -526,16 +457,16 @@ void symmetric_pair_weights_tile(const PairRule<Loss, Mine, scalar_t> rule, cons
       const bool same = column_ids[c] == label;
       const bool keep = rule.keeps(s[c], same, hardest_positive, hardest_negative) & (column_index[c] != self);
       const scalar_t shift = Rule::in_positive_group(same) ? maximum_positive : maximum_negative;
-      row_side[c] = keep ? clamp_to_cutoff(rule.logit(s[c], same) - shift) : cutoff;
+      row_side[c] = rules::shifted_logit(keep, rule.logit(s[c], same), shift);
     }
 #pragma omp simd
     for (int64_t c = 0; c < t.cols; ++c) {
       const bool same = column_ids[c] == label;
       const bool keep =
-          rule.column_keeps(s[c], same, column_hardest_positive, column_hardest_negative, c) & (column_index[c] != self);
+          column_keeps(rule, s[c], same, column_hardest_positive, column_hardest_negative, c) & (column_index[c] != self);
       const scalar_t shift_positive = column_maximum_positive[c], shift_negative = column_maximum_negative[c];
       const scalar_t shift = Rule::in_positive_group(same) ? shift_positive : shift_negative;
-      column_side[c] = keep ? clamp_to_cutoff(rule.logit(s[c], same) - shift) : cutoff;
+      column_side[c] = rules::shifted_logit(keep, rule.logit(s[c], same), shift);
     }
   }
   const int64_t entries = t.rows * t.cols;
@@ -557,23 +488,20 @@ void symmetric_pair_weights_tile(const PairRule<Loss, Mine, scalar_t> rule, cons
       const bool other = column_index[c] != self;
       const bool keep = rule.keeps(s[c], same, hardest_positive, hardest_negative) & other;
       const scalar_t coefficient = Rule::in_positive_group(same) ? coefficient_positive : coefficient_negative;
-      const scalar_t term = coefficient * row_side[c] * rule.slope(s[c], same);
-      // SupCon's -1 / (T |P|) on every positive pair, from both of its rows (the column's below).
-      const scalar_t shifted = kSupCon ? ((same & other) ? offset : scalar_t(0)) : scalar_t(0);
-      row_side[c] = (keep ? term : scalar_t(0)) + shifted;
+      // SupCon's offset lands on every positive pair from both of its rows (the column's below).
+      row_side[c] = rules::pair_gradient<Loss>(keep, same, other, coefficient, row_side[c], rule.slope(s[c], same), offset);
     }
 #pragma omp simd
     for (int64_t c = 0; c < t.cols; ++c) {
       const bool same = column_ids[c] == label;
       const bool other = column_index[c] != self;
       const bool keep =
-          rule.column_keeps(s[c], same, column_hardest_positive, column_hardest_negative, c) & other;
+          column_keeps(rule, s[c], same, column_hardest_positive, column_hardest_negative, c) & other;
       const scalar_t positive_coefficient = column_coefficient_positive[c], negative_coefficient = column_coefficient_negative[c];
       const scalar_t coefficient = Rule::in_positive_group(same) ? positive_coefficient : negative_coefficient;
-      const scalar_t term = coefficient * column_side[c] * rule.slope(s[c], same);
       const scalar_t column_shift = column_offset[c];
-      const scalar_t shifted = kSupCon ? ((same & other) ? column_shift : scalar_t(0)) : scalar_t(0);
-      row_side[c] += (keep ? term : scalar_t(0)) + shifted;
+      row_side[c] += rules::pair_gradient<Loss>(keep, same, other, coefficient, column_side[c], rule.slope(s[c], same),
+                                                column_shift);
     }
   }
 }

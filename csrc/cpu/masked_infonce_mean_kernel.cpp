@@ -166,22 +166,22 @@ MeanInfoNCEResult<scalar_t> mean_infonce_strips(const InfoNCEInputs& inputs, con
       }
 
       // Per softmax group (one for a joint partition, one per block per direction): row maxima
-      // over the group's segments (amax propagates NaN, which then makes the whole row NaN), then
-      // the sums of exp(logit - max).
-      at::Tensor group_max[infonce_mnrl::kMaxGroups], group_sum[infonce_mnrl::kMaxGroups];
-      for (int g = 0; g < groups; ++g) {
-        group_max[g] = at::full({rows}, -std::numeric_limits<scalar_t>::infinity(), tensor_options);
-        group_sum[g] = at::zeros({rows}, tensor_options);
-      }
+      // over the group's segments, raised segment by segment in the online log-sum-exp state the
+      // CUDA kernel folds too (a NaN logit makes the group's maximum NaN, as amax would, and then
+      // the whole row NaN), then the sums of exp(logit - max).
+      std::vector<RunningLogSumExp<scalar_t>> group_state(groups * rows, RunningLogSumExp<scalar_t>::empty());
+      at::Tensor group_sum[infonce_mnrl::kMaxGroups];
+      for (int g = 0; g < groups; ++g) group_sum[g] = at::zeros({rows}, tensor_options);
       for (int b = 0; b < num_blocks; ++b) {
         const int g = infonce_mnrl::partition_group(mnrl.partition, b);
         auto segment_view = at::from_blob(segment_of(b), {rows, blocks[b].num_columns}, tensor_options);
-        group_max[g] = at::maximum(group_max[g], segment_view.amax(1));
+        const auto segment_max = segment_view.amax(1).contiguous();
+        const scalar_t* maxima = segment_max.template data_ptr<scalar_t>();
+        for (int64_t r = 0; r < rows; ++r) group_state[g * rows + r].raise_maximum(maxima[r]);
       }
       std::vector<scalar_t> shift(groups * rows);
-      for (int g = 0; g < groups; ++g) {
-        const scalar_t* maxima = group_max[g].template data_ptr<scalar_t>();
-        for (int64_t r = 0; r < rows; ++r) shift[g * rows + r] = infonce_mnrl::group_shift(maxima[r]);
+      for (int64_t s = 0; s < groups * rows; ++s) {
+        shift[s] = infonce_mnrl::group_shift(group_state[s].nan_propagating_maximum());
       }
       for (int b = 0; b < num_blocks; ++b) {
         const int g = infonce_mnrl::partition_group(mnrl.partition, b);
@@ -190,16 +190,12 @@ MeanInfoNCEResult<scalar_t> mean_infonce_strips(const InfoNCEInputs& inputs, con
         exp_without_underflow<scalar_t>(segment_view.add_(shift_view));
         group_sum[g].add_(segment_view.sum(1));
       }
-      const scalar_t* maxima[infonce_mnrl::kMaxGroups];
       const scalar_t* sums[infonce_mnrl::kMaxGroups];
-      for (int g = 0; g < groups; ++g) {
-        maxima[g] = group_max[g].template data_ptr<scalar_t>();
-        sums[g] = group_sum[g].template data_ptr<scalar_t>();
-      }
+      for (int g = 0; g < groups; ++g) sums[g] = group_sum[g].template data_ptr<scalar_t>();
       for (int64_t r = 0; r < rows; ++r) {
         scalar_t row_maxima[infonce_mnrl::kMaxGroups], row_sums[infonce_mnrl::kMaxGroups];
         for (int g = 0; g < groups; ++g) {
-          row_maxima[g] = maxima[g][r];
+          row_maxima[g] = group_state[g * rows + r].nan_propagating_maximum();
           row_sums[g] = sums[g][r];
           row_coefficient[g * rows_per_strip + r] =
               infonce_mnrl::group_gradient_coefficient(row_weight, row_sums[g], groups);

@@ -19,12 +19,10 @@ namespace embedplug {
 namespace cuda {
 namespace {
 
-using hardest_negative::RunningMax;
-
 template <typename scalar_t>
 struct KeepBetter {
-  __device__ RunningMax<scalar_t> operator()(const RunningMax<scalar_t>& a, const RunningMax<scalar_t>& b) const {
-    return hardest_negative::beats(b.value, b.index, a.value, a.index) ? b : a;
+  __device__ ArgExtreme<scalar_t> operator()(const ArgExtreme<scalar_t>& a, const ArgExtreme<scalar_t>& b) const {
+    return merge_max<hardest_negative::kRowMaxNan>(a, b);
   }
 };
 
@@ -32,19 +30,19 @@ template <typename scalar_t>
 __global__ void hardest_off_diagonal_epilogue(const scalar_t* __restrict__ similarities, int64_t row_begin,
                                               int64_t columns, scalar_t* __restrict__ out_values,
                                               int64_t* __restrict__ out_indices) {
-  using BlockReduce = cub::BlockReduce<RunningMax<scalar_t>, kThreadsPerBlock>;
+  using BlockReduce = cub::BlockReduce<ArgExtreme<scalar_t>, kThreadsPerBlock>;
   __shared__ typename BlockReduce::TempStorage temp_storage;
   const int64_t local_row = blockIdx.x;
   const int64_t row = row_begin + local_row;
   const scalar_t* similarity = similarities + local_row * columns;
-  RunningMax<scalar_t> best{-std::numeric_limits<scalar_t>::infinity(), -1};
+  ArgExtreme<scalar_t> best = empty_argmax<scalar_t>();
   for (int64_t column = threadIdx.x; column < columns; column += blockDim.x) {
     if (hardest_negative::is_negative(row, column)) hardest_negative::keep(best, similarity[column], column);
   }
-  const RunningMax<scalar_t> row_best = BlockReduce(temp_storage).Reduce(best, KeepBetter<scalar_t>());
+  const ArgExtreme<scalar_t> row_best = BlockReduce(temp_storage).Reduce(best, KeepBetter<scalar_t>());
   if (threadIdx.x == 0) {
     out_values[row] = row_best.value;
-    out_indices[row] = row_best.index;
+    out_indices[row] = hardest_negative::output_index(row_best);
   }
 }
 

@@ -18,6 +18,7 @@
 
 #include "masked_infonce_host.h"
 #include "op_input_checks.h"
+#include "cuda/block_reduce.cuh"
 #include "cuda/cuda_common.cuh"
 #include "infonce_rules.h"
 
@@ -31,6 +32,7 @@ using embedplug::infonce::MarginStrategy;
 using embedplug::infonce::RunningLogSumExp;
 using embedplug::infonce::SoftmaxBlock;
 using embedplug::infonce::SoftmaxBlockList;
+using embedplug::cuda::reduce_row_state;
 
 // What every CUDA masked InfoNCE op starts from, as on CPU (cpu::infonce::make_problem): checked
 // options, contiguous detached inputs and the column groups of a row.
@@ -316,25 +318,6 @@ __device__ inline void for_each_row_logit(const StripView<scalar_t>& view, int64
       visit(b, j, index, similarity, logit);
     }
   }
-}
-
-template <typename scalar_t>
-struct MergeLogSumExp {
-  __device__ RunningLogSumExp<scalar_t> operator()(const RunningLogSumExp<scalar_t>& a,
-                                                   const RunningLogSumExp<scalar_t>& b) const {
-    RunningLogSumExp<scalar_t> merged = a;
-    merged.merge(b);
-    return merged;
-  }
-};
-
-// The row's log-sum-exp state from every thread's partial one (valid in thread 0): a CUB block
-// reduction, whose combination order is fixed by the block size, so the result is the same run to run.
-template <typename scalar_t>
-__device__ inline RunningLogSumExp<scalar_t> reduce_row_state(const RunningLogSumExp<scalar_t>& partial) {
-  using BlockReduce = cub::BlockReduce<RunningLogSumExp<scalar_t>, kThreadsPerBlock>;
-  __shared__ typename BlockReduce::TempStorage storage;
-  return BlockReduce(storage).Reduce(partial, MergeLogSumExp<scalar_t>());
 }
 
 }  // namespace infonce_strips
