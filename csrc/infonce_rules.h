@@ -18,6 +18,8 @@
 #include <cstdint>
 #include <limits>
 
+#include "rounding_rules.h"
+
 namespace embedplug {
 namespace infonce {
 
@@ -82,46 +84,12 @@ C10_HOST_DEVICE inline bool is_target_pair(const SoftmaxBlock& block, int64_t i,
 // ---------------------------------------------------------------------------------------------
 // The GIST keep/drop predicate.
 
-// The guide similarity used wherever a decision is a near tie, and for the thresholds t_i: a plain
-// sequential dot product, rounded the same on host and device (no fused multiply-add: nvcc would
-// otherwise contract x * y + sum), so the CPU and the CUDA kernel decide a near tie identically.
-// It is symmetric and deterministic, so identical rows (an anchor equal to its positive,
-// duplicates in the batch) compare exactly as sentence-transformers compares them, whereas two
-// GEMM calls may round the same pair differently.
-C10_HOST_DEVICE inline float product_then_sum(float sum, float x, float y) {
-#ifdef __CUDA_ARCH__
-  return __fadd_rn(sum, __fmul_rn(x, y));
-#else
-  return sum + x * y;
-#endif
-}
-
-C10_HOST_DEVICE inline double product_then_sum(double sum, double x, double y) {
-#ifdef __CUDA_ARCH__
-  return __dadd_rn(sum, __dmul_rn(x, y));
-#else
-  return sum + x * y;
-#endif
-}
-
-// target - x * y with the product rounded first, on both backends: nvcc would otherwise contract it
-// into one fused multiply-add (g++ on x86 does not), and a near tie of the relative GIST threshold
-// would then fall on different sides on CPU and GPU.
-C10_HOST_DEVICE inline float difference_of_product(float target, float x, float y) {
-#ifdef __CUDA_ARCH__
-  return __fsub_rn(target, __fmul_rn(x, y));
-#else
-  return target - x * y;
-#endif
-}
-C10_HOST_DEVICE inline double difference_of_product(double target, double x, double y) {
-#ifdef __CUDA_ARCH__
-  return __dsub_rn(target, __dmul_rn(x, y));
-#else
-  return target - x * y;
-#endif
-}
-
+// The guide similarity used wherever a decision is a near tie, and for the thresholds t_i:
+// exact_dot, a plain sequential dot product rounded the same on host and device
+// (csrc/rounding_rules.h), so the CPU and the CUDA kernel decide a near tie identically. It is
+// symmetric and deterministic, so identical rows (an anchor equal to its positive, duplicates in the
+// batch) compare exactly as sentence-transformers compares them, whereas two GEMM calls may round
+// the same pair differently.
 template <typename scalar_t>
 C10_HOST_DEVICE inline scalar_t exact_dot(const scalar_t* x, const scalar_t* y, int64_t dim) {
   scalar_t sum = 0;
