@@ -101,22 +101,33 @@ C10_HOST_DEVICE inline ScoreFilters<scalar_t> make_score_filters(scalar_t hardes
   return filters;
 }
 
-// The first score filter that removes `score`, or kKept. Every comparison is evaluated (no early
-// exit), so a loop over a row of scores if-converts into selects and vectorises. `score + margin` is
-// rounded to scalar_t before the comparison, as the reference's tensor sum is. -inf (already
-// removed, or an empty slot) is never counted by min_score (sentence-transformers 6.3).
+// Which score filter removes a score, as one 0/1 flag per filter of which at most one is set (the
+// first filter in order that fires). Integer and/or only, no selects or control flow: a loop that sums
+// the flags over a row of scores vectorises (GCC turns selects feeding the sums into conditional
+// reductions, which it does not vectorise). `score + margin` is rounded to scalar_t before the
+// comparison, as the reference's tensor sum is. -inf (already removed, or an empty slot) is never
+// counted by min_score (sentence-transformers 6.3).
+struct ScoreRemovals {
+  int absolute_margin, relative_margin, max_score, min_score;
+};
+
+template <typename scalar_t>
+C10_HOST_DEVICE inline ScoreRemovals score_removals(scalar_t score, const ScoreFilters<scalar_t>& filters) {
+  const scalar_t shifted = score + filters.absolute_margin;
+  const int absolute = shifted > filters.absolute_bound;
+  const int relative = (score > filters.relative_bound) & ~absolute & 1;
+  const int maximum = (score > filters.max_score) & ~(absolute | relative) & 1;
+  const int minimum = (score < filters.min_score) & (score != -positive_infinity<scalar_t>()) &
+                      ~(absolute | relative | maximum) & 1;
+  return {absolute, relative, maximum, minimum};
+}
+
+// The first score filter that removes `score` (a Removal), or kKept.
 template <typename scalar_t>
 C10_HOST_DEVICE inline int score_removal(scalar_t score, const ScoreFilters<scalar_t>& filters) {
-  const scalar_t shifted = score + filters.absolute_margin;
-  const bool above_absolute = shifted > filters.absolute_bound;
-  const bool above_relative = score > filters.relative_bound;
-  const bool above_max = score > filters.max_score;
-  const bool below_min = score < filters.min_score && score != -positive_infinity<scalar_t>();
-  return above_absolute ? kAbsoluteMargin
-         : above_relative ? kRelativeMargin
-         : above_max      ? kMaxScore
-         : below_min      ? kMinScore
-                          : kKept;
+  const ScoreRemovals flags = score_removals(score, filters);
+  return kKept - (kKept - kAbsoluteMargin) * flags.absolute_margin - (kKept - kRelativeMargin) * flags.relative_margin -
+         (kKept - kMaxScore) * flags.max_score - (kKept - kMinScore) * flags.min_score;
 }
 
 // Whether corpus row `column` is listed for the query: kExcluded if among `excluded` [excluded_width],

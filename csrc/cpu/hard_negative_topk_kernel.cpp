@@ -5,11 +5,13 @@
 // thread; the Q x C score matrix never exists.
 //
 // Per row of a tile the epilogue makes two passes over the scores, both in L1:
-//   1. the score filters' counts: branch-free, so the loop vectorises; the few listed rows (excluded,
-//      positives) are then re-attributed one by one, as their rule comes first;
+//   1. the score filters: branch-free, so the loop vectorises; it counts each removal and overwrites
+//      removed scores with -inf in the buffer; the few listed rows (excluded, positives) are
+//      re-attributed one by one, as their rule comes first;
 //   2. the list update: a compare with the row's current last entry, and only for a score that beats
-//      it the filters, the listed check and a binary-search insertion. Tiles are visited in increasing
-//      corpus index, so a later equal score never enters ahead of an earlier one.
+//      it the listed check and a binary-search insertion. Once a list is full that branch is rarely
+//      taken (the filters' outcome, often a coin flip near the top, is no branch at all). Tiles are
+//      visited in increasing corpus index, so a later equal score never enters ahead of an earlier one.
 // Rows are independent: blocks of queries run in parallel, and the counts are integers summed per
 // block, so the result does not depend on the thread count.
 #include <ATen/ATen.h>
@@ -34,25 +36,18 @@ constexpr int64_t kQueryBlock = 128;
 // 128 x 2048 float32 = 1 MiB per thread; each row of it (8 KiB) stays in L1 for both epilogue passes.
 constexpr int64_t kCorpusTile = 2048;
 
+// Scores per vectorised "does any beat the list's last entry" test in the list update.
+constexpr int64_t kFoldChunk = 64;
+
 using Counts = std::array<int64_t, kRemovalRules>;
 
-// One row of one tile through the rules (open mode), counted into `removed`.
+// One row of one tile through the rules (open mode): counts each score's removal into `removed` and
+// overwrites every removed score with -inf, so that the list update only compares. The listed rows
+// (excluded, positives) are re-attributed first, from their raw scores: their rule comes first.
 template <typename scalar_t>
-void count_removals(const scalar_t* scores, int64_t columns, int64_t column_begin, const ScoreFilters<scalar_t>& filters,
-                    const int64_t* listed, int64_t listed_width, int64_t excluded_width, bool exclude_positives,
-                    Counts& removed) {
-  int64_t absolute = 0, relative = 0, maximum = 0, minimum = 0;
-  for (int64_t c = 0; c < columns; ++c) {
-    const int rule = score_removal(scores[c], filters);
-    absolute += rule == kAbsoluteMargin;
-    relative += rule == kRelativeMargin;
-    maximum += rule == kMaxScore;
-    minimum += rule == kMinScore;
-  }
-  removed[kAbsoluteMargin] += absolute;
-  removed[kRelativeMargin] += relative;
-  removed[kMaxScore] += maximum;
-  removed[kMinScore] += minimum;
+void filter_row(scalar_t* scores, int64_t columns, int64_t column_begin, const ScoreFilters<scalar_t>& filters,
+                const int64_t* listed, int64_t listed_width, int64_t excluded_width, bool exclude_positives,
+                Counts& removed) {
   // `listed` is the row's excluded entries then its positives; each distinct row in this tile once.
   const int64_t* positives = listed + excluded_width;
   const int64_t positive_width = listed_width - excluded_width;
@@ -62,17 +57,41 @@ void count_removals(const scalar_t* scores, int64_t columns, int64_t column_begi
     if (std::find(listed, listed + j, column) != listed + j) continue;
     const int listed_rule = listed_removal(column, listed, excluded_width, positives, positive_width, exclude_positives);
     if (listed_rule == kKept) continue;
+    // Counted here as listed; the loop below counts it again by score, so take that back.
     const scalar_t score = scores[column - column_begin];
     const int by_score = score_removal(score, filters);
     if (by_score != kKept) removed[by_score] -= 1;
     const int rule = candidate_removal(listed_rule, score, filters);
     if (rule != kKept) removed[rule] += 1;
   }
+  // Branch-free, so it vectorises (float32; SSE2 has no mixed double/int lanes for it): most of the
+  // epilogue's work is this loop. A local copy of the filters: the stores into `scores` could
+  // otherwise alias them and block the hoisting. 32-bit counters, like the scores' lanes (a tile row
+  // has at most kCorpusTile columns).
+  const ScoreFilters<scalar_t> row_filters = filters;
+  const scalar_t removed_score = -positive_infinity<scalar_t>();
+  int32_t absolute = 0, relative = 0, maximum = 0, minimum = 0;
+  for (int64_t c = 0; c < columns; ++c) {
+    const scalar_t score = scores[c];
+    const ScoreRemovals flags = score_removals(score, row_filters);
+    absolute += flags.absolute_margin;
+    relative += flags.relative_margin;
+    maximum += flags.max_score;
+    minimum += flags.min_score;
+    const int removed_by_score = flags.absolute_margin | flags.relative_margin | flags.max_score | flags.min_score;
+    scores[c] = removed_by_score ? removed_score : score;
+  }
+  removed[kAbsoluteMargin] += absolute;
+  removed[kRelativeMargin] += relative;
+  removed[kMaxScore] += maximum;
+  removed[kMinScore] += minimum;
 }
 
-// One row of one tile into the row's ranked list [keep]; with `apply_rules` only survivors enter.
+// One row of one tile into the row's ranked list [keep]. In open mode the scores went through
+// filter_row (removed ones are -inf and never rank), and only a score that beats the list's last
+// entry is checked against the listed rows; in window mode the raw scores enter.
 template <typename scalar_t>
-void fold_row(const scalar_t* scores, int64_t columns, int64_t column_begin, bool apply_rules,
+void fold_row(const scalar_t* scores, int64_t columns, int64_t column_begin, bool skip_listed,
               const ScoreFilters<scalar_t>& filters, const int64_t* listed, int64_t listed_width,
               int64_t excluded_width, bool exclude_positives, scalar_t* list_scores, int64_t* list_indices,
               int64_t keep) {
@@ -80,18 +99,26 @@ void fold_row(const scalar_t* scores, int64_t columns, int64_t column_begin, boo
   int64_t last_index = list_indices[keep - 1];
   const int64_t* positives = listed + excluded_width;
   const int64_t positive_width = listed_width - excluded_width;
-  for (int64_t c = 0; c < columns; ++c) {
-    const scalar_t score = scores[c];
-    const int64_t column = column_begin + c;
-    if (!ranks_before(score, column, last_score, last_index)) continue;
-    if (apply_rules) {
-      const int listed_rule =
-          listed_removal(column, listed, excluded_width, positives, positive_width, exclude_positives);
-      if (candidate_removal(listed_rule, score, filters) != kKept) continue;
+  for (int64_t chunk_begin = 0; chunk_begin < columns; chunk_begin += kFoldChunk) {
+    const int64_t chunk_end = std::min(chunk_begin + kFoldChunk, columns);
+    // Columns increase along the scan and every listed index is below them, so a score can only rank
+    // before the last entry by being greater: a vectorised count skips the chunk when none is.
+    int32_t greater = 0;
+    for (int64_t c = chunk_begin; c < chunk_end; ++c) greater += scores[c] > last_score;
+    if (greater == 0) continue;
+    for (int64_t c = chunk_begin; c < chunk_end; ++c) {
+      const scalar_t score = scores[c];
+      const int64_t column = column_begin + c;
+      if (!ranks_before(score, column, last_score, last_index)) continue;
+      if (skip_listed) {
+        const int listed_rule =
+            listed_removal(column, listed, excluded_width, positives, positive_width, exclude_positives);
+        if (candidate_removal(listed_rule, score, filters) != kKept) continue;
+      }
+      insert_ranked(list_scores, list_indices, keep, score, column);
+      last_score = list_scores[keep - 1];
+      last_index = list_indices[keep - 1];
     }
-    insert_ranked(list_scores, list_indices, keep, score, column);
-    last_score = list_scores[keep - 1];
-    last_index = list_indices[keep - 1];
   }
 }
 
@@ -157,11 +184,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_negative_topk_cpu(
           auto similarities = at::from_blob(buffer.data(), {rows, columns}, queries.options());
           at::mm_out(similarities, query_rows, corpus.narrow(0, column_begin, columns).t());
           for (int64_t r = 0; r < rows; ++r) {
-            const scalar_t* row_scores = buffer.data() + r * columns;
+            scalar_t* row_scores = buffer.data() + r * columns;
             const int64_t* row_listed = listed_data + (row_begin + r) * listed_width;
             if (rules_in_stream) {
-              count_removals(row_scores, columns, column_begin, filters[r], row_listed, listed_width, excluded_width,
-                             exclude_positives, counts);
+              filter_row(row_scores, columns, column_begin, filters[r], row_listed, listed_width, excluded_width,
+                         exclude_positives, counts);
             }
             fold_row(row_scores, columns, column_begin, rules_in_stream, filters[r], row_listed, listed_width,
                      excluded_width, exclude_positives, list_scores.data() + r * keep, list_indices.data() + r * keep,
