@@ -1,8 +1,8 @@
 // Dataset-scale hard-negative top-k, fused with the similarity GEMM (FAISS's flat search): per block of
 // queries, one BLAS GEMM per corpus tile into a per-thread buffer, then an epilogue that decides each
 // score's removal rule and folds the survivors into each query's running ranked list
-// (csrc/hard_negative_topk_rules.h). Memory beyond the inputs is the lists (Q x keep) plus one tile per
-// thread; the Q x C score matrix never exists.
+// (csrc/hard_negative_topk_rules.h). Memory beyond the inputs is, per thread, one tile and the lists
+// of one query block (128 x keep), plus the [Q, k] outputs; the Q x C score matrix never exists.
 //
 // Per row of a tile the epilogue makes two passes over the scores, both in L1:
 //   1. the score filters: branch-free, so the loop vectorises; it counts each removal and overwrites
@@ -101,8 +101,8 @@ void fold_row(const scalar_t* scores, int64_t columns, int64_t column_begin, boo
   const int64_t positive_width = listed_width - excluded_width;
   for (int64_t chunk_begin = 0; chunk_begin < columns; chunk_begin += kFoldChunk) {
     const int64_t chunk_end = std::min(chunk_begin + kFoldChunk, columns);
-    // Columns increase along the scan and every listed index is below them, so a score can only rank
-    // before the last entry by being greater: a vectorised count skips the chunk when none is.
+    // Columns increase along the scan and every index already in the list is below them, so a score can
+    // only rank before the last entry by being greater: a vectorised count skips the chunk when none is.
     int32_t greater = 0;
     for (int64_t c = chunk_begin; c < chunk_end; ++c) greater += scores[c] > last_score;
     if (greater == 0) continue;

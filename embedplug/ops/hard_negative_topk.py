@@ -196,6 +196,8 @@ def hard_negative_topk(
 
     No [Q, C] matrix: per block of queries, one GEMM per corpus tile into a bounded buffer, each score
     filtered and folded into a running ranked list per query. Not differentiable (inputs are detached).
+    Embeddings must be finite (:func:`embedplug.mining.topk_hard_negatives` checks it): a NaN score
+    never enters the kernels' lists, where the reference's sort would rank it first.
 
     Args:
         queries: [Q, D] floating tensor; corpus: [C, D] on the same device (float16/bfloat16 are scored
