@@ -10,7 +10,7 @@ Prints, from one run, three paths side by side on the same data:
   selection (topk per tile, merge, one pass per rule);
 * ``floor``: the same Q x C x D products alone, ``torch.mm`` of the reference's tile shape (up to
   1024 x 4096) into one reused buffer with BLAS's own threads, no epilogue: the GEMM floor;
-* ``floor@tiles``: the same products in the fused CPU kernel's tile shape (128 x 2048), one thread per
+* ``floor@tiles``: the same products in the fused CPU kernel's tile shape (256 x 1024), one thread per
   share of query blocks as the kernel runs them: what the kernel's GEMMs alone cost, so that
   ``fused - floor@tiles`` is the epilogue and ``floor@tiles - floor`` the tile shape.
 
@@ -31,7 +31,7 @@ import time
 
 PATHS = ("floor", "floor@tiles", "fused", "reference")
 # The fused CPU kernel's tile (csrc/cpu/hard_negative_topk_kernel.cpp): the floor runs the same GEMM shapes.
-QUERY_BLOCK, CORPUS_TILE = 128, 2048
+QUERY_BLOCK, CORPUS_TILE = 256, 1024
 
 
 def _unit_rows(rows: int, dim: int, generator):

@@ -2,7 +2,7 @@
 // queries, one BLAS GEMM per corpus tile into a per-thread buffer, then an epilogue that decides each
 // score's removal rule and folds the survivors into each query's running ranked list
 // (csrc/hard_negative_topk_rules.h). Memory beyond the inputs is, per thread, one tile and the lists
-// of one query block (128 x keep), plus the [Q, k] outputs; the Q x C score matrix never exists.
+// of one query block (256 x keep), plus the [Q, k] outputs; the Q x C score matrix never exists.
 //
 // Per row of a tile the epilogue makes two passes over the scores, both in L1:
 //   1. the score filters: branch-free, so the loop vectorises; it counts each removal and overwrites
@@ -32,9 +32,10 @@ namespace {
 
 using namespace hard_negative_topk;
 
-constexpr int64_t kQueryBlock = 128;
-// 128 x 2048 float32 = 1 MiB per thread; each row of it (8 KiB) stays in L1 for both epilogue passes.
-constexpr int64_t kCorpusTile = 2048;
+// 256 x 1024 float32 = 1 MiB per thread, about one core's L2; each row of it (4 KiB) stays in L1 for both
+// epilogue passes. 256 query rows per GEMM ran ~8% faster than 128 (MKL, D = 384, one thread).
+constexpr int64_t kQueryBlock = 256;
+constexpr int64_t kCorpusTile = 1024;
 
 // Scores per vectorised "does any beat the list's last entry" test in the list update.
 constexpr int64_t kFoldChunk = 64;

@@ -119,7 +119,7 @@ def _samples(dtype):
                  "open mode with range_min, no positives")
     yield Sample(_args(queries[:1], corpus, 5, positives=positives[:1], excluded=excluded[:1], relative_margin=0.5,
                        positive_scores=high[:1], dtype=dtype), "N = 1")
-    # More query rows than one CPU query block (128) and corpus rows than one tile (2048), neither a multiple.
+    # More query rows than one CPU query block (256) and corpus rows than one tile (1024), neither a multiple.
     many_queries, many_corpus = _integer_rows(g, RAGGED_ROWS, 4), _integer_rows(g, 2100, 4)
     many_positives = _listed(g, RAGGED_ROWS, 2100, 3)
     many_positives[:, 0] = torch.arange(RAGGED_ROWS) * 7
