@@ -15,6 +15,19 @@ TORCH_LIBRARY(embedplug, m) {
   // in torch.max's order (NaN wins, first maximum on ties); -inf and -1 when anchor i has no j != i.
   // Not differentiable: the loss recomputes the picked pairs' similarities in torch (O(N D)).
   m.def("hardest_off_diagonal_similarity(Tensor anchors, Tensor candidates) -> (Tensor, Tensor)");
+  // Dataset-scale hard-negative top-k (mining), fused with the similarity GEMM; semantics of
+  // embedplug/reference/hard_negative_topk.py (sentence-transformers' mine_hard_negatives filters).
+  //   queries [Q, D], corpus [C, D] float32/float64; positives [Q, P] and excluded [Q, E] int64 corpus
+  //   indices (-1 padding); positive_scores [Q, P] the positives' scores for the margins; the filters
+  //   absolute_margin, relative_margin, max_score, min_score (None: off); range_max None is open mode
+  //   (the survivors ranked range_min .. range_min + k - 1), else window mode over the
+  //   range_max + reserved_slots best raw rows (reserved_slots None: P + E).
+  // Returns (scores [Q, k], indices [Q, k] int64, removed [6] int64): best first, ties by the lower
+  // index, (-inf, -1) padding; removed counts the candidates each rule removed first. Not differentiable.
+  m.def(
+      "hard_negative_topk(Tensor queries, Tensor corpus, int k, Tensor positives, Tensor positive_scores, "
+      "Tensor excluded, bool exclude_positives, float? absolute_margin, float? relative_margin, float? max_score, "
+      "float? min_score, int range_min, int? range_max, int? reserved_slots) -> (Tensor, Tensor, Tensor)");
   // Batch-hard mining fused with pairwise distances (sentence-transformers semantics).
   //   embeddings [N, D] float32/float64, labels [N] int64, distance in
   //   {"euclidean", "squared_euclidean", "cosine"}.

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
+from embedplug.ops.hard_negative_topk import hard_negative_topk as fused_hard_negative_topk
 from embedplug.reference import hard_negative_topk as reference
 from embedplug.reference.hard_negative_topk import REMOVAL_NAMES, HardNegativeTopK
 
@@ -163,13 +164,33 @@ def run_hard_negative_topk(
     excluded [Q, E] int64 (-1 padding, values < C), positive_scores [Q, P] or None, the filters as
     floats or None, ``1 <= k <= range_max - range_min`` when range_max is set. Returns
     :class:`HardNegativeTopK`; the semantics are :func:`embedplug.reference.hard_negative_topk.hard_negative_topk`'s.
-    ``similarity`` (a non-GEMM score function, e.g. a model's euclidean similarity) always runs the reference.
+    ``similarity`` (a non-GEMM score function, e.g. a model's euclidean similarity) always runs the reference;
+    dot-product scores run the op ``embedplug::hard_negative_topk`` (fused on CPU and CUDA, the same
+    reference where the extension is missing or :func:`embedplug.ops.force_reference` is on).
     """
-    return reference.hard_negative_topk(
-        queries, corpus, k, positives=positives, positive_scores=positive_scores, excluded=excluded,
-        exclude_positives=exclude_positives, absolute_margin=absolute_margin, relative_margin=relative_margin,
-        max_score=max_score, min_score=min_score, range_min=range_min, range_max=range_max,
-        reserved_slots=reserved_slots, similarity=similarity,
+    if similarity is not None:
+        return reference.hard_negative_topk(
+            queries, corpus, k, positives=positives, positive_scores=positive_scores, excluded=excluded,
+            exclude_positives=exclude_positives, absolute_margin=absolute_margin, relative_margin=relative_margin,
+            max_score=max_score, min_score=min_score, range_min=range_min, range_max=range_max,
+            reserved_slots=reserved_slots, similarity=similarity,
+        )
+    if positive_scores is None:
+        # Only the margins read the positives' scores; computed as the reference computes them.
+        uses_margins = absolute_margin is not None or relative_margin is not None
+        positive_scores = (
+            reference.dot_pair_scores(queries, corpus, positives) if uses_margins
+            else queries.new_zeros(positives.shape)
+        )
+    scores, indices, removed = fused_hard_negative_topk(
+        queries, corpus, k, positives, positive_scores, excluded, exclude_positives, absolute_margin,
+        relative_margin, max_score, min_score, range_min, range_max, reserved_slots,
+    )
+    window = None if range_max is None else range_max + (
+        positives.shape[1] + excluded.shape[1] if reserved_slots is None else reserved_slots
+    )
+    return HardNegativeTopK(
+        scores, indices, removed, reference.considered_candidates(queries.shape[0], corpus.shape[0], window)
     )
 
 
@@ -202,9 +223,20 @@ def _check_embeddings(queries, corpus) -> tuple[torch.Tensor, torch.Tensor]:
     if queries.dtype in (torch.float16, torch.bfloat16):
         queries, corpus = queries.float(), corpus.float()
     for name, tensor in (("queries", queries), ("corpus", corpus)):
-        if not torch.isfinite(tensor).all():
+        if not _all_finite(tensor):
             raise ValueError(f"{CALLER}: {name} holds NaN or infinite values")
     return queries, corpus
+
+
+# Elements per finiteness check: isfinite makes temporaries of its input's size (a float abs, bool
+# masks), a few hundred MB for a whole corpus at C = 200,000, D = 384, far more than the fused
+# selection itself needs; in blocks of 2^18 elements they stay near 3 MB.
+_FINITE_CHECK_ELEMENTS = 1 << 18
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    rows = max(1, _FINITE_CHECK_ELEMENTS // max(tensor.shape[1], 1))
+    return all(bool(torch.isfinite(block).all()) for block in tensor.split(rows))
 
 
 def _check_count(value, name: str, minimum: int) -> int:

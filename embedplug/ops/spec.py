@@ -102,12 +102,47 @@ class Flag(Arg):
 
 
 class Count(Arg):
-    """An integer >= 0."""
+    """An integer >= ``minimum`` (default 0); ``optional`` admits None."""
+
+    def __init__(self, name: str, *, minimum: int = 0, optional: bool = False) -> None:
+        super().__init__(name)
+        self.minimum, self.optional = minimum, optional
 
     def check(self, value, caller):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-            raise ValueError(f"{caller}: {self.name} must be an integer >= 0, got {value!r}")
+        if value is None and self.optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < self.minimum:
+            raise ValueError(f"{caller}: {self.name} must be an integer >= {self.minimum}, got {value!r}")
         return int(value)
+
+
+class IndexMatrix(Arg):
+    """Integer corpus indices per row, ``[rows, width]`` (width may be 0), -1 as padding: returned as
+    int64. Only dtype and rank are checked here (no data is read, so the meta device and tracing
+    work); the row count and the index range are the op's ``validate`` and kernel's."""
+
+    def check(self, value, caller):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{caller}: {self.name} must be a torch.Tensor of corpus indices, got {type(value).__name__}")
+        if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"{caller}: {self.name} must be an integer tensor of corpus indices, got {value.dtype}")
+        if value.dim() != 2:
+            raise ValueError(f"{caller}: {self.name} must be 2-D [rows, width] (-1 as padding), got shape {tuple(value.shape)}")
+        return value.to(torch.int64)
+
+
+class Scores(Arg):
+    """A floating 2-D tensor of given scores (width may be 0); the kernel and reference compute in the
+    embeddings' dtype."""
+
+    def check(self, value, caller):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{caller}: {self.name} must be a torch.Tensor, got {type(value).__name__}")
+        if not value.is_floating_point():
+            raise TypeError(f"{caller}: {self.name} must be a floating-point tensor, got {value.dtype}")
+        if value.dim() != 2:
+            raise ValueError(f"{caller}: {self.name} must be 2-D, got shape {tuple(value.shape)}")
+        return value.detach()
 
 
 class Choice(Arg):

@@ -157,7 +157,7 @@ def hard_negative_topk(
             dtype=queries.dtype, device=device,
         )
         best_scores, best_indices = best_scores[:, range_min:], best_indices[:, range_min:]
-        return HardNegativeTopK(best_scores, best_indices, removed, num_queries * num_corpus)
+        return HardNegativeTopK(best_scores, best_indices, removed, considered_candidates(num_queries, num_corpus, None))
     raw_scores, raw_indices, _ = stream_best(
         tile_scores, num_queries, num_corpus, window, rules=None, tile_elements=tile_elements,
         dtype=queries.dtype, device=device,
@@ -165,7 +165,55 @@ def hard_negative_topk(
     scores, indices, removed = select_candidates(
         raw_scores, raw_indices, rules=rules, range_min=range_min, range_max=range_max
     )
-    return HardNegativeTopK(scores[:, :k], indices[:, :k], removed, num_queries * min(window, num_corpus))
+    return HardNegativeTopK(scores[:, :k], indices[:, :k], removed, considered_candidates(num_queries, num_corpus, window))
+
+
+def hard_negative_topk_op(
+    queries: torch.Tensor,
+    corpus: torch.Tensor,
+    k: int,
+    positives: torch.Tensor,
+    positive_scores: torch.Tensor,
+    excluded: torch.Tensor,
+    exclude_positives: bool,
+    absolute_margin: float | None,
+    relative_margin: float | None,
+    max_score: float | None,
+    min_score: float | None,
+    range_min: int,
+    range_max: int | None,
+    reserved_slots: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`hard_negative_topk` with the positional arguments and public outputs of the op
+    ``embedplug::hard_negative_topk``: ``(scores [Q, k], indices [Q, k], removed [6])``.
+
+    ``positive_scores`` [Q, P] is required (the op does not recompute it) and is compared in the
+    queries' dtype, as the kernels do.
+    """
+    for name, matrix in (("positives", positives), ("excluded", excluded)):
+        if matrix.numel() and (int(matrix.min()) < -1 or int(matrix.max()) >= corpus.shape[0]):
+            raise IndexError(
+                f"embedplug::hard_negative_topk: {name} holds corpus indices outside 0..{corpus.shape[0] - 1} "
+                f"(-1 marks padding): min {int(matrix.min())}, max {int(matrix.max())}"
+            )
+    result = hard_negative_topk(
+        queries, corpus, k, positives=positives, positive_scores=positive_scores.to(queries.dtype),
+        excluded=excluded, exclude_positives=exclude_positives, absolute_margin=absolute_margin,
+        relative_margin=relative_margin, max_score=max_score, min_score=min_score, range_min=range_min,
+        range_max=range_max, reserved_slots=reserved_slots,
+    )
+    return result.scores, result.indices, result.removed
+
+
+def considered_candidates(num_queries: int, num_corpus: int, window: int | None) -> int:
+    """How many candidates the rules saw: Q x C in open mode, Q x min(window, C) in window mode."""
+    return num_queries * (num_corpus if window is None else min(window, num_corpus))
+
+
+def dot_pair_scores(queries: torch.Tensor, corpus: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """[Q, P] dot product of each (query, positive) pair, as :func:`hard_negative_topk` computes the
+    positive scores it is not given; padding entries get 0 (ignored)."""
+    return _pair_scores(queries, corpus, positives, _dot)
 
 
 # --------------------------------------------------------------------------------------------------
