@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <limits>
 
+#include "rounding_rules.h"
+
 namespace embedplug {
 namespace hard_negative_topk {
 
@@ -45,27 +47,14 @@ struct ScoreFilters {
   scalar_t min_score;        // -inf when disabled
 };
 
-// p - |p| * relative_margin with the product rounded first on both backends (nvcc would otherwise
-// contract it into one fused multiply-add, and a candidate on the bound would fall on different
-// sides on CPU and GPU). NaN (a query without a positive: inf - inf) becomes +inf, as the reference's
-// nan_to_num does: nothing is above it.
-C10_HOST_DEVICE inline float relative_margin_bound(float hardest_positive, float relative_margin) {
-#ifdef __CUDA_ARCH__
-  const float bound = __fsub_rn(hardest_positive, __fmul_rn(hardest_positive < 0 ? -hardest_positive : hardest_positive,
-                                                            relative_margin));
-#else
-  const float bound = hardest_positive - (hardest_positive < 0 ? -hardest_positive : hardest_positive) * relative_margin;
-#endif
-  return bound != bound ? positive_infinity<float>() : bound;
-}
-C10_HOST_DEVICE inline double relative_margin_bound(double hardest_positive, double relative_margin) {
-#ifdef __CUDA_ARCH__
-  const double bound = __dsub_rn(hardest_positive, __dmul_rn(hardest_positive < 0 ? -hardest_positive : hardest_positive,
-                                                             relative_margin));
-#else
-  const double bound = hardest_positive - (hardest_positive < 0 ? -hardest_positive : hardest_positive) * relative_margin;
-#endif
-  return bound != bound ? positive_infinity<double>() : bound;
+// p - |p| * relative_margin with the product rounded first on both backends (difference_of_product:
+// a candidate on the bound falls on the same side on CPU and GPU). NaN (a query without a positive:
+// inf - inf) becomes +inf, as the reference's nan_to_num does: nothing is above it.
+template <typename scalar_t>
+C10_HOST_DEVICE inline scalar_t relative_margin_bound(scalar_t hardest_positive, scalar_t relative_margin) {
+  const scalar_t magnitude = hardest_positive < scalar_t(0) ? -hardest_positive : hardest_positive;
+  const scalar_t bound = difference_of_product(hardest_positive, magnitude, relative_margin);
+  return bound != bound ? positive_infinity<scalar_t>() : bound;
 }
 
 // The lowest of a query's positive scores (padding, index < 0, skipped); +inf without a positive.
