@@ -47,6 +47,17 @@ def import_extension(library: str | None) -> dict:
     return dict(module.build_info())
 
 
+def _defined(op: str) -> bool:
+    """Whether the loaded library defines the schema of embedplug::op."""
+    import torch
+
+    try:
+        torch._C._dispatch_has_kernel_for_dispatch_key(f"embedplug::{op}", "CPU")
+    except RuntimeError:
+        return False
+    return True
+
+
 def missing_kernels(ops: list[str], dispatch_key: str) -> list[str]:
     import torch
 
@@ -63,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     info = import_extension(arguments.library)
     summary = {key: value for key, value in info.items() if key != "parallel_backend"}
     print(f"embedplug._C: {arguments.library or 'installed'}; build_info: {summary}")
+    undefined = [op for op in ops if not _defined(op)]
+    if undefined:
+        print(f"error: {len(undefined)} of {len(ops)} ops in {SCHEMA_FILE.name} are not defined by this library "
+              f"(built from an older schema?): {', '.join(undefined)}")
+        return 1
     failed = False
     for key in keys:
         missing = missing_kernels(ops, key)
