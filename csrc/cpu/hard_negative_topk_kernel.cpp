@@ -36,6 +36,12 @@ using namespace hard_negative_topk;
 // epilogue passes. 256 query rows per GEMM ran ~8% faster than 128 (MKL, D = 384, one thread).
 constexpr int64_t kQueryBlock = 256;
 constexpr int64_t kCorpusTile = 1024;
+// A problem with at most this many scores (16 MiB in float32) runs as one [Q, C] GEMM, the product
+// sentence-transformers' own search computes for Q <= 16,384 (cos_sim on a query chunk and the whole
+// corpus). BLAS rounds an entry differently in differently shaped products, so only that shape gives
+// its scores bit for bit, and with them its order of near ties and its side of every margin. Larger
+// problems take the tiles, whose memory does not grow with the corpus.
+constexpr int64_t kSingleGemmScores = int64_t(1) << 22;
 
 // Scores per vectorised "does any beat the list's last entry" test in the list update.
 constexpr int64_t kFoldChunk = 64;
@@ -68,7 +74,7 @@ void filter_row(scalar_t* scores, int64_t columns, int64_t column_begin, const S
   // Branch-free, so it vectorises (float32; SSE2 has no mixed double/int lanes for it): most of the
   // epilogue's work is this loop. A local copy of the filters: the stores into `scores` could
   // otherwise alias them and block the hoisting. 32-bit counters, like the scores' lanes (a tile row
-  // has at most kCorpusTile columns).
+  // has at most kSingleGemmScores columns).
   const ScoreFilters<scalar_t> row_filters = filters;
   const scalar_t removed_score = -positive_infinity<scalar_t>();
   int32_t absolute = 0, relative = 0, maximum = 0, minimum = 0;
@@ -149,24 +155,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_negative_topk_cpu(
   auto out_scores = at::empty({num_queries, k}, queries.options());
   auto out_indices = at::empty({num_queries, k}, queries.options().dtype(at::kLong));
   auto removed = at::zeros({kRemovalRules}, queries.options().dtype(at::kLong));
-  const int64_t num_blocks = (num_queries + kQueryBlock - 1) / kQueryBlock;
+  const bool single_gemm = num_queries * num_corpus <= kSingleGemmScores;
+  const int64_t query_block = single_gemm ? num_queries : kQueryBlock;
+  const int64_t num_blocks = (num_queries + query_block - 1) / query_block;
   std::vector<Counts> block_removed(static_cast<size_t>(num_blocks), Counts{});
 
   AT_DISPATCH_FLOATING_TYPES(queries.scalar_type(), "hard_negative_topk_cpu", [&] {
-    const int64_t tile = std::min(kCorpusTile, num_corpus);
+    const int64_t tile = single_gemm ? num_corpus : std::min(kCorpusTile, num_corpus);
     const scalar_t* positive_score_data = positive_scores.data_ptr<scalar_t>();
     const int64_t* positive_data = positives.data_ptr<int64_t>();
     const int64_t* listed_data = listed.data_ptr<int64_t>();
     scalar_t* out_score_data = out_scores.data_ptr<scalar_t>();
     int64_t* out_index_data = out_indices.data_ptr<int64_t>();
     at::parallel_for(0, num_blocks, 1, [&](int64_t block_begin, int64_t block_end) {
-      std::vector<scalar_t> buffer(static_cast<size_t>(kQueryBlock * tile));
-      std::vector<scalar_t> list_scores(static_cast<size_t>(kQueryBlock * keep));
-      std::vector<int64_t> list_indices(static_cast<size_t>(kQueryBlock * keep));
-      std::vector<ScoreFilters<scalar_t>> filters(kQueryBlock);
+      std::vector<scalar_t> buffer(static_cast<size_t>(query_block * tile));
+      std::vector<scalar_t> list_scores(static_cast<size_t>(query_block * keep));
+      std::vector<int64_t> list_indices(static_cast<size_t>(query_block * keep));
+      std::vector<ScoreFilters<scalar_t>> filters(query_block);
       for (int64_t b = block_begin; b < block_end; ++b) {
-        const int64_t row_begin = b * kQueryBlock;
-        const int64_t rows = std::min(kQueryBlock, num_queries - row_begin);
+        const int64_t row_begin = b * query_block;
+        const int64_t rows = std::min(query_block, num_queries - row_begin);
         Counts& counts = block_removed[static_cast<size_t>(b)];
         std::fill(list_scores.begin(), list_scores.end(), -positive_infinity<scalar_t>());
         std::fill(list_indices.begin(), list_indices.end(), int64_t(-1));

@@ -351,7 +351,6 @@ void group_sums_tile(const PairRule<Loss, Mine, scalar_t> rule, const Tile<scala
   // Shifted logits (dropped pairs at the cutoff, i.e. exp ~ 0), their exps, then the sums.
   for (int64_t r = 0; r < t.rows; ++r) {
     const TileRow<Mine, scalar_t> row(t, r, ids, thresholds);
-    const int64_t a = row.a;
     const int32_t label = row.label, self = row.self;
     const scalar_t hardest_positive = row.hardest_positive, hardest_negative = row.hardest_negative;
     const scalar_t* s = row.s;
