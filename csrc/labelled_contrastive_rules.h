@@ -253,6 +253,32 @@ C10_HOST_DEVICE inline bool counted_by_reducer(const ContrastiveParams<scalar_t>
   }
 }
 
+// A row once the passes have folded every pair in: its GroupSums and finish_row's result. The pair
+// counts come from the class sizes (class_size samples share the anchor's label, itself included),
+// the per-group states from the lse pass.
+template <typename scalar_t>
+struct FinishedRow {
+  GroupSums<scalar_t> sums;
+  RowResult<scalar_t> result;
+};
+
+template <typename scalar_t>
+C10_HOST_DEVICE inline FinishedRow<scalar_t> finish_anchor(const ContrastiveParams<scalar_t>& p, int64_t class_size,
+                                                           int64_t n, bool non_finite,
+                                                           infonce::RunningLogSumExp<scalar_t> positive,
+                                                           infonce::RunningLogSumExp<scalar_t> negative,
+                                                           int64_t kept_positive, int64_t kept_negative,
+                                                           scalar_t positive_logit_sum) {
+  RowCounts counts;
+  counts.positives = class_size - 1;
+  counts.negatives = n - class_size;
+  counts.non_finite = non_finite;
+  FinishedRow<scalar_t> out;
+  out.sums = group_sums_of(p, positive, negative, kept_positive, kept_negative, positive_logit_sum);
+  out.result = finish_row(p, counts, out.sums);
+  return out;
+}
+
 // What the gradient pass reads about a finished row: its groups' maxima (the shifts of the pair
 // exps) and finish_row's coefficients and SupCon offset times the row's weight w_a, exactly 0 for
 // a row of weight 0 even when its coefficients are NaN (a row the reducer leaves out must not

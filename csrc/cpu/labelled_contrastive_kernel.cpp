@@ -94,15 +94,13 @@ ContrastiveOutputs run_tiles(const at::Tensor& embeddings, const int64_t* labels
   const GroupStates<scalar_t>& group = groups[0];
   const bool non_finite = any_non_finite_row(unit);
   for (int64_t a = 0; a < n; ++a) {
-    rules::RowCounts counts;
-    counts.positives = classes.class_size[a] - 1;
-    counts.negatives = n - classes.class_size[a];
-    counts.non_finite = non_finite;
-    const GroupSums<scalar_t> sums = rules::group_sums_of(
-        p, RunningLogSumExp<scalar_t>::of(group.maximum[kPositiveGroup][a], group.exp_sum[kPositiveGroup][a]),
+    const rules::FinishedRow<scalar_t> finished = rules::finish_anchor(
+        p, classes.class_size[a], n, non_finite,
+        RunningLogSumExp<scalar_t>::of(group.maximum[kPositiveGroup][a], group.exp_sum[kPositiveGroup][a]),
         RunningLogSumExp<scalar_t>::of(group.maximum[kNegativeGroup][a], group.exp_sum[kNegativeGroup][a]),
         group.kept[kPositiveGroup][a], group.kept[kNegativeGroup][a], group.positive_logit_sum[a]);
-    const RowResult<scalar_t> result = rules::finish_row(p, counts, sums);
+    const GroupSums<scalar_t>& sums = finished.sums;
+    const RowResult<scalar_t>& result = finished.result;
     losses[a] = result.loss;
     positive_pairs[a] = result.positive_pairs;
     negative_pairs[a] = result.negative_pairs;

@@ -225,15 +225,13 @@ __global__ void finish_kernel(ContrastiveParams<scalar_t> p, RowStates<scalar_t>
                               int64_t* __restrict__ positive_pairs, int64_t* __restrict__ negative_pairs) {
   const int64_t a = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (a >= n) return;
-  rules::RowCounts counts;
-  counts.positives = class_size[a] - 1;
-  counts.negatives = n - class_size[a];
-  counts.non_finite = *non_finite;
-  const GroupSums<scalar_t> sums = rules::group_sums_of(
-      p, RunningLogSumExp<scalar_t>::of(states.maximum[kPositiveGroup][a], states.exp_sum[kPositiveGroup][a]),
+  const rules::FinishedRow<scalar_t> finished = rules::finish_anchor(
+      p, class_size[a], n, *non_finite,
+      RunningLogSumExp<scalar_t>::of(states.maximum[kPositiveGroup][a], states.exp_sum[kPositiveGroup][a]),
       RunningLogSumExp<scalar_t>::of(states.maximum[kNegativeGroup][a], states.exp_sum[kNegativeGroup][a]),
       states.kept[kPositiveGroup][a], states.kept[kNegativeGroup][a], states.positive_logit_sum[a]);
-  const RowResult<scalar_t> result = rules::finish_row(p, counts, sums);
+  const GroupSums<scalar_t>& sums = finished.sums;
+  const RowResult<scalar_t>& result = finished.result;
   losses[a] = result.loss;
   positive_pairs[a] = result.positive_pairs;
   negative_pairs[a] = result.negative_pairs;
