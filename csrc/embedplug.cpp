@@ -125,6 +125,25 @@ TORCH_LIBRARY(embedplug, m) {
   m.def(
       "_circle_loss_backward(Tensor grad_losses, Tensor embeddings, Tensor labels, Tensor losses, Tensor unit_grad, "
       "float m, float gamma) -> Tensor");
+  // A label-aware pair loss described as data (embedplug/pair_rules), interpreted per anchor
+  // without an N x N matrix (rules: csrc/pair_rule_rules.h; params and codes are the rule as
+  // embedplug.pair_rules.encode writes it). embeddings [N, D] float32/float64, labels [N] int64.
+  // Returns (loss_sums [S, N], counted [S, N] int64, terms [S, N] int64, positive_pairs [N] int64,
+  // negative_pairs [N] int64, unit_grad): S = 2 streams for a reducer over the pairs of each side,
+  // else 1; per anchor and stream the sum of its terms, how many are > 0 in exact arithmetic (-1
+  // where the rule does not make that known) and how many there are; the kept pairs; with
+  // compute_grad, unit_grad [S, N, D] the gradient of each stream's sum, else [0]; and
+  // near_duplicates [] int64, for distance rules the pairs of distinct rows within rounding of 0,
+  // where torch.cdist's square root of a rounding (and its backward's division by its 1e-15 clamp)
+  // is not reproducible: the caller runs the reference for such a batch.
+  m.def(
+      "pair_rule_forward(Tensor embeddings, Tensor labels, float[] params, int[] codes, bool compute_grad) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Gradient of sum(grad_loss_sums * loss_sums): unit_grad combined when each stream's incoming
+  // gradient is one number, else recomputed.
+  m.def(
+      "_pair_rule_backward(Tensor grad_loss_sums, Tensor embeddings, Tensor labels, Tensor unit_grad, "
+      "float[] params, int[] codes) -> Tensor");
 }
 
 namespace {

@@ -12,7 +12,6 @@ from typing import Any
 from torch import Tensor, nn
 
 from embedplug.functional.pair_rule import pair_rule_loss
-from embedplug.implementations import REFERENCE
 from embedplug.losses.base import LabelledBatchLoss
 from embedplug.ops import pair_rule as pair_rule_op
 from embedplug.pair_rules import PairRule
@@ -22,8 +21,9 @@ class PairRuleLoss(LabelledBatchLoss):
     """A label-aware pair loss described by a :class:`~embedplug.pair_rules.PairRule`, following the
     sentence-transformers loss contract (one text column with integer class labels).
 
-    The rule runs on the exact pure-torch interpreter (N x N memory) until the fused pair-rule kernel
-    lands; :meth:`backend_info` says so.
+    The rule runs on the fused pair-rule kernel (``embedplug::pair_rule_forward``, CPU and CUDA, O(N)
+    memory) where the extension has one, else on the exact pure-torch interpreter;
+    :meth:`backend_info` says which.
 
     Args:
         model: the SentenceTransformer being trained.
@@ -37,7 +37,7 @@ class PairRuleLoss(LabelledBatchLoss):
 
     # embedplug train: single texts with class labels (the loss contract's declaration).
     embedplug_label_aware = True
-    embedplug_implementation = REFERENCE
+    embedplug_ops = ("pair_rule_forward",)
     # A BibTeX entry for the model card, or None (no citation is written).
     rule_citation: str | None = None
 
@@ -54,8 +54,14 @@ class PairRuleLoss(LabelledBatchLoss):
         return pair_rule_loss(embeddings, labels, self.rule)
 
     def backend_info(self, device_type: str = "cpu") -> dict:
-        """``{"implementation": "reference", "reason": ...}``: no fused pair-rule kernel yet."""
-        return pair_rule_op.backend(device_type)
+        """``{"implementation": "fused"|"reference", "reason": ...}`` of the pair-rule op on
+        ``device_type``. A distance rule's small batches (at most 25 rows, or at most 2,048 with two
+        rows at a distance that is mostly rounding) take the reference to equal torch.cdist; the
+        reason says so."""
+        report = pair_rule_op.backend(device_type)
+        if report["implementation"] == "fused" and self.rule.positives.measure in ("euclidean", "squared_euclidean"):
+            report = {**report, "reason": report["reason"] + pair_rule_op.DISTANCE_NOTE}
+        return report
 
     def get_config_dict(self) -> dict[str, Any]:
         return {"rule": self.rule.as_dict(), **self._gather_config()}

@@ -154,6 +154,9 @@ def call(spec: OpSpec, *args):
         compute_grad = torch.is_grad_enabled() and any(value.requires_grad for value in differentiable)
         schema_args.insert(spec.compute_grad_at, compute_grad)
     outputs = getattr(torch.ops.embedplug, spec.name)(*schema_args)
+    if spec.reference_when is not None and spec.reference_when(checked, tuple(outputs)):
+        outputs = spec.reference(*checked)
+        return (outputs,) if isinstance(outputs, torch.Tensor) else tuple(outputs)
     return tuple(outputs[: spec.outputs]) if isinstance(outputs, (tuple, list)) else (outputs,)
 
 

@@ -196,6 +196,9 @@ class Sample:
     # apart between two correct GEMMs, in float64 too.
     float64_atol: float = 1e-10
     float32_atol: float = 2e-4
+    # The gradient's absolute tolerance in float64. Loose only where the peer's own gradient is a
+    # cancellation: torch.cdist's backward at its clamp divides by 1e-15 and subtracts.
+    float64_grad_atol: float = 1e-9
     # False where the gradient holds a factor detached (a stop-gradient hardness term), so it is not
     # the numerical derivative gradcheck measures.
     gradcheck: bool = True
@@ -222,6 +225,10 @@ class OpSpec:
         validate: extra checks across arguments, ``validate(args, caller)``.
         gradcheck: False where the peer's gradient deliberately holds some factors constant (it is
             then not the numerical derivative; the fused gradient still equals the reference's).
+        reference_when: ``reference_when(args, outputs) -> bool`` on the checked arguments and the
+            kernel's whole output tuple: the kernel met an input it does not compute as its peer
+            does (it says so in an output past the public ones), and the layer runs the reference
+            instead. None: never.
     """
 
     name: str
@@ -236,6 +243,7 @@ class OpSpec:
     fused_devices: tuple[str, ...] = ("cpu", "cuda")
     validate: Callable[[tuple, str], None] | None = None
     gradcheck: bool = True
+    reference_when: Callable[[tuple, tuple], bool] | None = None
 
     @property
     def caller(self) -> str:

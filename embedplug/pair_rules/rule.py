@@ -55,6 +55,7 @@ class PairRule:
         _check_negatives_are_read(self)
         if self.reducer.kind == "avg_non_zero":
             _check_zeros_are_known(self)
+        _check_one_gram(self)
 
     @property
     def negatives_only_as_reference(self) -> bool:
@@ -77,6 +78,19 @@ def _check_term_sides(rule: PairRule) -> None:
         raise PairRuleError(
             f"negatives.term: the positives' VersusLse term reads the negatives' logits, so negatives.term must be "
             f"'logit', got {rule.negatives.term!r}"
+        )
+
+
+def _check_one_gram(rule: PairRule) -> None:
+    # The fused kernel reads each pair's Gram entry once and derives both sides' measures from it:
+    # that serves two similarities or two distances of the same rows, not a mix.
+    positives, negatives = rule.positives, rule.negatives
+    kind = {"cosine": "similarity", "dot": "similarity", "euclidean": "distance", "squared_euclidean": "distance"}
+    if kind[positives.measure] != kind[negatives.measure] or positives.normalize != negatives.normalize:
+        raise PairRuleError(
+            f"negatives.measure: the fused kernel derives both sides' measures from one Gram matrix, so both need "
+            f"similarities or both distances of the same rows; positives use {positives.measure!r} "
+            f"(normalize={positives.normalize}), negatives {negatives.measure!r} (normalize={negatives.normalize})"
         )
 
 

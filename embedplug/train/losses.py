@@ -210,7 +210,7 @@ def _describe_one(loss) -> str:
         return f"{where} (not an embedplug loss: no fused kernel)"
     own_report = getattr(loss, "backend_info", None)
     if callable(own_report) and own_report().get("implementation") == "reference":
-        # e.g. the pair-rule losses, which have no fused kernel yet whatever the extension holds.
+        # a loss whose op has no kernel here, or runs the reference by force.
         return f"{where} on embedplug's {own_report().get('reason')}"
     try:
         from embedplug import backend_info

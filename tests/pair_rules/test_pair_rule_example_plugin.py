@@ -63,7 +63,7 @@ def test_the_plugin_hook_registers_the_rule_loss(example):
     assert (example.ExampleLiftedStructureLoss, ("example_lifted_structure",)) in registered
     cls = example.ExampleLiftedStructureLoss
     assert cls.__module__ == "embedplug_example.lifted_structure" and cls.embedplug_label_aware
-    assert cls(None).backend_info()["reason"] == "pure-torch reference: no fused kernel for pair rules yet"
+    assert cls(None).backend_info()["implementation"] == "fused"
 
 
 def _documented_source() -> str:

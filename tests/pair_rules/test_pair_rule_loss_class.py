@@ -80,16 +80,26 @@ def test_forward_embeds_the_first_column_and_equals_pml(name):
 
 
 @each_builtin
-def test_backend_info_says_reference(name):
-    from embedplug.implementations import REFERENCE, implementation_of
+def test_backend_info_says_fused(name):
+    from embedplug.implementations import FUSED, implementation_of
+    from embedplug.ops import pair_rule as pair_rule_op
     from embedplug.train.losses import describe_backend
 
     loss = getattr(losses, name)(None)
-    reason = "pure-torch reference: no fused kernel for pair rules yet"
-    assert loss.backend_info() == {"implementation": "reference", "reason": reason}
-    assert loss.backend_info("cuda")["implementation"] == "reference"
-    assert implementation_of(type(loss)) == REFERENCE
-    assert describe_backend(loss).endswith(f"on embedplug's {reason}")
+    reason = "embedplug._C kernel for CPU"
+    if loss.rule.positives.measure in ("euclidean", "squared_euclidean"):
+        reason += pair_rule_op.DISTANCE_NOTE
+    assert loss.backend_info() == {"implementation": "fused", "reason": reason}
+    assert implementation_of(type(loss)) == FUSED
+    assert describe_backend(loss).endswith("on embedplug's fused C++ extension (CPU kernels, OpenMP)")
+
+
+def test_backend_info_says_reference_when_forced():
+    from embedplug.ops import force_reference
+
+    with force_reference():
+        report = losses.PMLNTXentLoss(None).backend_info()
+    assert report["implementation"] == "reference" and "forced" in report["reason"]
 
 
 def test_a_rule_loss_trains():

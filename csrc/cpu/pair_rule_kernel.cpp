@@ -1,0 +1,850 @@
+// The fused interpreter of a pair rule on the CPU: any label-aware pair loss embedplug.pair_rules
+// describes, per anchor, without an N x N matrix.
+//
+// Positive and negative pairs are computed where each is cheapest:
+//   - positive pairs within their class: per class, blocks of its members against all of them (one
+//     small GEMM each, sum of squared class sizes x D multiply-adds, nothing for P x K batches);
+//   - negative pairs over the upper-triangular Gram tiles of the whole batch (half a GEMM per pass;
+//     each unordered pair feeds both of its rows, the column side through per-column arrays).
+// Passes, each reading only what is final:
+//   classes  the hardest positive per anchor (the negatives' mining filter; only with one);
+//   tiles    the negatives: hardest negative (the positives' filter), kept count, online
+//            log-sum-exp of the logits, term sums and counts;
+//   classes  the positives, the same, then the versus terms against the anchor's final negatives;
+//   finish   per anchor (pair_rule::finish_anchor);
+// and for the gradient (per stream, weights w_a): the classes pass writes each positive pair's weight
+// on its Gram entry and the versus terms' coefficients of the negatives' softmax, then the tiles pass
+// writes M = W + W^T over the negatives; both meet the rows in GEMMs. Multiply-adds: N^2 D / 2 for
+// the forward, N^2 D / 2 + N^2 D for the gradient, as the label-aware contrastive kernels.
+// Memory: per thread one tile and its buffers, O(N) states, one N x D accumulator.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "cpu/labelled_contrastive_tiles.h"
+#include "cpu/pairwise_tiles.h"
+#include "op_input_checks.h"
+#include "pair_rule_host.h"
+#include "pair_rule_rules.h"
+
+namespace embedplug {
+namespace cpu {
+namespace {
+
+using namespace pair_rule;
+using contrastive_tiles::contrastive_tile_size;
+using contrastive_tiles::exp_in_place;
+using contrastive_tiles::LabelClasses;
+
+template <typename T>
+constexpr T infinity() {
+  return std::numeric_limits<T>::infinity();
+}
+
+// A batch of at most this many pairs gets its Gram matrix as one product, the one PML computes: a
+// BLAS entry can round differently in a tile-shaped product, and float32 parity with PML's
+// distances of close rows needs the same bits. 16 MiB in float32; larger batches run tiles.
+constexpr int64_t kSingleProductEntries = int64_t(1) << 22;
+
+// The Gram source of the passes: the one product, or tiles computed on the fly.
+struct GramSource {
+  const RuleOperands* operands;
+  at::Tensor full;  // [N, N] or undefined
+
+  GramSource(const RuleOperands& ops) : operands(&ops) {
+    const int64_t n = ops.unit.size(0);
+    if (n * n <= kSingleProductEntries) full = at::mm(ops.left, ops.right.t());
+  }
+};
+
+// Work items of the class passes: a block of at most kClassBlock members of one class, against all
+// members of that class.
+constexpr int64_t kClassBlock = 128;
+
+struct ClassBlock {
+  int64_t class_begin, class_end;  // into ClassMembers::members: the class
+  int64_t row_begin, row_end;      // the block's rows, a sub-range of the class
+};
+
+std::vector<ClassBlock> class_blocks(const ClassMembers& classes, int64_t n) {
+  std::vector<ClassBlock> blocks;
+  for (int64_t begin = 0; begin < n;) {
+    const int64_t end = classes.class_end[classes.members[begin]];
+    if (end - begin >= 2) {
+      for (int64_t r = begin; r < end; r += kClassBlock) blocks.push_back({begin, end, r, std::min(r + kClassBlock, end)});
+    }
+    begin = end;
+  }
+  return blocks;
+}
+
+// One class block's Gram entries: rows[r] against cols[c] (sample indices), row-major.
+template <typename T>
+struct ClassGram {
+  std::vector<int64_t> rows, cols;
+  at::Tensor gram;  // [rows, cols]
+  const T* g(int64_t r) const { return gram.data_ptr<T>() + r * static_cast<int64_t>(cols.size()); }
+};
+
+template <typename T>
+ClassGram<T> class_gram(const GramSource& source, const ClassMembers& classes, const ClassBlock& block) {
+  const RuleOperands& operands = *source.operands;
+  ClassGram<T> out;
+  out.rows.assign(classes.members.begin() + block.row_begin, classes.members.begin() + block.row_end);
+  out.cols.assign(classes.members.begin() + block.class_begin, classes.members.begin() + block.class_end);
+  const auto index_options = at::TensorOptions().dtype(at::kLong);
+  const auto rows = at::from_blob(out.rows.data(), {static_cast<int64_t>(out.rows.size())}, index_options);
+  const auto cols = at::from_blob(out.cols.data(), {static_cast<int64_t>(out.cols.size())}, index_options);
+  if (source.full.defined()) {
+    out.gram = source.full.index_select(0, rows).index_select(1, cols).contiguous();
+  } else {
+    out.gram = at::mm(operands.left.index_select(0, rows), operands.right.index_select(0, cols).t()).contiguous();
+  }
+  return out;
+}
+
+template <typename Body>
+void for_each_class_block(const std::vector<ClassBlock>& blocks, Body&& body) {
+  at::parallel_for(0, static_cast<int64_t>(blocks.size()), 1, [&](int64_t begin, int64_t end) {
+    const int thread_id = at::get_thread_num();
+    for (int64_t b = begin; b < end; ++b) body(blocks[b], thread_id);
+  });
+}
+
+// The negatives' tile passes read a tile of rows[I] . rows[J]^T through this view.
+template <typename T>
+struct TileView {
+  const T* gram;
+  int64_t row_begin, rows, col_begin, cols;
+  bool diagonal;
+};
+
+template <typename T, typename Epilogue>
+void for_each_tile(const GramSource& source, int64_t tile, Epilogue&& epilogue) {
+  const RuleOperands& operands = *source.operands;
+  const int64_t n = operands.unit.size(0);
+  const auto pairs = upper_triangular_tiles(n, tile);
+  const int num_threads = at::get_num_threads();
+  std::vector<std::vector<T>> buffers(num_threads);
+  at::parallel_for(0, static_cast<int64_t>(pairs.size()), 1, [&](int64_t begin, int64_t end) {
+    const int thread_id = at::get_thread_num();
+    auto& buffer = buffers[thread_id];
+    buffer.resize(static_cast<size_t>(tile * tile));
+    for (int64_t p = begin; p < end; ++p) {
+      const TilePair& pair = pairs[p];
+      const int64_t rows = pair.row_end - pair.row_begin, cols = pair.col_end - pair.col_begin;
+      auto gram = at::from_blob(buffer.data(), {rows, cols}, operands.left.options());
+      if (source.full.defined()) {
+        gram.copy_(source.full.narrow(0, pair.row_begin, rows).narrow(1, pair.col_begin, cols));
+      } else {
+        at::mm_out(gram, operands.left.narrow(0, pair.row_begin, rows), operands.right.narrow(0, pair.col_begin, cols).t());
+      }
+      epilogue(TileView<T>{buffer.data(), pair.row_begin, rows, pair.col_begin, cols, pair.on_diagonal()}, thread_id);
+    }
+  });
+}
+
+// Per-thread scratch of the tile passes: per-pair values, keep flags, exps, column accumulators.
+template <typename T>
+struct TileScratch {
+  std::vector<T> s, x, row_exp, column_exp, m;
+  std::vector<uint8_t> keep_row, keep_column;
+  std::vector<SideState<T>> column_state;
+  std::vector<T> column_hardest, column_self;
+
+  void reserve(int64_t tile) {
+    const size_t entries = static_cast<size_t>(tile * tile);
+    s.resize(entries);
+    x.resize(entries);
+    row_exp.resize(entries);
+    column_exp.resize(entries);
+    keep_row.resize(entries);
+    keep_column.resize(entries);
+    column_state.resize(static_cast<size_t>(tile));
+    column_hardest.resize(static_cast<size_t>(tile));
+    column_self.resize(static_cast<size_t>(tile));
+  }
+};
+
+// The per-anchor states the forward passes build.
+template <typename T>
+struct AnchorStates {
+  std::vector<SideState<T>> side[2];
+  std::vector<T> hardest_positive, hardest_negative;  // closeness, before any filter (NaN propagates)
+
+  explicit AnchorStates(int64_t n) : hardest_positive(n, infinity<T>()), hardest_negative(n, -infinity<T>()) {
+    side[0].resize(n);
+    side[1].resize(n);
+  }
+};
+
+// What each pass needs of a rule, decided once.
+template <typename T>
+struct Needs {
+  bool hardest_positive, hardest_negative, negative_lse, negative_terms, versus;
+
+  explicit Needs(const Rule<T>& rule) {
+    const SideRule<T>& negatives = rule.side[kNegatives];
+    versus = rule.side[kPositives].term == Term::kVersus;
+    hardest_positive = negatives.has_filter;
+    hardest_negative = rule.side[kPositives].has_filter;
+    negative_lse = versus || negatives.reduction == Reduction::kLse || negatives.reduction == Reduction::kLseAddOne;
+    negative_terms = !(negatives.reduction == Reduction::kLse || negatives.reduction == Reduction::kLseAddOne);
+  }
+};
+
+// ---- classes: hardest positive ---------------------------------------------------------------------
+
+template <typename T>
+void hardest_positives(const Rule<T>& rule, const GramSource& operands, const ClassMembers& classes,
+                       const std::vector<ClassBlock>& blocks, AnchorStates<T>& states) {
+  const Measure measure = rule.side[kNegatives].measure;
+  for_each_class_block(blocks, [&](const ClassBlock& block, int) {
+    const ClassGram<T> gram = class_gram<T>(operands, classes, block);
+    for (size_t r = 0; r < gram.rows.size(); ++r) {
+      const int64_t a = gram.rows[r];
+      const T* g = gram.g(static_cast<int64_t>(r));
+      T hardest = infinity<T>();
+      for (size_t c = 0; c < gram.cols.size(); ++c) {
+        if (gram.cols[c] == a) continue;
+        hardest = nan_min(hardest, closeness(measure, measure_of(measure, g[c])));
+      }
+      states.hardest_positive[a] = hardest;
+    }
+  });
+}
+
+// ---- tiles: negatives forward ----------------------------------------------------------------------
+
+template <typename T>
+struct NegativeTotals {
+  std::vector<SideState<T>> state;
+  std::vector<T> hardest;
+  int64_t near_duplicates = 0;
+  explicit NegativeTotals(int64_t n) : state(n), hardest(n, -infinity<T>()) {}
+};
+
+template <typename T>
+void negatives_tile(const Rule<T>& rule, const Needs<T>& needs, const TileView<T>& t, const int32_t* ids,
+                    const T* hardest_positive, const T* squared_norms, TileScratch<T>& sc, NegativeTotals<T>& out) {
+  const SideRule<T>& side = rule.side[kNegatives];
+  if (squared_norms != nullptr) {
+    // Every pair of the batch passes through the tiles once (twice on a diagonal tile).
+    for (int64_t r = 0; r < t.rows; ++r) {
+      const T* g = t.gram + r * t.cols;
+      const T squared_a = squared_norms[t.row_begin + r];
+      for (int64_t c = 0; c < t.cols; ++c) {
+        const bool self = t.diagonal && c == r;
+        out.near_duplicates += (!self && near_duplicate(g[c], squared_a, squared_norms[t.col_begin + c])) ? 1 : 0;
+      }
+    }
+  }
+  const bool columns = !t.diagonal;
+  const int32_t* column_ids = ids + t.col_begin;
+  for (int64_t c = 0; c < t.cols; ++c) {
+    sc.column_state[c] = SideState<T>();
+    sc.column_hardest[c] = -infinity<T>();
+  }
+  std::vector<T> row_maximum(static_cast<size_t>(t.rows));
+  for (int64_t r = 0; r < t.rows; ++r) {
+    const int64_t a = t.row_begin + r;
+    const int32_t label = ids[a];
+    const T threshold = needs.hardest_positive ? hardest_positive[a] : T(0);
+    const T* g = t.gram + r * t.cols;
+    T* x = sc.x.data() + r * t.cols;
+    uint8_t* keep_row = sc.keep_row.data() + r * t.cols;
+    uint8_t* keep_column = sc.keep_column.data() + r * t.cols;
+    SideState<T> row;
+    T hardest = -infinity<T>();
+    for (int64_t c = 0; c < t.cols; ++c) {
+      const bool negative = column_ids[c] != label;
+      const T s = measure_of(side.measure, g[c]);
+      const T close = closeness(side.measure, s);
+      const T logit_value = logit(side, s);
+      x[c] = logit_value;
+      if (negative && needs.hardest_negative) {
+        hardest = nan_max(hardest, close);
+        if (columns) sc.column_hardest[c] = nan_max(sc.column_hardest[c], close);
+      }
+      const bool kr = negative && keeps(side, kNegatives, close, threshold);
+      const bool kc = negative && columns &&
+                      keeps(side, kNegatives, close, needs.hardest_positive ? hardest_positive[t.col_begin + c] : T(0));
+      keep_row[c] = kr;
+      keep_column[c] = kc;
+      const T term = needs.negative_terms ? term_of(side.term, logit_value) : T(0);
+      if (kr) {
+        ++row.kept;
+        if (logit_value > row.maximum) row.maximum = logit_value;
+        row.term_sum += term;
+        row.positive_terms += term > T(0) ? 1 : 0;
+      }
+      if (kc) {
+        SideState<T>& column = sc.column_state[c];
+        ++column.kept;
+        if (logit_value > column.maximum) column.maximum = logit_value;
+        column.term_sum += term;
+        column.positive_terms += term > T(0) ? 1 : 0;
+      }
+    }
+    row_maximum[r] = row.maximum;
+    out.hardest[a] = nan_max(out.hardest[a], hardest);
+    if (!needs.negative_lse) {
+      out.state[a].merge(row);
+      continue;
+    }
+    T* row_exp = sc.row_exp.data() + r * t.cols;
+    const T cutoff = infonce::exp_underflow_cutoff<T>();
+    for (int64_t c = 0; c < t.cols; ++c) row_exp[c] = keep_row[c] ? shifted(x[c], row.maximum) : cutoff;
+    // The row's state is merged after its exps are summed (below).
+    out.state[a].kept += row.kept;
+    out.state[a].term_sum += row.term_sum;
+    out.state[a].positive_terms += row.positive_terms;
+  }
+  if (needs.negative_lse) {
+    const T cutoff = infonce::exp_underflow_cutoff<T>();
+    if (columns) {
+      for (int64_t r = 0; r < t.rows; ++r) {
+        const T* x = sc.x.data() + r * t.cols;
+        const uint8_t* keep_column = sc.keep_column.data() + r * t.cols;
+        T* column_exp = sc.column_exp.data() + r * t.cols;
+        for (int64_t c = 0; c < t.cols; ++c) {
+          column_exp[c] = keep_column[c] ? shifted(x[c], sc.column_state[c].maximum) : cutoff;
+        }
+      }
+      exp_in_place(sc.column_exp.data(), t.rows * t.cols);
+    }
+    exp_in_place(sc.row_exp.data(), t.rows * t.cols);
+    for (int64_t r = 0; r < t.rows; ++r) {
+      const int64_t a = t.row_begin + r;
+      const T* row_exp = sc.row_exp.data() + r * t.cols;
+      const uint8_t* keep_row = sc.keep_row.data() + r * t.cols;
+      T sum = 0;
+      for (int64_t c = 0; c < t.cols; ++c) sum += keep_row[c] ? row_exp[c] : T(0);
+      infonce::RunningLogSumExp<T> state = out.state[a].lse();
+      state.merge(infonce::RunningLogSumExp<T>::of(row_maximum[r], sum));
+      out.state[a].maximum = state.maximum;
+      out.state[a].exp_sum = state.sum;
+      if (!columns) continue;
+      const T* column_exp = sc.column_exp.data() + r * t.cols;
+      const uint8_t* keep_column = sc.keep_column.data() + r * t.cols;
+      for (int64_t c = 0; c < t.cols; ++c) sc.column_state[c].exp_sum += keep_column[c] ? column_exp[c] : T(0);
+    }
+  }
+  if (!columns) return;
+  for (int64_t c = 0; c < t.cols; ++c) {
+    const int64_t j = t.col_begin + c;
+    out.state[j].merge(sc.column_state[c]);
+    out.hardest[j] = nan_max(out.hardest[j], sc.column_hardest[c]);
+  }
+}
+
+// ---- classes: positives forward --------------------------------------------------------------------
+
+// The versus reference of anchor a (its own) from the final states.
+template <typename T>
+void own_reference(const Rule<T>& rule, const SideState<T>& positives, const SideState<T>& negatives,
+                   VersusReferenceOf<T>& ref) {
+  if (rule.versus_reference == VersusReference::kPositivesAndNegatives) {
+    infonce::RunningLogSumExp<T> both = positives.lse();
+    both.merge(negatives.lse());
+    ref.own_shift = both.maximum;
+    ref.own_log_sum = rule_log(both.sum);
+    ref.own_nonempty = positives.kept + negatives.kept > 0;
+    return;
+  }
+  ref.own_nonempty = negatives.kept > 0;
+  ref.own_shift = ref.own_nonempty ? negatives.maximum : T(0);
+  ref.own_log_sum = ref.own_nonempty ? rule_log(negatives.exp_sum) : T(0);
+}
+
+template <typename T>
+void partner_reference(const SideState<T>& negatives, VersusReferenceOf<T>& ref) {
+  ref.partner_nonempty = negatives.kept > 0;
+  ref.partner_shift = ref.partner_nonempty ? negatives.maximum : T(0);
+  ref.partner_log_sum = ref.partner_nonempty ? rule_log(negatives.exp_sum) : T(0);
+}
+
+// Per row of a class block: the kept positives' measures and logits (keep flag as NaN-free bool).
+template <typename T>
+struct PositiveRow {
+  std::vector<T> s, x;
+  std::vector<uint8_t> keep;
+};
+
+template <typename T>
+void positive_row(const Rule<T>& rule, const ClassGram<T>& gram, int64_t r, T hardest_negative, PositiveRow<T>& row) {
+  const SideRule<T>& side = rule.side[kPositives];
+  const int64_t a = gram.rows[r];
+  const size_t k = gram.cols.size();
+  row.s.resize(k);
+  row.x.resize(k);
+  row.keep.resize(k);
+  const T* g = gram.g(r);
+  for (size_t c = 0; c < k; ++c) {
+    const T s = measure_of(side.measure, g[c]);
+    row.s[c] = s;
+    row.keep[c] = gram.cols[c] != a && keeps(side, kPositives, closeness(side.measure, s), hardest_negative);
+    row.x[c] = row.keep[c] ? logit(side, s) : T(0);
+  }
+}
+
+template <typename T>
+SideState<T> row_lse_state(const PositiveRow<T>& row) {
+  SideState<T> state;
+  for (size_t c = 0; c < row.x.size(); ++c) {
+    if (!row.keep[c]) continue;
+    ++state.kept;
+    if (row.x[c] > state.maximum) state.maximum = row.x[c];
+  }
+  for (size_t c = 0; c < row.x.size(); ++c) {
+    if (row.keep[c]) state.exp_sum += rule_exp(row.x[c] - state.maximum);
+  }
+  return state;
+}
+
+template <typename T>
+void positives_forward(const Rule<T>& rule, const Needs<T>& needs, const GramSource& operands,
+                       const ClassMembers& classes, const std::vector<ClassBlock>& blocks, AnchorStates<T>& states) {
+  const SideRule<T>& side = rule.side[kPositives];
+  const int num_threads = std::max(at::get_num_threads(), 1);
+  std::vector<PositiveRow<T>> rows(num_threads);
+  for_each_class_block(blocks, [&](const ClassBlock& block, int thread_id) {
+    const ClassGram<T> gram = class_gram<T>(operands, classes, block);
+    PositiveRow<T>& row = rows[thread_id];
+    for (size_t r = 0; r < gram.rows.size(); ++r) {
+      const int64_t a = gram.rows[r];
+      positive_row(rule, gram, static_cast<int64_t>(r), states.hardest_negative[a], row);
+      SideState<T> state = row_lse_state(row);
+      const SideState<T>& negatives = states.side[kNegatives][a];
+      if (needs.versus) {
+        VersusReferenceOf<T> ref{};
+        own_reference(rule, state, negatives, ref);
+        const int64_t members = state.kept + negatives.kept;
+        for (size_t c = 0; c < gram.cols.size(); ++c) {
+          if (!row.keep[c]) continue;
+          if (rule.versus_partner) partner_reference(states.side[kNegatives][gram.cols[c]], ref);
+          const VersusTerm<T> term = versus_term(rule, ref, row.x[c], members);
+          state.term_sum += term.term;
+          state.positive_terms += term.positive ? 1 : 0;
+        }
+      } else {
+        for (size_t c = 0; c < gram.cols.size(); ++c) {
+          if (!row.keep[c]) continue;
+          const T term = term_of(side.term, row.x[c]);
+          state.term_sum += term;
+          state.positive_terms += term > T(0) ? 1 : 0;
+        }
+      }
+      states.side[kPositives][a] = state;
+    }
+  });
+}
+
+// ---- the forward -----------------------------------------------------------------------------------
+
+template <typename T>
+struct Forward {
+  Rule<T> rule;
+  RuleOperands operands;
+  GramSource source;
+  LabelClasses labels;
+  ClassMembers classes;
+  std::vector<ClassBlock> blocks;
+  AnchorStates<T> states;
+  std::vector<AnchorResult<T>> results;
+  int64_t tile;
+  bool non_finite;
+  int64_t near_duplicates = 0;
+
+  Forward(const Rule<T>& rule_, const at::Tensor& embeddings, const int64_t* label_ptr)
+      : rule(rule_),
+        operands(rule_operands(embeddings, rule_.side[0].normalize, is_distance(rule_.side[0].measure))),
+        source(operands),
+        labels(label_ptr, embeddings.size(0)),
+        classes(label_ptr, embeddings.size(0)),
+        blocks(class_blocks(classes, embeddings.size(0))),
+        states(embeddings.size(0)),
+        results(embeddings.size(0)),
+        tile(contrastive_tile_size(embeddings.size(0))),
+        non_finite(!operands.x.isfinite().all().item<bool>()) {
+    const int64_t n = embeddings.size(0);
+    const Needs<T> needs(rule);
+    if (needs.hardest_positive) hardest_positives(rule, source, classes, blocks, states);
+    const int num_threads = std::max(at::get_num_threads(), 1);
+    std::vector<TileScratch<T>> scratch(num_threads);
+    for (auto& own : scratch) own.reserve(tile);
+    std::vector<NegativeTotals<T>> totals(num_threads, NegativeTotals<T>(n));
+    const int32_t* ids = labels.ids.data();
+    at::Tensor squared;
+    if (operands.distance) squared = operands.left.select(1, operands.unit.size(1)).contiguous();
+    const T* squared_norms = operands.distance ? squared.data_ptr<T>() : nullptr;
+    for_each_tile<T>(source, tile, [&](const TileView<T>& t, int thread_id) {
+      negatives_tile(rule, needs, t, ids, states.hardest_positive.data(), squared_norms, scratch[thread_id],
+                     totals[thread_id]);
+    });
+    for (const auto& total : totals) near_duplicates += total.near_duplicates;
+    at::parallel_for(0, n, 2048, [&](int64_t begin, int64_t end) {
+      for (int64_t a = begin; a < end; ++a) {
+        SideState<T> state = totals[0].state[a];
+        T hardest = totals[0].hardest[a];
+        for (size_t t = 1; t < totals.size(); ++t) {
+          state.merge(totals[t].state[a]);
+          hardest = nan_max(hardest, totals[t].hardest[a]);
+        }
+        states.side[kNegatives][a] = state;
+        states.hardest_negative[a] = hardest;
+      }
+    });
+    positives_forward(rule, needs, source, classes, blocks, states);
+    for (int64_t a = 0; a < n; ++a) results[a] = finish_anchor(rule, states.side[kPositives][a], states.side[kNegatives][a]);
+  }
+};
+
+// ---- the gradient ----------------------------------------------------------------------------------
+
+// Per anchor, the coefficients of both sides for weights w (per stream).
+template <typename T>
+struct Coefficients {
+  std::vector<PairCoefficients<T>> side[2];
+  std::vector<T> versus_normalizer;  // L_a of the positives-and-negatives reference
+};
+
+template <typename T>
+T weighted(T weight, T slope) {
+  return weight == T(0) || slope == T(0) ? T(0) : weight * slope;
+}
+
+template <typename T>
+void negatives_gradient_tile(const Rule<T>& rule, const TileView<T>& t, const int32_t* ids, const T* hardest_positive,
+                             const std::vector<PairCoefficients<T>>& coefficients, bool exps, TileScratch<T>& sc) {
+  const SideRule<T>& side = rule.side[kNegatives];
+  const int32_t* column_ids = ids + t.col_begin;
+  const PairCoefficients<T>* column_coefficients = coefficients.data() + t.col_begin;
+  const T cutoff = infonce::exp_underflow_cutoff<T>();
+  for (int64_t r = 0; r < t.rows; ++r) {
+    const int64_t a = t.row_begin + r;
+    const int32_t label = ids[a];
+    const T threshold = side.has_filter ? hardest_positive[a] : T(0);
+    const T* g = t.gram + r * t.cols;
+    T* s_out = sc.s.data() + r * t.cols;
+    T* x = sc.x.data() + r * t.cols;
+    uint8_t* keep_row = sc.keep_row.data() + r * t.cols;
+    uint8_t* keep_column = sc.keep_column.data() + r * t.cols;
+    T* row_exp = sc.row_exp.data() + r * t.cols;
+    T* column_exp = sc.column_exp.data() + r * t.cols;
+    const T row_shift = coefficients[a].shift;
+    for (int64_t c = 0; c < t.cols; ++c) {
+      const bool negative = column_ids[c] != label;
+      const T s = measure_of(side.measure, g[c]);
+      const T close = closeness(side.measure, s);
+      s_out[c] = s;
+      const T logit_value = logit(side, s);
+      x[c] = logit_value;
+      keep_row[c] = negative && keeps(side, kNegatives, close, threshold);
+      keep_column[c] = negative && keeps(side, kNegatives, close, side.has_filter ? hardest_positive[t.col_begin + c] : T(0));
+      if (exps) {
+        row_exp[c] = keep_row[c] ? shifted(logit_value, row_shift) : cutoff;
+        column_exp[c] = keep_column[c] ? shifted(logit_value, column_coefficients[c].shift) : cutoff;
+      }
+    }
+  }
+  if (exps) {
+    exp_in_place(sc.row_exp.data(), t.rows * t.cols);
+    exp_in_place(sc.column_exp.data(), t.rows * t.cols);
+  }
+  for (int64_t r = 0; r < t.rows; ++r) {
+    const int64_t a = t.row_begin + r;
+    const T* s = sc.s.data() + r * t.cols;
+    const T* x = sc.x.data() + r * t.cols;
+    const uint8_t* keep_row = sc.keep_row.data() + r * t.cols;
+    const uint8_t* keep_column = sc.keep_column.data() + r * t.cols;
+    const T* row_exp = sc.row_exp.data() + r * t.cols;
+    const T* column_exp = sc.column_exp.data() + r * t.cols;
+    T* m = sc.m.data() + r * t.cols;
+    const PairCoefficients<T> row_coefficients = coefficients[a];
+    for (int64_t c = 0; c < t.cols; ++c) {
+      T w = T(0);
+      if (keep_row[c]) {
+        w += gram_weight(side, s[c], pair_logit_gradient(row_coefficients, side.term, x[c], exps ? row_exp[c] : T(0)));
+      }
+      if (keep_column[c]) {
+        w += gram_weight(side, s[c],
+                         pair_logit_gradient(column_coefficients[c], side.term, x[c], exps ? column_exp[c] : T(0)));
+      }
+      m[c] = w;
+    }
+  }
+}
+
+template <typename T>
+at::Tensor gradient(const Forward<T>& f, const std::vector<T> weights[2]) {
+  const Rule<T>& rule = f.rule;
+  const int64_t n = f.operands.x.size(0), dim = f.operands.x.size(1);
+  const Needs<T> needs(rule);
+  const auto options = f.operands.unit.options();
+  const int num_threads = std::max(at::get_num_threads(), 1);
+  std::vector<at::Tensor> pair_totals(num_threads), self_totals(num_threads);
+  auto accumulators = [&](int thread_id) -> std::pair<at::Tensor&, at::Tensor&> {
+    if (!pair_totals[thread_id].defined()) {
+      pair_totals[thread_id] = at::zeros({n, dim}, options);
+      self_totals[thread_id] = at::zeros({n}, options);
+    }
+    return {pair_totals[thread_id], self_totals[thread_id]};
+  };
+
+  // Per anchor: d loss / d (side value), then each side's pair coefficients.
+  std::vector<T> value_slope[2] = {std::vector<T>(n), std::vector<T>(n)};
+  bool any_positive = false, any_negative = false;
+  for (int64_t a = 0; a < n; ++a) {
+    const AnchorResult<T>& result = f.results[a];
+    if (rule.over == Over::kAnchors) {
+      value_slope[kPositives][a] = weighted(weights[0][a], result.side_slope[kPositives]);
+      value_slope[kNegatives][a] = weighted(weights[0][a], result.side_slope[kNegatives]);
+    } else {
+      value_slope[kPositives][a] = weights[0][a];
+      value_slope[kNegatives][a] = rule.over == Over::kPairsOfEachSide ? weights[1][a] : T(0);
+    }
+    any_positive |= value_slope[kPositives][a] != T(0);
+    any_negative |= value_slope[kNegatives][a] != T(0);
+  }
+  Coefficients<T> k;
+  k.side[kPositives].resize(n);
+  k.side[kNegatives].resize(n);
+  k.versus_normalizer.assign(n, T(0));
+  for (int64_t a = 0; a < n; ++a) {
+    k.side[kPositives][a] = side_coefficients(rule.side[kPositives], f.states.side[kPositives][a], value_slope[kPositives][a]);
+    k.side[kNegatives][a] = side_coefficients(rule.side[kNegatives], f.states.side[kNegatives][a], value_slope[kNegatives][a]);
+  }
+
+  // Classes: positive pairs' weights, and the versus terms' coefficients A_a of the softmax over the
+  // reference (per thread: a partner's A is written from its positives' rows).
+  std::vector<std::vector<T>> versus_coefficient(needs.versus && any_positive ? num_threads : 0, std::vector<T>(n, T(0)));
+  if (any_positive) {
+    const SideRule<T>& side = rule.side[kPositives];
+    std::vector<PositiveRow<T>> rows(num_threads);
+    for_each_class_block(f.blocks, [&](const ClassBlock& block, int thread_id) {
+      const ClassGram<T> gram = class_gram<T>(f.source, f.classes, block);
+      PositiveRow<T>& row = rows[thread_id];
+      const int64_t block_rows = static_cast<int64_t>(gram.rows.size()), k_cols = static_cast<int64_t>(gram.cols.size());
+      auto w = at::zeros({block_rows, k_cols}, options);
+      T* weight = w.template data_ptr<T>();
+      bool any = false;
+      for (int64_t r = 0; r < block_rows; ++r) {
+        const int64_t a = gram.rows[r];
+        const PairCoefficients<T>& coefficients = k.side[kPositives][a];
+        if (coefficients.exp_coefficient == T(0) && coefficients.term_coefficient == T(0)) continue;
+        positive_row(rule, gram, r, f.states.hardest_negative[a], row);
+        const SideState<T>& positives = f.states.side[kPositives][a];
+        T* w_row = weight + r * k_cols;
+        if (needs.versus) {
+          const SideState<T>& negatives = f.states.side[kNegatives][a];
+          VersusReferenceOf<T> ref{};
+          own_reference(rule, positives, negatives, ref);
+          const int64_t members = positives.kept + negatives.kept;
+          std::vector<T>& coefficient_of = versus_coefficient[thread_id];
+          T own_total = T(0);
+          for (int64_t c = 0; c < k_cols; ++c) {
+            if (!row.keep[c]) continue;
+            if (rule.versus_partner) partner_reference(f.states.side[kNegatives][gram.cols[c]], ref);
+            const VersusTerm<T> term = versus_term(rule, ref, row.x[c], members);
+            const T q = weighted(coefficients.term_coefficient, term.slope);
+            w_row[c] = -q;
+            own_total += weighted(q, term.own_share);
+            if (rule.versus_partner) coefficient_of[gram.cols[c]] += weighted(q, term.partner_share);
+          }
+          coefficient_of[a] += own_total;
+          if (rule.versus_reference == VersusReference::kPositivesAndNegatives && own_total != T(0)) {
+            // The positives are members of the reference softmax too: A_a e^{x_p - L_a}.
+            const T normalizer = ref.own_shift + ref.own_log_sum;
+            for (int64_t c = 0; c < k_cols; ++c) {
+              if (row.keep[c]) w_row[c] += own_total * rule_exp(row.x[c] - normalizer);
+            }
+          }
+        } else {
+          for (int64_t c = 0; c < k_cols; ++c) {
+            if (!row.keep[c]) continue;
+            const T e = coefficients.exp_coefficient == T(0) ? T(0) : rule_exp(row.x[c] - coefficients.shift);
+            w_row[c] = pair_logit_gradient(coefficients, side.term, row.x[c], e);
+          }
+        }
+        for (int64_t c = 0; c < k_cols; ++c) {
+          w_row[c] = row.keep[c] ? gram_weight(side, row.s[c], w_row[c]) : T(0);
+          any |= w_row[c] != T(0);
+        }
+      }
+      if (!any) return;
+      auto [pair_total, self_total] = accumulators(thread_id);
+      const auto index_options = at::TensorOptions().dtype(at::kLong);
+      const auto rows_index = at::from_blob(const_cast<int64_t*>(gram.rows.data()), {block_rows}, index_options);
+      const auto cols_index = at::from_blob(const_cast<int64_t*>(gram.cols.data()), {k_cols}, index_options);
+      const auto rows_unit = f.operands.unit.index_select(0, rows_index);
+      const auto cols_unit = f.operands.unit.index_select(0, cols_index);
+      pair_total.index_add_(0, rows_index, at::mm(w, cols_unit));
+      pair_total.index_add_(0, cols_index, at::mm(w.t(), rows_unit));
+      if (f.operands.distance) {
+        self_total.index_add_(0, rows_index, w.sum(1));
+        self_total.index_add_(0, cols_index, w.sum(0));
+      }
+    });
+  }
+
+  // The negatives' coefficients: their own side's, plus A_a times the reference softmax weight
+  // e^{x_n - L_a} = e^{x_n - shift_a} e^{shift_a - L_a}.
+  std::vector<PairCoefficients<T>>& negative_coefficients = k.side[kNegatives];
+  bool exps = false, any_negative_weight = false;
+  for (int64_t a = 0; a < n; ++a) {
+    PairCoefficients<T>& coefficients = negative_coefficients[a];
+    const SideState<T>& negatives = f.states.side[kNegatives][a];
+    if (!versus_coefficient.empty() && negatives.kept > 0) {
+      T total = T(0);
+      for (const auto& own : versus_coefficient) total += own[a];
+      if (total != T(0)) {
+        coefficients.shift = negatives.maximum;
+        T normalizer;
+        if (rule.versus_reference == VersusReference::kPositivesAndNegatives) {
+          infonce::RunningLogSumExp<T> both = f.states.side[kPositives][a].lse();
+          both.merge(negatives.lse());
+          normalizer = both.maximum + rule_log(both.sum);
+        } else {
+          normalizer = negatives.maximum + rule_log(negatives.exp_sum);
+        }
+        coefficients.exp_coefficient += total * rule_exp(negatives.maximum - normalizer);
+      }
+    }
+    exps |= coefficients.exp_coefficient != T(0);
+    any_negative_weight |= coefficients.exp_coefficient != T(0) || coefficients.term_coefficient != T(0);
+  }
+  if (any_negative_weight) {
+    std::vector<TileScratch<T>> scratch(num_threads);
+    for (auto& own : scratch) {
+      own.reserve(f.tile);
+      own.m.resize(static_cast<size_t>(f.tile * f.tile));
+    }
+    const int32_t* ids = f.labels.ids.data();
+    for_each_tile<T>(f.source, f.tile, [&](const TileView<T>& t, int thread_id) {
+      TileScratch<T>& own = scratch[thread_id];
+      negatives_gradient_tile(rule, t, ids, f.states.hardest_positive.data(), negative_coefficients, exps, own);
+      auto [pair_total, self_total] = accumulators(thread_id);
+      const auto m = at::from_blob(own.m.data(), {t.rows, t.cols}, options);
+      pair_total.narrow(0, t.row_begin, t.rows).addmm_(m, f.operands.unit.narrow(0, t.col_begin, t.cols));
+      if (f.operands.distance) self_total.narrow(0, t.row_begin, t.rows).add_(m.sum(1));
+      if (!t.diagonal) {
+        pair_total.narrow(0, t.col_begin, t.cols).addmm_(m.t(), f.operands.unit.narrow(0, t.row_begin, t.rows));
+        if (f.operands.distance) self_total.narrow(0, t.col_begin, t.cols).add_(m.sum(0));
+      }
+    });
+  }
+  at::Tensor pair_total, self_total;
+  for (int t = 0; t < num_threads; ++t) {
+    if (!pair_totals[t].defined()) continue;
+    if (!pair_total.defined()) {
+      pair_total = pair_totals[t];
+      self_total = self_totals[t];
+    } else {
+      pair_total.add_(pair_totals[t]);
+      self_total.add_(self_totals[t]);
+    }
+  }
+  if (!pair_total.defined()) return at::zeros({n, dim}, options);
+  return gradient_of_rows(f.operands, pair_total, self_total);
+}
+
+constexpr const char* kForwardOp = "pair_rule_forward";
+constexpr const char* kBackwardOp = "_pair_rule_backward";
+
+void check_inputs(const char* op, const at::Tensor& embeddings, const at::Tensor& labels, c10::ArrayRef<double> params,
+                  c10::ArrayRef<int64_t> codes) {
+  check_floating_inputs(op, {{"embeddings", &embeddings}});
+  check_int64_input(op, "labels", labels);
+  check_embeddings_and_labels(embeddings, labels, "CPU");
+  TORCH_CHECK(embeddings.device().is_cpu(), "embedplug::", op, ": the CPU kernel got a tensor on ", embeddings.device());
+  check_encoded_rule(op, params, codes);
+}
+
+using ForwardOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+ForwardOutputs pair_rule_forward_cpu(
+    const at::Tensor& embeddings, const at::Tensor& labels, c10::ArrayRef<double> params, c10::ArrayRef<int64_t> codes,
+    bool compute_grad) {
+  check_inputs(kForwardOp, embeddings, labels, params, codes);
+  const auto labels_contiguous = labels.contiguous();
+  const int64_t* label_ptr = labels_contiguous.data_ptr<int64_t>();
+  const int64_t n = embeddings.size(0);
+  ForwardOutputs out;
+  AT_DISPATCH_FLOATING_TYPES(embeddings.scalar_type(), "pair_rule_forward_cpu", [&] {
+    const Rule<scalar_t> rule = decode<scalar_t>(codes.data(), params.data());
+    const Forward<scalar_t> f(rule, embeddings, label_ptr);
+    const int32_t s = streams(rule);
+    auto loss_sums = at::empty({s, n}, embeddings.options());
+    auto counted = at::empty({s, n}, labels.options());
+    auto terms = at::empty({s, n}, labels.options());
+    auto positive_pairs = at::empty({n}, labels.options());
+    auto negative_pairs = at::empty({n}, labels.options());
+    scalar_t* loss_ptr = loss_sums.data_ptr<scalar_t>();
+    int64_t* counted_ptr = counted.data_ptr<int64_t>();
+    int64_t* terms_ptr = terms.data_ptr<int64_t>();
+    const scalar_t nan = std::numeric_limits<scalar_t>::quiet_NaN();
+    for (int64_t a = 0; a < n; ++a) {
+      for (int32_t k = 0; k < s; ++k) {
+        // Non-finite input: every anchor meets the bad row, so every sum is NaN (the reference's
+        // poison), and the counts stay those of the pair structure.
+        loss_ptr[k * n + a] = f.non_finite ? nan : f.results[a].loss[k];
+        counted_ptr[k * n + a] = f.results[a].counted[k];
+        terms_ptr[k * n + a] = f.results[a].terms[k];
+      }
+      positive_pairs.data_ptr<int64_t>()[a] = f.states.side[kPositives][a].kept;
+      negative_pairs.data_ptr<int64_t>()[a] = f.states.side[kNegatives][a].kept;
+    }
+    at::Tensor unit_grad = at::empty({0}, embeddings.options());
+    if (compute_grad) {
+      unit_grad = at::empty({s, n, embeddings.size(1)}, embeddings.options());
+      for (int32_t k = 0; k < s; ++k) {
+        std::vector<scalar_t> weights[2] = {std::vector<scalar_t>(n, scalar_t(0)), std::vector<scalar_t>(n, scalar_t(0))};
+        std::fill(weights[k].begin(), weights[k].end(), scalar_t(1));
+        unit_grad[k].copy_(gradient(f, weights));
+      }
+    }
+    out = {loss_sums, counted, terms, positive_pairs, negative_pairs, unit_grad,
+           at::scalar_tensor(f.near_duplicates, labels.options())};
+  });
+  return out;
+}
+
+at::Tensor pair_rule_backward_cpu(const at::Tensor& grad_loss_sums, const at::Tensor& embeddings, const at::Tensor& labels,
+                                  const at::Tensor& unit_grad, c10::ArrayRef<double> params, c10::ArrayRef<int64_t> codes) {
+  check_inputs(kBackwardOp, embeddings, labels, params, codes);
+  check_floating_inputs(kBackwardOp, {{"grad_loss_sums", &grad_loss_sums}});
+  const int64_t n = embeddings.size(0);
+  const int64_t s = codes[2 * kSideCodes + 6] == static_cast<int64_t>(Over::kPairsOfEachSide) ? 2 : 1;
+  TORCH_CHECK(grad_loss_sums.dim() == 2 && grad_loss_sums.size(0) == s && grad_loss_sums.size(1) == n,
+              "embedplug::", kBackwardOp, ": grad_loss_sums must be [", s, ", ", n, "], got ", grad_loss_sums.sizes());
+  const auto grad = grad_loss_sums.detach().to(embeddings.scalar_type());
+  if (auto scaled = scaled_unit_gradient(grad, unit_grad)) return *scaled;
+  const auto labels_contiguous = labels.contiguous();
+  const int64_t* label_ptr = labels_contiguous.data_ptr<int64_t>();
+  at::Tensor out;
+  AT_DISPATCH_FLOATING_TYPES(embeddings.scalar_type(), "pair_rule_backward_cpu", [&] {
+    const Rule<scalar_t> rule = decode<scalar_t>(codes.data(), params.data());
+    const Forward<scalar_t> f(rule, embeddings, label_ptr);
+    const auto contiguous = grad.contiguous();
+    const scalar_t* g = contiguous.data_ptr<scalar_t>();
+    std::vector<scalar_t> weights[2] = {std::vector<scalar_t>(g, g + n),
+                                        s == 2 ? std::vector<scalar_t>(g + n, g + 2 * n) : std::vector<scalar_t>(n, 0)};
+    out = gradient(f, weights);
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(embedplug, CPU, m) {
+  m.impl(kForwardOp, &pair_rule_forward_cpu);
+  m.impl(kBackwardOp, &pair_rule_backward_cpu);
+}
+
+}  // namespace cpu
+}  // namespace embedplug
