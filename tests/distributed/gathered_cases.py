@@ -97,6 +97,39 @@ def tiny_model(dtype: torch.dtype, dim: int = 8) -> nn.Sequential:
     return nn.Sequential(TinyEncoder(dim, 6, dtype))
 
 
+def lifted_structure(neg_margin: float = 1.0, pos_margin: float = 0.0):
+    """PML's LiftedStructureLoss as a pair rule (plugins/embedplug-example's): a positive pair's
+    log-sum-exp also runs over the negatives of the positive, which may live on the other rank."""
+    from embedplug.pair_rules import Affine, PairRule, Reducer, Side, VersusLse
+
+    return PairRule(
+        positives=Side(
+            "euclidean",
+            affine=Affine(-1.0, pos_margin),
+            term=VersusLse("negatives", rows="anchor_and_positive", outer="squared_hinge_half"),
+            reduction="pairs",
+        ),
+        negatives=Side("euclidean", affine=Affine(-1.0, neg_margin)),
+        reducer=Reducer("mean", over="positive_pairs"),
+        zero_without_both_pair_kinds=True,
+    )
+
+
+def _rule_loss_classes() -> list[tuple[str, type, dict]]:
+    """Losses a plugin would make with ``make_loss_class``: from a rule factory (hyper-parameters
+    become constructor arguments) and from a fixed rule."""
+    from embedplug.losses import make_loss_class
+    from embedplug.pair_rules import presets
+
+    return [
+        ("rule_lifted_structure", make_loss_class(lifted_structure, name="RuleLiftedStructureLoss"), {"neg_margin": 0.8}),
+        ("rule_supcon", make_loss_class(presets.supcon, name="RuleSupConLoss"), {"temperature": 0.2}),
+        ("rule_circle", make_loss_class(presets.circle(), name="RuleCircleLoss"), {}),
+        # MultiSimilarityMiner's filter: a pair is kept by the anchor's hardest pair over the whole batch.
+        ("rule_multi_similarity_mined", make_loss_class(presets.multi_similarity(), name="RuleMultiSimilarityLoss"), {}),
+    ]
+
+
 def _cases() -> list[Case]:
     from sentence_transformers import util
 
@@ -198,6 +231,7 @@ def _cases() -> list[Case]:
         ("pml_ntxent", L.PMLNTXentLoss, {"temperature": 0.1}),
         ("pml_generalized_lifted", L.PMLGeneralizedLiftedStructureLoss, {}),
         ("pml_tuplet_margin", L.PMLTupletMarginLoss, {}),
+        *_rule_loss_classes(),
     ]:
         for sizes, dtype in [((8, 8), torch.float32), ((7, 10), torch.float32), ((8, 8), torch.float64)]:
             suffix = f"{sizes[0]}_{sizes[1]}_{str(dtype)[6:]}"
