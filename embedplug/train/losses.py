@@ -206,9 +206,10 @@ def _describe_one(loss) -> str:
     where = f"{cls.__module__}.{cls.__qualname__}"
     if cls.__module__.startswith("sentence_transformers."):
         return f"{where} (sentence-transformers' own implementation)"
-    if not cls.__module__.startswith("embedplug."):
-        return f"{where} (not an embedplug loss: no fused kernel)"
     own_report = getattr(loss, "backend_info", None)
+    # A plugin's rule loss (embedplug.losses.PairRuleLoss) runs embedplug's op: its own report says.
+    if not cls.__module__.startswith("embedplug.") and not callable(own_report):
+        return f"{where} (not an embedplug loss: no fused kernel)"
     if callable(own_report) and own_report().get("implementation") == "reference":
         # a loss whose op has no kernel here, or runs the reference by force.
         return f"{where} on embedplug's {own_report().get('reason')}"
