@@ -422,6 +422,32 @@ struct VersusTerm {
   bool positive;
 };
 
+// The anchor's own reference from its final side states: the log-sum-exp of its kept negatives, or
+// of its kept positives and negatives together.
+template <typename scalar_t>
+C10_HOST_DEVICE inline void own_reference(const Rule<scalar_t>& rule, const SideState<scalar_t>& positives,
+                                          const SideState<scalar_t>& negatives, VersusReferenceOf<scalar_t>& ref) {
+  if (rule.versus_reference == VersusReference::kPositivesAndNegatives) {
+    infonce::RunningLogSumExp<scalar_t> both = positives.lse();
+    both.merge(negatives.lse());
+    ref.own_shift = both.maximum;
+    ref.own_log_sum = rule_log(both.sum);
+    ref.own_nonempty = positives.kept + negatives.kept > 0;
+    return;
+  }
+  ref.own_nonempty = negatives.kept > 0;
+  ref.own_shift = ref.own_nonempty ? negatives.maximum : scalar_t(0);
+  ref.own_log_sum = ref.own_nonempty ? rule_log(negatives.exp_sum) : scalar_t(0);
+}
+
+// The partner's part of a positive pair's reference: the positive's own kept negatives.
+template <typename scalar_t>
+C10_HOST_DEVICE inline void partner_reference(const SideState<scalar_t>& negatives, VersusReferenceOf<scalar_t>& ref) {
+  ref.partner_nonempty = negatives.kept > 0;
+  ref.partner_shift = ref.partner_nonempty ? negatives.maximum : scalar_t(0);
+  ref.partner_log_sum = ref.partner_nonempty ? rule_log(negatives.exp_sum) : scalar_t(0);
+}
+
 template <typename scalar_t>
 C10_HOST_DEVICE inline scalar_t log_add_exp(scalar_t a, scalar_t b) {
   // torch.logaddexp: max + log1p(exp(-|a - b|)), with equal infinities returned as they are.
@@ -499,6 +525,13 @@ C10_HOST_DEVICE inline VersusTerm<scalar_t> versus_term(const Rule<scalar_t>& ru
 }
 
 // ---- gradient coefficients -------------------------------------------------------------------------
+
+// weight * slope, exactly 0 when either is 0 (an anchor of weight 0, a flat step), even against a
+// non-finite factor.
+template <typename scalar_t>
+C10_HOST_DEVICE inline scalar_t weighted(scalar_t weight, scalar_t slope) {
+  return weight == scalar_t(0) || slope == scalar_t(0) ? scalar_t(0) : weight * slope;
+}
 
 // d loss / d x of a kept pair whose anchor's coefficients are these:
 //   exp_coefficient * e^{x - shift} + term_coefficient * d t / d x

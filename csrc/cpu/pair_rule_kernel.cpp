@@ -344,30 +344,6 @@ void negatives_tile(const Rule<T>& rule, const Needs<T>& needs, const TileView<T
 
 // ---- classes: positives forward --------------------------------------------------------------------
 
-// The versus reference of anchor a (its own) from the final states.
-template <typename T>
-void own_reference(const Rule<T>& rule, const SideState<T>& positives, const SideState<T>& negatives,
-                   VersusReferenceOf<T>& ref) {
-  if (rule.versus_reference == VersusReference::kPositivesAndNegatives) {
-    infonce::RunningLogSumExp<T> both = positives.lse();
-    both.merge(negatives.lse());
-    ref.own_shift = both.maximum;
-    ref.own_log_sum = rule_log(both.sum);
-    ref.own_nonempty = positives.kept + negatives.kept > 0;
-    return;
-  }
-  ref.own_nonempty = negatives.kept > 0;
-  ref.own_shift = ref.own_nonempty ? negatives.maximum : T(0);
-  ref.own_log_sum = ref.own_nonempty ? rule_log(negatives.exp_sum) : T(0);
-}
-
-template <typename T>
-void partner_reference(const SideState<T>& negatives, VersusReferenceOf<T>& ref) {
-  ref.partner_nonempty = negatives.kept > 0;
-  ref.partner_shift = ref.partner_nonempty ? negatives.maximum : T(0);
-  ref.partner_log_sum = ref.partner_nonempty ? rule_log(negatives.exp_sum) : T(0);
-}
-
 // Per row of a class block: the kept positives' measures and logits (keep flag as NaN-free bool).
 template <typename T>
 struct PositiveRow {
@@ -512,11 +488,6 @@ struct Coefficients {
   std::vector<PairCoefficients<T>> side[2];
   std::vector<T> versus_normalizer;  // L_a of the positives-and-negatives reference
 };
-
-template <typename T>
-T weighted(T weight, T slope) {
-  return weight == T(0) || slope == T(0) ? T(0) : weight * slope;
-}
 
 template <typename T>
 void negatives_gradient_tile(const Rule<T>& rule, const TileView<T>& t, const int32_t* ids, const T* hardest_positive,
