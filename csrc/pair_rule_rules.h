@@ -165,32 +165,59 @@ C10_HOST_DEVICE inline scalar_t closeness(Measure m, scalar_t s) {
 }
 
 // ---- one side's logit ------------------------------------------------------------------------------
+// Written as steps, each a branch-free function of its inputs, so that the CPU kernel can run them
+// as vectorised loops over a tile row with the rule's switches decided once per row; logit and
+// logit_slope compose the same steps in the same order.
+
+// PML's CircleLoss weight, detached: [s - optimum]_+ (increasing) or [optimum - s]_+.
+template <typename scalar_t>
+C10_HOST_DEVICE inline scalar_t self_paced(scalar_t s, scalar_t optimum, bool increasing) {
+  return increasing ? relu(s - optimum) : relu(optimum - s);
+}
+
+template <typename scalar_t>
+C10_HOST_DEVICE inline scalar_t angled(scalar_t s, scalar_t offset) {
+  return rule_cos(rule_acos(s) + offset);
+}
+
+// d angled / d s as autograd differentiates acos and cos.
+template <typename scalar_t>
+C10_HOST_DEVICE inline scalar_t angled_slope(scalar_t s, scalar_t offset) {
+  return rule_sin(rule_acos(s) + offset) / rule_sqrt(scalar_t(1) - s * s);
+}
+
+// factor * (s' - shift): PML's CircleLoss order, (scale * w) * (s - shift).
+template <typename scalar_t>
+C10_HOST_DEVICE inline scalar_t affine_logit(scalar_t factor, scalar_t angled_s, scalar_t shift) {
+  return factor * (angled_s - shift);
+}
 
 template <typename scalar_t>
 C10_HOST_DEVICE inline scalar_t weight_factor(const SideRule<scalar_t>& side, scalar_t s) {
-  if (!side.has_weight) return side.scale;
-  const scalar_t w = side.weight_increasing ? relu(s - side.weight_optimum) : relu(side.weight_optimum - s);
-  return side.scale * w;  // PML's CircleLoss order: (scale * w) * (s - shift)
+  return side.has_weight ? side.scale * self_paced(s, side.weight_optimum, side.weight_increasing) : side.scale;
 }
 
 template <typename scalar_t>
 C10_HOST_DEVICE inline scalar_t logit(const SideRule<scalar_t>& side, scalar_t s) {
-  const scalar_t angled = side.has_angle ? rule_cos(rule_acos(s) + side.angle_offset) : s;
-  scalar_t x = weight_factor(side, s) * (angled - side.shift);
+  const scalar_t a = side.has_angle ? angled(s, side.angle_offset) : s;
+  scalar_t x = affine_logit(weight_factor(side, s), a, side.shift);
   if (side.has_temperature) x = x / side.temperature;
   return x;
 }
 
-// d x / d s, the weight held constant (detached), through acos/cos as autograd differentiates them.
+// d x / d s, the weight held constant (detached).
 template <typename scalar_t>
 C10_HOST_DEVICE inline scalar_t logit_slope(const SideRule<scalar_t>& side, scalar_t s) {
   scalar_t slope = weight_factor(side, s);
   if (side.has_temperature) slope = slope / side.temperature;
-  if (side.has_angle) {
-    const scalar_t angle = rule_acos(s);
-    slope = slope * (rule_sin(angle + side.angle_offset) / rule_sqrt(scalar_t(1) - s * s));
-  }
+  if (side.has_angle) slope = slope * angled_slope(s, side.angle_offset);
   return slope;
+}
+
+// d x / d (u_a . u_j): what a pair's d loss / d x is multiplied by to weigh its Gram entry.
+template <typename scalar_t>
+C10_HOST_DEVICE inline scalar_t pair_slope(const SideRule<scalar_t>& side, scalar_t s) {
+  return logit_slope(side, s) * gram_slope(side.measure, s);
 }
 
 // The term of a logit or hinge side, and d t / d x (relu's derivative is 0 at 0, as torch's).
@@ -209,9 +236,18 @@ C10_HOST_DEVICE inline scalar_t term_slope(Term term, scalar_t x) {
 // closeness, a negative when c + eps > the hardest positive's. Comparisons in the dtype, strict; an
 // anchor with no pair on the other side has the sentinel -inf / +inf and keeps nothing.
 template <typename scalar_t>
+C10_HOST_DEVICE inline bool kept_positive(scalar_t close, scalar_t epsilon, scalar_t hardest_negative) {
+  return (close - epsilon) < hardest_negative;
+}
+template <typename scalar_t>
+C10_HOST_DEVICE inline bool kept_negative(scalar_t close, scalar_t epsilon, scalar_t hardest_positive) {
+  return (close + epsilon) > hardest_positive;
+}
+template <typename scalar_t>
 C10_HOST_DEVICE inline bool keeps(const SideRule<scalar_t>& side, int32_t which, scalar_t close, scalar_t hardest_other) {
   if (!side.has_filter) return true;
-  return which == kPositives ? (close - side.epsilon) < hardest_other : (close + side.epsilon) > hardest_other;
+  return which == kPositives ? kept_positive(close, side.epsilon, hardest_other)
+                             : kept_negative(close, side.epsilon, hardest_other);
 }
 
 // NaN-propagating running extremes (amax / amin order).
@@ -591,7 +627,7 @@ C10_HOST_DEVICE inline scalar_t pair_logit_gradient(const PairCoefficients<scala
 template <typename scalar_t>
 C10_HOST_DEVICE inline scalar_t gram_weight(const SideRule<scalar_t>& side, scalar_t s, scalar_t logit_gradient) {
   if (logit_gradient == scalar_t(0)) return scalar_t(0);
-  return logit_gradient * logit_slope(side, s) * gram_slope(side.measure, s);
+  return logit_gradient * pair_slope(side, s);
 }
 
 // The exponent a kept pair enters its anchor's exp sum with, clamped at the underflow cutoff (ATen's

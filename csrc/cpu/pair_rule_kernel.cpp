@@ -86,9 +86,21 @@ std::vector<ClassBlock> class_blocks(const ClassMembers& classes, int64_t n) {
 template <typename T>
 struct ClassGram {
   std::vector<int64_t> rows, cols;
-  at::Tensor gram;  // [rows, cols]
-  const T* g(int64_t r) const { return gram.data_ptr<T>() + r * static_cast<int64_t>(cols.size()); }
+  std::vector<T> values;  // [rows, cols]
+  const T* g(int64_t r) const { return values.data() + r * static_cast<int64_t>(cols.size()); }
 };
+
+// Classes of at most this many members get their Gram entries (and gradient) from plain loops: a
+// P x K batch has thousands of classes, and an ATen call per class costs more than its arithmetic.
+constexpr int64_t kDirectClassMembers = 64;
+
+template <typename T>
+T dot(const T* a, const T* b, int64_t dim) {
+  T sum = T(0);
+#pragma omp simd reduction(+ : sum)
+  for (int64_t d = 0; d < dim; ++d) sum += a[d] * b[d];
+  return sum;
+}
 
 template <typename T>
 ClassGram<T> class_gram(const GramSource& source, const ClassMembers& classes, const ClassBlock& block) {
@@ -96,13 +108,29 @@ ClassGram<T> class_gram(const GramSource& source, const ClassMembers& classes, c
   ClassGram<T> out;
   out.rows.assign(classes.members.begin() + block.row_begin, classes.members.begin() + block.row_end);
   out.cols.assign(classes.members.begin() + block.class_begin, classes.members.begin() + block.class_end);
-  const auto index_options = at::TensorOptions().dtype(at::kLong);
-  const auto rows = at::from_blob(out.rows.data(), {static_cast<int64_t>(out.rows.size())}, index_options);
-  const auto cols = at::from_blob(out.cols.data(), {static_cast<int64_t>(out.cols.size())}, index_options);
+  const int64_t rows = static_cast<int64_t>(out.rows.size()), cols = static_cast<int64_t>(out.cols.size());
+  out.values.resize(static_cast<size_t>(rows * cols));
   if (source.full.defined()) {
-    out.gram = source.full.index_select(0, rows).index_select(1, cols).contiguous();
+    const int64_t n = source.full.size(0);
+    const T* full = source.full.data_ptr<T>();
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < cols; ++c) out.values[r * cols + c] = full[out.rows[r] * n + out.cols[c]];
+    }
+  } else if (cols <= kDirectClassMembers) {
+    const int64_t dim = operands.left.size(1);
+    const T* left = operands.left.data_ptr<T>();
+    const T* right = operands.right.data_ptr<T>();
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < cols; ++c) {
+        out.values[r * cols + c] = dot(left + out.rows[r] * dim, right + out.cols[c] * dim, dim);
+      }
+    }
   } else {
-    out.gram = at::mm(operands.left.index_select(0, rows), operands.right.index_select(0, cols).t()).contiguous();
+    const auto index_options = at::TensorOptions().dtype(at::kLong);
+    const auto row_index = at::from_blob(out.rows.data(), {rows}, index_options);
+    const auto col_index = at::from_blob(out.cols.data(), {cols}, index_options);
+    auto gram = at::from_blob(out.values.data(), {rows, cols}, operands.left.options());
+    at::mm_out(gram, operands.left.index_select(0, row_index), operands.right.index_select(0, col_index).t());
   }
   return out;
 }
@@ -148,25 +176,127 @@ void for_each_tile(const GramSource& source, int64_t tile, Epilogue&& epilogue) 
   });
 }
 
-// Per-thread scratch of the tile passes: per-pair values, keep flags, exps, column accumulators.
+// Per-thread scratch of the tile passes: per-pair values, keep flags, exps, column accumulators
+// (struct of arrays, so that the column loops vectorise).
 template <typename T>
 struct TileScratch {
-  std::vector<T> s, x, row_exp, column_exp, m;
+  std::vector<T> s, x, row_exp, column_exp, m, slope, angled;
   std::vector<uint8_t> keep_row, keep_column;
-  std::vector<SideState<T>> column_state;
-  std::vector<T> column_hardest, column_self;
+  std::vector<int32_t> column_kept, column_positive_terms;
+  std::vector<uint8_t> column_nan;
+  std::vector<T> column_maximum, column_exp_sum, column_term_sum, column_hardest;
+  std::vector<T> row_maximum;
 
   void reserve(int64_t tile) {
-    const size_t entries = static_cast<size_t>(tile * tile);
-    s.resize(entries);
-    x.resize(entries);
-    row_exp.resize(entries);
-    column_exp.resize(entries);
+    const size_t entries = static_cast<size_t>(tile * tile), line = static_cast<size_t>(tile);
+    for (auto* buffer : {&s, &x, &row_exp, &column_exp, &m}) buffer->resize(entries);
+    for (auto* buffer : {&slope, &angled, &column_maximum, &column_exp_sum, &column_term_sum, &column_hardest,
+                         &row_maximum}) {
+      buffer->resize(line);
+    }
     keep_row.resize(entries);
     keep_column.resize(entries);
-    column_state.resize(static_cast<size_t>(tile));
-    column_hardest.resize(static_cast<size_t>(tile));
-    column_self.resize(static_cast<size_t>(tile));
+    column_kept.resize(line);
+    column_positive_terms.resize(line);
+    column_nan.resize(line);
+  }
+};
+
+// A side's per-pair steps (pair_rule_rules.h) as loops over one tile row: the rule's switches are
+// taken once per row, so that each loop is branch-free and vectorises. They compute what
+// measure_of, logit and pair_slope compute, in the same order.
+template <typename T>
+struct RowSteps {
+  const SideRule<T>& side;
+
+  void measures(const T* g, T* s, int64_t cols) const {
+    switch (side.measure) {
+      case Measure::kEuclidean:
+#pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) s[c] = measure_of(Measure::kEuclidean, g[c]);
+        break;
+      case Measure::kSquaredEuclidean:
+#pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) s[c] = measure_of(Measure::kSquaredEuclidean, g[c]);
+        break;
+      default:
+        std::copy(g, g + cols, s);
+    }
+  }
+
+  // The weight factor (scale, or scale times the self-paced weight) into `out`.
+  void factors(const T* s, T* out, int64_t cols) const {
+    const T scale = side.scale, optimum = side.weight_optimum;
+    if (!side.has_weight) {
+      std::fill(out, out + cols, scale);
+    } else if (side.weight_increasing) {
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) out[c] = scale * self_paced(s[c], optimum, true);
+    } else {
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) out[c] = scale * self_paced(s[c], optimum, false);
+    }
+  }
+
+  void logits(const T* s, T* x, T* angled_buffer, int64_t cols) const {
+    const T* a = s;
+    if (side.has_angle) {
+      for (int64_t c = 0; c < cols; ++c) angled_buffer[c] = angled(s[c], side.angle_offset);
+      a = angled_buffer;
+    }
+    const T shift = side.shift;
+    if (side.has_weight) {
+      factors(s, x, cols);
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) x[c] = affine_logit(x[c], a[c], shift);
+    } else {
+      const T scale = side.scale;
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) x[c] = affine_logit(scale, a[c], shift);
+    }
+    if (side.has_temperature) {
+      const T temperature = side.temperature;
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) x[c] = x[c] / temperature;
+    }
+  }
+
+  void slopes(const T* s, T* out, int64_t cols) const {
+    factors(s, out, cols);
+    if (side.has_temperature) {
+      const T temperature = side.temperature;
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) out[c] = out[c] / temperature;
+    }
+    if (side.has_angle) {
+      for (int64_t c = 0; c < cols; ++c) out[c] = out[c] * angled_slope(s[c], side.angle_offset);
+    }
+    if (side.measure == Measure::kEuclidean) {
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) out[c] = out[c] * gram_slope(Measure::kEuclidean, s[c]);
+    } else if (side.measure == Measure::kSquaredEuclidean) {
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) out[c] = out[c] * gram_slope(Measure::kSquaredEuclidean, s[c]);
+    }
+  }
+
+  // Which of a row's pairs are kept negatives, for the row's anchor and for each column's.
+  void keeps_negatives(const int32_t* column_ids, int32_t label, const T* s, T row_threshold,
+                       const T* column_thresholds, bool columns, uint8_t* keep_row, uint8_t* keep_column,
+                       int64_t cols) const {
+    if (!side.has_filter) {
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) keep_row[c] = keep_column[c] = column_ids[c] != label;
+      return;
+    }
+    const T sign = is_distance(side.measure) ? T(-1) : T(1), epsilon = side.epsilon;
+#pragma omp simd
+    for (int64_t c = 0; c < cols; ++c) {
+      const bool negative = column_ids[c] != label;
+      const T close = sign * s[c];
+      keep_row[c] = negative & kept_negative(close, epsilon, row_threshold);
+      keep_column[c] = negative & columns & kept_negative(close, epsilon, column_thresholds[c]);
+    }
   }
 };
 
@@ -228,117 +358,168 @@ struct NegativeTotals {
   explicit NegativeTotals(int64_t n) : state(n), hardest(n, -infinity<T>()) {}
 };
 
+// The negatives' forward over one tile: kept counts, logit maxima and exp sums (online, merged
+// tile by tile), term sums and counts, and the hardest negative before any filter, for the rows
+// and (off the diagonal) the columns.
 template <typename T>
 void negatives_tile(const Rule<T>& rule, const Needs<T>& needs, const TileView<T>& t, const int32_t* ids,
                     const T* hardest_positive, const T* squared_norms, TileScratch<T>& sc, NegativeTotals<T>& out) {
   const SideRule<T>& side = rule.side[kNegatives];
+  const RowSteps<T> steps{side};
+  const bool columns = !t.diagonal;
+  const int64_t cols = t.cols;
+  const int32_t* column_ids = ids + t.col_begin;
+  const T ninf = -infinity<T>();
+  const T sign = is_distance(side.measure) ? T(-1) : T(1);
+  const bool hinge = side.term == Term::kHinge;
   if (squared_norms != nullptr) {
     // Every pair of the batch passes through the tiles once (twice on a diagonal tile).
+    int64_t near = 0;
     for (int64_t r = 0; r < t.rows; ++r) {
-      const T* g = t.gram + r * t.cols;
+      const T* g = t.gram + r * cols;
       const T squared_a = squared_norms[t.row_begin + r];
-      for (int64_t c = 0; c < t.cols; ++c) {
-        const bool self = t.diagonal && c == r;
-        out.near_duplicates += (!self && near_duplicate(g[c], squared_a, squared_norms[t.col_begin + c])) ? 1 : 0;
-      }
+      const T* squared_columns = squared_norms + t.col_begin;
+      const int64_t self = t.diagonal ? r : -1;
+#pragma omp simd reduction(+ : near)
+      for (int64_t c = 0; c < cols; ++c) near += (c != self && near_duplicate(g[c], squared_a, squared_columns[c])) ? 1 : 0;
     }
+    out.near_duplicates += near;
   }
-  const bool columns = !t.diagonal;
-  const int32_t* column_ids = ids + t.col_begin;
-  for (int64_t c = 0; c < t.cols; ++c) {
-    sc.column_state[c] = SideState<T>();
-    sc.column_hardest[c] = -infinity<T>();
-  }
-  std::vector<T> row_maximum(static_cast<size_t>(t.rows));
+  std::fill(sc.column_kept.begin(), sc.column_kept.begin() + cols, 0);
+  std::fill(sc.column_positive_terms.begin(), sc.column_positive_terms.begin() + cols, 0);
+  std::fill(sc.column_nan.begin(), sc.column_nan.begin() + cols, 0);
+  std::fill(sc.column_maximum.begin(), sc.column_maximum.begin() + cols, ninf);
+  std::fill(sc.column_exp_sum.begin(), sc.column_exp_sum.begin() + cols, T(0));
+  std::fill(sc.column_term_sum.begin(), sc.column_term_sum.begin() + cols, T(0));
+  std::fill(sc.column_hardest.begin(), sc.column_hardest.begin() + cols, ninf);
+  int32_t* column_kept = sc.column_kept.data();
+  int32_t* column_positive_terms = sc.column_positive_terms.data();
+  uint8_t* column_nan = sc.column_nan.data();
+  T* column_maximum = sc.column_maximum.data();
+  T* column_term_sum = sc.column_term_sum.data();
+  T* column_hardest = sc.column_hardest.data();
+  const T* column_thresholds = needs.hardest_positive ? hardest_positive + t.col_begin : nullptr;
   for (int64_t r = 0; r < t.rows; ++r) {
     const int64_t a = t.row_begin + r;
     const int32_t label = ids[a];
-    const T threshold = needs.hardest_positive ? hardest_positive[a] : T(0);
-    const T* g = t.gram + r * t.cols;
-    T* x = sc.x.data() + r * t.cols;
-    uint8_t* keep_row = sc.keep_row.data() + r * t.cols;
-    uint8_t* keep_column = sc.keep_column.data() + r * t.cols;
-    SideState<T> row;
-    T hardest = -infinity<T>();
-    for (int64_t c = 0; c < t.cols; ++c) {
-      const bool negative = column_ids[c] != label;
-      const T s = measure_of(side.measure, g[c]);
-      const T close = closeness(side.measure, s);
-      const T logit_value = logit(side, s);
-      x[c] = logit_value;
-      if (negative && needs.hardest_negative) {
-        hardest = nan_max(hardest, close);
-        if (columns) sc.column_hardest[c] = nan_max(sc.column_hardest[c], close);
+    T* s = sc.s.data() + r * cols;
+    T* x = sc.x.data() + r * cols;
+    uint8_t* keep_row = sc.keep_row.data() + r * cols;
+    uint8_t* keep_column = sc.keep_column.data() + r * cols;
+    steps.measures(t.gram + r * cols, s, cols);
+    steps.logits(s, x, sc.angled.data(), cols);
+    steps.keeps_negatives(column_ids, label, s, needs.hardest_positive ? hardest_positive[a] : T(0), column_thresholds,
+                          columns, keep_row, keep_column, cols);
+    if (needs.hardest_negative) {
+      T hardest = ninf;
+      int32_t saw_nan = 0;
+#pragma omp simd reduction(max : hardest) reduction(| : saw_nan)
+      for (int64_t c = 0; c < cols; ++c) {
+        const bool negative = column_ids[c] != label;
+        const T close = sign * s[c];
+        hardest = std::max(hardest, negative ? close : ninf);
+        saw_nan |= (negative & (close != close)) ? 1 : 0;
       }
-      const bool kr = negative && keeps(side, kNegatives, close, threshold);
-      const bool kc = negative && columns &&
-                      keeps(side, kNegatives, close, needs.hardest_positive ? hardest_positive[t.col_begin + c] : T(0));
-      keep_row[c] = kr;
-      keep_column[c] = kc;
-      const T term = needs.negative_terms ? term_of(side.term, logit_value) : T(0);
-      if (kr) {
-        ++row.kept;
-        if (logit_value > row.maximum) row.maximum = logit_value;
-        row.term_sum += term;
-        row.positive_terms += term > T(0) ? 1 : 0;
-      }
-      if (kc) {
-        SideState<T>& column = sc.column_state[c];
-        ++column.kept;
-        if (logit_value > column.maximum) column.maximum = logit_value;
-        column.term_sum += term;
-        column.positive_terms += term > T(0) ? 1 : 0;
+      out.hardest[a] = nan_max(out.hardest[a], saw_nan ? std::numeric_limits<T>::quiet_NaN() : hardest);
+      if (columns) {
+#pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+          const bool negative = column_ids[c] != label;
+          const T close = sign * s[c];
+          column_hardest[c] = std::max(column_hardest[c], negative ? close : ninf);
+          column_nan[c] |= (negative & (close != close)) ? 1 : 0;
+        }
       }
     }
-    row_maximum[r] = row.maximum;
-    out.hardest[a] = nan_max(out.hardest[a], hardest);
-    if (!needs.negative_lse) {
-      out.state[a].merge(row);
-      continue;
+    int32_t kept = 0, positive_terms = 0;
+    T maximum = ninf, term_sum = T(0);
+#pragma omp simd reduction(+ : kept) reduction(max : maximum)
+    for (int64_t c = 0; c < cols; ++c) {
+      kept += keep_row[c];
+      maximum = std::max(maximum, keep_row[c] ? x[c] : ninf);
     }
-    T* row_exp = sc.row_exp.data() + r * t.cols;
-    const T cutoff = infonce::exp_underflow_cutoff<T>();
-    for (int64_t c = 0; c < t.cols; ++c) row_exp[c] = keep_row[c] ? shifted(x[c], row.maximum) : cutoff;
-    // The row's state is merged after its exps are summed (below).
-    out.state[a].kept += row.kept;
-    out.state[a].term_sum += row.term_sum;
-    out.state[a].positive_terms += row.positive_terms;
+    if (needs.negative_terms) {
+#pragma omp simd reduction(+ : term_sum, positive_terms)
+      for (int64_t c = 0; c < cols; ++c) {
+        const T term = hinge ? term_of(Term::kHinge, x[c]) : term_of(Term::kLogit, x[c]);
+        term_sum += keep_row[c] ? term : T(0);
+        positive_terms += (keep_row[c] & (term > T(0))) ? 1 : 0;
+      }
+    }
+    SideState<T>& state = out.state[a];
+    state.kept += kept;
+    state.term_sum += term_sum;
+    state.positive_terms += positive_terms;
+    sc.row_maximum[r] = maximum;
+    if (!columns) continue;
+#pragma omp simd
+    for (int64_t c = 0; c < cols; ++c) {
+      column_kept[c] += keep_column[c];
+      column_maximum[c] = std::max(column_maximum[c], keep_column[c] ? x[c] : ninf);
+    }
+    if (needs.negative_terms) {
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) {
+        const T term = hinge ? term_of(Term::kHinge, x[c]) : term_of(Term::kLogit, x[c]);
+        column_term_sum[c] += keep_column[c] ? term : T(0);
+        column_positive_terms[c] += (keep_column[c] & (term > T(0))) ? 1 : 0;
+      }
+    }
   }
   if (needs.negative_lse) {
     const T cutoff = infonce::exp_underflow_cutoff<T>();
-    if (columns) {
-      for (int64_t r = 0; r < t.rows; ++r) {
-        const T* x = sc.x.data() + r * t.cols;
-        const uint8_t* keep_column = sc.keep_column.data() + r * t.cols;
-        T* column_exp = sc.column_exp.data() + r * t.cols;
-        for (int64_t c = 0; c < t.cols; ++c) {
-          column_exp[c] = keep_column[c] ? shifted(x[c], sc.column_state[c].maximum) : cutoff;
-        }
-      }
-      exp_in_place(sc.column_exp.data(), t.rows * t.cols);
+    for (int64_t r = 0; r < t.rows; ++r) {
+      const T* x = sc.x.data() + r * cols;
+      const uint8_t* keep_row = sc.keep_row.data() + r * cols;
+      T* row_exp = sc.row_exp.data() + r * cols;
+      const T row_shift = sc.row_maximum[r];
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) row_exp[c] = keep_row[c] ? shifted(x[c], row_shift) : cutoff;
+      if (!columns) continue;
+      const uint8_t* keep_column = sc.keep_column.data() + r * cols;
+      T* column_exp = sc.column_exp.data() + r * cols;
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) column_exp[c] = keep_column[c] ? shifted(x[c], column_maximum[c]) : cutoff;
     }
-    exp_in_place(sc.row_exp.data(), t.rows * t.cols);
+    exp_in_place(sc.row_exp.data(), t.rows * cols);
+    if (columns) exp_in_place(sc.column_exp.data(), t.rows * cols);
+    T* column_exp_sum = sc.column_exp_sum.data();
     for (int64_t r = 0; r < t.rows; ++r) {
       const int64_t a = t.row_begin + r;
-      const T* row_exp = sc.row_exp.data() + r * t.cols;
-      const uint8_t* keep_row = sc.keep_row.data() + r * t.cols;
-      T sum = 0;
-      for (int64_t c = 0; c < t.cols; ++c) sum += keep_row[c] ? row_exp[c] : T(0);
+      const T* row_exp = sc.row_exp.data() + r * cols;
+      const uint8_t* keep_row = sc.keep_row.data() + r * cols;
+      T sum = T(0);
+#pragma omp simd reduction(+ : sum)
+      for (int64_t c = 0; c < cols; ++c) sum += keep_row[c] ? row_exp[c] : T(0);
       infonce::RunningLogSumExp<T> state = out.state[a].lse();
-      state.merge(infonce::RunningLogSumExp<T>::of(row_maximum[r], sum));
+      state.merge(infonce::RunningLogSumExp<T>::of(sc.row_maximum[r], sum));
       out.state[a].maximum = state.maximum;
       out.state[a].exp_sum = state.sum;
       if (!columns) continue;
-      const T* column_exp = sc.column_exp.data() + r * t.cols;
-      const uint8_t* keep_column = sc.keep_column.data() + r * t.cols;
-      for (int64_t c = 0; c < t.cols; ++c) sc.column_state[c].exp_sum += keep_column[c] ? column_exp[c] : T(0);
+      const T* column_exp = sc.column_exp.data() + r * cols;
+      const uint8_t* keep_column = sc.keep_column.data() + r * cols;
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) column_exp_sum[c] += keep_column[c] ? column_exp[c] : T(0);
+    }
+  } else {
+    // Without an lse the maximum still tells the gradient pass where a row's logits stop.
+    for (int64_t r = 0; r < t.rows; ++r) {
+      SideState<T>& state = out.state[t.row_begin + r];
+      state.maximum = std::max(state.maximum, sc.row_maximum[r]);
     }
   }
   if (!columns) return;
-  for (int64_t c = 0; c < t.cols; ++c) {
+  for (int64_t c = 0; c < cols; ++c) {
     const int64_t j = t.col_begin + c;
-    out.state[j].merge(sc.column_state[c]);
-    out.hardest[j] = nan_max(out.hardest[j], sc.column_hardest[c]);
+    SideState<T> column;
+    column.kept = sc.column_kept[c];
+    column.maximum = sc.column_maximum[c];
+    column.exp_sum = needs.negative_lse ? sc.column_exp_sum[c] : T(0);
+    column.term_sum = sc.column_term_sum[c];
+    column.positive_terms = sc.column_positive_terms[c];
+    out.state[j].merge(column);
+    const T hardest = sc.column_nan[c] ? std::numeric_limits<T>::quiet_NaN() : sc.column_hardest[c];
+    out.hardest[j] = nan_max(out.hardest[j], hardest);
   }
 }
 
@@ -489,64 +670,88 @@ struct Coefficients {
   std::vector<T> versus_normalizer;  // L_a of the positives-and-negatives reference
 };
 
+// The negatives' coefficients as arrays, for vector loads along a tile's columns.
+template <typename T>
+struct CoefficientArrays {
+  std::vector<T> shift, exp_coefficient, term_coefficient;
+  explicit CoefficientArrays(const std::vector<PairCoefficients<T>>& k)
+      : shift(k.size()), exp_coefficient(k.size()), term_coefficient(k.size()) {
+    for (size_t a = 0; a < k.size(); ++a) {
+      shift[a] = k[a].shift;
+      exp_coefficient[a] = k[a].exp_coefficient;
+      term_coefficient[a] = k[a].term_coefficient;
+    }
+  }
+};
+
+// M[r][c] = W[a, j] + W[j, a] over one tile's negative pairs, W the weight of a pair's Gram entry
+// in its anchor's loss (gram_weight); on a diagonal tile each unordered pair appears twice, each
+// time whole.
 template <typename T>
 void negatives_gradient_tile(const Rule<T>& rule, const TileView<T>& t, const int32_t* ids, const T* hardest_positive,
-                             const std::vector<PairCoefficients<T>>& coefficients, bool exps, TileScratch<T>& sc) {
+                             const CoefficientArrays<T>& k, bool exps, TileScratch<T>& sc) {
   const SideRule<T>& side = rule.side[kNegatives];
+  const RowSteps<T> steps{side};
+  const int64_t cols = t.cols;
   const int32_t* column_ids = ids + t.col_begin;
-  const PairCoefficients<T>* column_coefficients = coefficients.data() + t.col_begin;
+  const T* column_thresholds = side.has_filter ? hardest_positive + t.col_begin : nullptr;
+  const T* column_shift = k.shift.data() + t.col_begin;
+  const T* column_exp_coefficient = k.exp_coefficient.data() + t.col_begin;
+  const T* column_term_coefficient = k.term_coefficient.data() + t.col_begin;
   const T cutoff = infonce::exp_underflow_cutoff<T>();
+  const bool hinge = side.term == Term::kHinge;
   for (int64_t r = 0; r < t.rows; ++r) {
     const int64_t a = t.row_begin + r;
-    const int32_t label = ids[a];
-    const T threshold = side.has_filter ? hardest_positive[a] : T(0);
-    const T* g = t.gram + r * t.cols;
-    T* s_out = sc.s.data() + r * t.cols;
-    T* x = sc.x.data() + r * t.cols;
-    uint8_t* keep_row = sc.keep_row.data() + r * t.cols;
-    uint8_t* keep_column = sc.keep_column.data() + r * t.cols;
-    T* row_exp = sc.row_exp.data() + r * t.cols;
-    T* column_exp = sc.column_exp.data() + r * t.cols;
-    const T row_shift = coefficients[a].shift;
-    for (int64_t c = 0; c < t.cols; ++c) {
-      const bool negative = column_ids[c] != label;
-      const T s = measure_of(side.measure, g[c]);
-      const T close = closeness(side.measure, s);
-      s_out[c] = s;
-      const T logit_value = logit(side, s);
-      x[c] = logit_value;
-      keep_row[c] = negative && keeps(side, kNegatives, close, threshold);
-      keep_column[c] = negative && keeps(side, kNegatives, close, side.has_filter ? hardest_positive[t.col_begin + c] : T(0));
-      if (exps) {
-        row_exp[c] = keep_row[c] ? shifted(logit_value, row_shift) : cutoff;
-        column_exp[c] = keep_column[c] ? shifted(logit_value, column_coefficients[c].shift) : cutoff;
-      }
+    T* s = sc.s.data() + r * cols;
+    T* x = sc.x.data() + r * cols;
+    uint8_t* keep_row = sc.keep_row.data() + r * cols;
+    uint8_t* keep_column = sc.keep_column.data() + r * cols;
+    steps.measures(t.gram + r * cols, s, cols);
+    steps.logits(s, x, sc.angled.data(), cols);
+    steps.keeps_negatives(column_ids, ids[a], s, side.has_filter ? hardest_positive[a] : T(0), column_thresholds, true,
+                          keep_row, keep_column, cols);
+    if (!exps) continue;
+    T* row_exp = sc.row_exp.data() + r * cols;
+    T* column_exp = sc.column_exp.data() + r * cols;
+    const T row_shift = k.shift[a];
+#pragma omp simd
+    for (int64_t c = 0; c < cols; ++c) {
+      row_exp[c] = keep_row[c] ? shifted(x[c], row_shift) : cutoff;
+      column_exp[c] = keep_column[c] ? shifted(x[c], column_shift[c]) : cutoff;
     }
   }
   if (exps) {
-    exp_in_place(sc.row_exp.data(), t.rows * t.cols);
-    exp_in_place(sc.column_exp.data(), t.rows * t.cols);
+    exp_in_place(sc.row_exp.data(), t.rows * cols);
+    exp_in_place(sc.column_exp.data(), t.rows * cols);
   }
   for (int64_t r = 0; r < t.rows; ++r) {
     const int64_t a = t.row_begin + r;
-    const T* s = sc.s.data() + r * t.cols;
-    const T* x = sc.x.data() + r * t.cols;
-    const uint8_t* keep_row = sc.keep_row.data() + r * t.cols;
-    const uint8_t* keep_column = sc.keep_column.data() + r * t.cols;
-    const T* row_exp = sc.row_exp.data() + r * t.cols;
-    const T* column_exp = sc.column_exp.data() + r * t.cols;
-    T* m = sc.m.data() + r * t.cols;
-    const PairCoefficients<T> row_coefficients = coefficients[a];
-    for (int64_t c = 0; c < t.cols; ++c) {
-      T w = T(0);
-      if (keep_row[c]) {
-        w += gram_weight(side, s[c], pair_logit_gradient(row_coefficients, side.term, x[c], exps ? row_exp[c] : T(0)));
-      }
-      if (keep_column[c]) {
-        w += gram_weight(side, s[c],
-                         pair_logit_gradient(column_coefficients[c], side.term, x[c], exps ? column_exp[c] : T(0)));
-      }
-      m[c] = w;
+    const T* s = sc.s.data() + r * cols;
+    const T* x = sc.x.data() + r * cols;
+    const uint8_t* keep_row = sc.keep_row.data() + r * cols;
+    const uint8_t* keep_column = sc.keep_column.data() + r * cols;
+    const T* row_exp = sc.row_exp.data() + r * cols;
+    const T* column_exp = sc.column_exp.data() + r * cols;
+    T* slope = sc.slope.data();
+    T* m = sc.m.data() + r * cols;
+    steps.slopes(s, slope, cols);
+    PairCoefficients<T> row_k;
+    row_k.shift = k.shift[a];
+    row_k.exp_coefficient = k.exp_coefficient[a];
+    row_k.term_coefficient = k.term_coefficient[a];
+    const Term term = hinge ? Term::kHinge : Term::kLogit;
+#pragma omp simd
+    for (int64_t c = 0; c < cols; ++c) {
+      PairCoefficients<T> column_k;
+      column_k.shift = column_shift[c];
+      column_k.exp_coefficient = column_exp_coefficient[c];
+      column_k.term_coefficient = column_term_coefficient[c];
+      const T row_gradient = keep_row[c] ? pair_logit_gradient(row_k, term, x[c], exps ? row_exp[c] : T(0)) : T(0);
+      const T column_gradient =
+          keep_column[c] ? pair_logit_gradient(column_k, term, x[c], exps ? column_exp[c] : T(0)) : T(0);
+      // gram_weight's product, with pair_slope computed by the row steps.
+      m[c] = (row_gradient == T(0) ? T(0) : row_gradient * slope[c]) +
+             (column_gradient == T(0) ? T(0) : column_gradient * slope[c]);
     }
   }
 }
@@ -597,12 +802,14 @@ at::Tensor gradient(const Forward<T>& f, const std::vector<T> weights[2]) {
   if (any_positive) {
     const SideRule<T>& side = rule.side[kPositives];
     std::vector<PositiveRow<T>> rows(num_threads);
+    std::vector<std::vector<T>> weights_of(num_threads);
     for_each_class_block(f.blocks, [&](const ClassBlock& block, int thread_id) {
       const ClassGram<T> gram = class_gram<T>(f.source, f.classes, block);
       PositiveRow<T>& row = rows[thread_id];
       const int64_t block_rows = static_cast<int64_t>(gram.rows.size()), k_cols = static_cast<int64_t>(gram.cols.size());
-      auto w = at::zeros({block_rows, k_cols}, options);
-      T* weight = w.template data_ptr<T>();
+      std::vector<T>& w = weights_of[thread_id];
+      w.assign(static_cast<size_t>(block_rows * k_cols), T(0));
+      T* weight = w.data();
       bool any = false;
       for (int64_t r = 0; r < block_rows; ++r) {
         const int64_t a = gram.rows[r];
@@ -649,16 +856,44 @@ at::Tensor gradient(const Forward<T>& f, const std::vector<T> weights[2]) {
       }
       if (!any) return;
       auto [pair_total, self_total] = accumulators(thread_id);
+      if (k_cols <= kDirectClassMembers) {
+        // G[a] += w u_p and G[p] += w u_a for each weighted pair, in plain loops (see class_gram).
+        const int64_t dim = f.operands.unit.size(1);
+        const T* unit = f.operands.unit.template data_ptr<T>();
+        T* g = pair_total.template data_ptr<T>();
+        T* self = self_total.template data_ptr<T>();
+        for (int64_t r = 0; r < block_rows; ++r) {
+          const int64_t a = gram.rows[r];
+          for (int64_t c = 0; c < k_cols; ++c) {
+            const T pair_weight = weight[r * k_cols + c];
+            if (pair_weight == T(0)) continue;
+            const int64_t p = gram.cols[c];
+            T* g_a = g + a * dim;
+            T* g_p = g + p * dim;
+            const T* u_a = unit + a * dim;
+            const T* u_p = unit + p * dim;
+#pragma omp simd
+            for (int64_t d = 0; d < dim; ++d) {
+              g_a[d] += pair_weight * u_p[d];
+              g_p[d] += pair_weight * u_a[d];
+            }
+            self[a] += pair_weight;
+            self[p] += pair_weight;
+          }
+        }
+        return;
+      }
       const auto index_options = at::TensorOptions().dtype(at::kLong);
       const auto rows_index = at::from_blob(const_cast<int64_t*>(gram.rows.data()), {block_rows}, index_options);
       const auto cols_index = at::from_blob(const_cast<int64_t*>(gram.cols.data()), {k_cols}, index_options);
+      const auto w_tensor = at::from_blob(weight, {block_rows, k_cols}, options);
       const auto rows_unit = f.operands.unit.index_select(0, rows_index);
       const auto cols_unit = f.operands.unit.index_select(0, cols_index);
-      pair_total.index_add_(0, rows_index, at::mm(w, cols_unit));
-      pair_total.index_add_(0, cols_index, at::mm(w.t(), rows_unit));
+      pair_total.index_add_(0, rows_index, at::mm(w_tensor, cols_unit));
+      pair_total.index_add_(0, cols_index, at::mm(w_tensor.t(), rows_unit));
       if (f.operands.distance) {
-        self_total.index_add_(0, rows_index, w.sum(1));
-        self_total.index_add_(0, cols_index, w.sum(0));
+        self_total.index_add_(0, rows_index, w_tensor.sum(1));
+        self_total.index_add_(0, cols_index, w_tensor.sum(0));
       }
     });
   }
@@ -691,14 +926,12 @@ at::Tensor gradient(const Forward<T>& f, const std::vector<T> weights[2]) {
   }
   if (any_negative_weight) {
     std::vector<TileScratch<T>> scratch(num_threads);
-    for (auto& own : scratch) {
-      own.reserve(f.tile);
-      own.m.resize(static_cast<size_t>(f.tile * f.tile));
-    }
+    for (auto& own : scratch) own.reserve(f.tile);
     const int32_t* ids = f.labels.ids.data();
+    const CoefficientArrays<T> coefficient_arrays(negative_coefficients);
     for_each_tile<T>(f.source, f.tile, [&](const TileView<T>& t, int thread_id) {
       TileScratch<T>& own = scratch[thread_id];
-      negatives_gradient_tile(rule, t, ids, f.states.hardest_positive.data(), negative_coefficients, exps, own);
+      negatives_gradient_tile(rule, t, ids, f.states.hardest_positive.data(), coefficient_arrays, exps, own);
       auto [pair_total, self_total] = accumulators(thread_id);
       const auto m = at::from_blob(own.m.data(), {t.rows, t.cols}, options);
       pair_total.narrow(0, t.row_begin, t.rows).addmm_(m, f.operands.unit.narrow(0, t.col_begin, t.cols));
