@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/labelled_contrastive_tiles.h"
@@ -209,20 +210,24 @@ template <typename T>
 struct RowSteps {
   const SideRule<T>& side;
 
-  void measures(const T* g, T* s, int64_t cols) const {
+  // The row's measures: the Gram row itself for similarities (no copy), else computed into `s`.
+  const T* measures(const T* g, T* s, int64_t cols) const {
     switch (side.measure) {
       case Measure::kEuclidean:
 #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) s[c] = measure_of(Measure::kEuclidean, g[c]);
-        break;
+        return s;
       case Measure::kSquaredEuclidean:
 #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) s[c] = measure_of(Measure::kSquaredEuclidean, g[c]);
-        break;
+        return s;
       default:
-        std::copy(g, g + cols, s);
+        return g;
     }
   }
+
+  // Whether pair_slope is one number for every pair (a similarity, no weight, no angle).
+  bool constant_slope() const { return !side.has_weight && !side.has_angle && !is_distance(side.measure); }
 
   // The weight factor (scale, or scale times the self-paced weight) into `out`.
   void factors(const T* s, T* out, int64_t cols) const {
@@ -249,15 +254,21 @@ struct RowSteps {
       factors(s, x, cols);
 #pragma omp simd
       for (int64_t c = 0; c < cols; ++c) x[c] = affine_logit(x[c], a[c], shift);
-    } else {
-      const T scale = side.scale;
+      if (side.has_temperature) {
+        const T temperature = side.temperature;
 #pragma omp simd
-      for (int64_t c = 0; c < cols; ++c) x[c] = affine_logit(scale, a[c], shift);
+        for (int64_t c = 0; c < cols; ++c) x[c] = x[c] / temperature;
+      }
+      return;
     }
+    const T scale = side.scale;
     if (side.has_temperature) {
       const T temperature = side.temperature;
 #pragma omp simd
-      for (int64_t c = 0; c < cols; ++c) x[c] = x[c] / temperature;
+      for (int64_t c = 0; c < cols; ++c) x[c] = affine_logit(scale, a[c], shift) / temperature;
+    } else {
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) x[c] = affine_logit(scale, a[c], shift);
     }
   }
 
@@ -402,11 +413,10 @@ void negatives_tile(const Rule<T>& rule, const Needs<T>& needs, const TileView<T
   for (int64_t r = 0; r < t.rows; ++r) {
     const int64_t a = t.row_begin + r;
     const int32_t label = ids[a];
-    T* s = sc.s.data() + r * cols;
     T* x = sc.x.data() + r * cols;
     uint8_t* keep_row = sc.keep_row.data() + r * cols;
     uint8_t* keep_column = sc.keep_column.data() + r * cols;
-    steps.measures(t.gram + r * cols, s, cols);
+    const T* s = steps.measures(t.gram + r * cols, sc.s.data() + r * cols, cols);
     steps.logits(s, x, sc.angled.data(), cols);
     steps.keeps_negatives(column_ids, label, s, needs.hardest_positive ? hardest_positive[a] : T(0), column_thresholds,
                           columns, keep_row, keep_column, cols);
@@ -474,12 +484,18 @@ void negatives_tile(const Rule<T>& rule, const Needs<T>& needs, const TileView<T
       T* row_exp = sc.row_exp.data() + r * cols;
       const T row_shift = sc.row_maximum[r];
 #pragma omp simd
-      for (int64_t c = 0; c < cols; ++c) row_exp[c] = keep_row[c] ? shifted(x[c], row_shift) : cutoff;
+      for (int64_t c = 0; c < cols; ++c) {
+        const T v = shifted(x[c], row_shift);  // computed unconditionally: the select then vectorises
+        row_exp[c] = keep_row[c] ? v : cutoff;
+      }
       if (!columns) continue;
       const uint8_t* keep_column = sc.keep_column.data() + r * cols;
       T* column_exp = sc.column_exp.data() + r * cols;
 #pragma omp simd
-      for (int64_t c = 0; c < cols; ++c) column_exp[c] = keep_column[c] ? shifted(x[c], column_maximum[c]) : cutoff;
+      for (int64_t c = 0; c < cols; ++c) {
+        const T v = shifted(x[c], column_maximum[c]);
+        column_exp[c] = keep_column[c] ? v : cutoff;
+      }
     }
     exp_in_place(sc.row_exp.data(), t.rows * cols);
     if (columns) exp_in_place(sc.column_exp.data(), t.rows * cols);
@@ -700,13 +716,14 @@ void negatives_gradient_tile(const Rule<T>& rule, const TileView<T>& t, const in
   const T* column_term_coefficient = k.term_coefficient.data() + t.col_begin;
   const T cutoff = infonce::exp_underflow_cutoff<T>();
   const bool hinge = side.term == Term::kHinge;
+  const bool constant_slope = steps.constant_slope();
+  const T single_slope = constant_slope ? pair_slope(side, T(0)) : T(0);
   for (int64_t r = 0; r < t.rows; ++r) {
     const int64_t a = t.row_begin + r;
-    T* s = sc.s.data() + r * cols;
     T* x = sc.x.data() + r * cols;
     uint8_t* keep_row = sc.keep_row.data() + r * cols;
     uint8_t* keep_column = sc.keep_column.data() + r * cols;
-    steps.measures(t.gram + r * cols, s, cols);
+    const T* s = steps.measures(t.gram + r * cols, sc.s.data() + r * cols, cols);
     steps.logits(s, x, sc.angled.data(), cols);
     steps.keeps_negatives(column_ids, ids[a], s, side.has_filter ? hardest_positive[a] : T(0), column_thresholds, true,
                           keep_row, keep_column, cols);
@@ -716,8 +733,9 @@ void negatives_gradient_tile(const Rule<T>& rule, const TileView<T>& t, const in
     const T row_shift = k.shift[a];
 #pragma omp simd
     for (int64_t c = 0; c < cols; ++c) {
-      row_exp[c] = keep_row[c] ? shifted(x[c], row_shift) : cutoff;
-      column_exp[c] = keep_column[c] ? shifted(x[c], column_shift[c]) : cutoff;
+      const T row_value = shifted(x[c], row_shift), column_value = shifted(x[c], column_shift[c]);
+      row_exp[c] = keep_row[c] ? row_value : cutoff;
+      column_exp[c] = keep_column[c] ? column_value : cutoff;
     }
   }
   if (exps) {
@@ -726,7 +744,7 @@ void negatives_gradient_tile(const Rule<T>& rule, const TileView<T>& t, const in
   }
   for (int64_t r = 0; r < t.rows; ++r) {
     const int64_t a = t.row_begin + r;
-    const T* s = sc.s.data() + r * cols;
+    const T* s = is_distance(side.measure) ? sc.s.data() + r * cols : t.gram + r * cols;
     const T* x = sc.x.data() + r * cols;
     const uint8_t* keep_row = sc.keep_row.data() + r * cols;
     const uint8_t* keep_column = sc.keep_column.data() + r * cols;
@@ -734,24 +752,38 @@ void negatives_gradient_tile(const Rule<T>& rule, const TileView<T>& t, const in
     const T* column_exp = sc.column_exp.data() + r * cols;
     T* slope = sc.slope.data();
     T* m = sc.m.data() + r * cols;
-    steps.slopes(s, slope, cols);
+    if (constant_slope) {
+      std::fill(slope, slope + cols, single_slope);
+    } else {
+      steps.slopes(s, slope, cols);
+    }
     PairCoefficients<T> row_k;
     row_k.shift = k.shift[a];
     row_k.exp_coefficient = k.exp_coefficient[a];
     row_k.term_coefficient = k.term_coefficient[a];
-    const Term term = hinge ? Term::kHinge : Term::kLogit;
+    // Without exps every exp coefficient is 0 and pair_logit_gradient ignores the (stale) exp.
+    auto weights = [&](auto term_constant) {
+      constexpr Term term = decltype(term_constant)::value;
 #pragma omp simd
-    for (int64_t c = 0; c < cols; ++c) {
-      PairCoefficients<T> column_k;
-      column_k.shift = column_shift[c];
-      column_k.exp_coefficient = column_exp_coefficient[c];
-      column_k.term_coefficient = column_term_coefficient[c];
-      const T row_gradient = keep_row[c] ? pair_logit_gradient(row_k, term, x[c], exps ? row_exp[c] : T(0)) : T(0);
-      const T column_gradient =
-          keep_column[c] ? pair_logit_gradient(column_k, term, x[c], exps ? column_exp[c] : T(0)) : T(0);
-      // gram_weight's product, with pair_slope computed by the row steps.
-      m[c] = (row_gradient == T(0) ? T(0) : row_gradient * slope[c]) +
-             (column_gradient == T(0) ? T(0) : column_gradient * slope[c]);
+      for (int64_t c = 0; c < cols; ++c) {
+        PairCoefficients<T> column_k;
+        column_k.shift = column_shift[c];
+        column_k.exp_coefficient = column_exp_coefficient[c];
+        column_k.term_coefficient = column_term_coefficient[c];
+        // Computed unconditionally and then selected, so that the loop if-converts and vectorises.
+        const T row_value = pair_logit_gradient(row_k, term, x[c], row_exp[c]);
+        const T column_value = pair_logit_gradient(column_k, term, x[c], column_exp[c]);
+        const T row_gradient = keep_row[c] ? row_value : T(0);
+        const T column_gradient = keep_column[c] ? column_value : T(0);
+        // gram_weight's product, with pair_slope computed by the row steps.
+        const T row_weight = row_gradient * slope[c], column_weight = column_gradient * slope[c];
+        m[c] = (row_gradient == T(0) ? T(0) : row_weight) + (column_gradient == T(0) ? T(0) : column_weight);
+      }
+    };
+    if (hinge) {
+      weights(std::integral_constant<Term, Term::kHinge>{});
+    } else {
+      weights(std::integral_constant<Term, Term::kLogit>{});
     }
   }
 }
