@@ -182,7 +182,8 @@ void for_each_tile(const GramSource& source, int64_t tile, Epilogue&& epilogue) 
 template <typename T>
 struct TileScratch {
   std::vector<T> s, x, row_exp, column_exp, m, slope, angled;
-  std::vector<uint8_t> keep_row, keep_column;
+  // Keep flags as int32: as wide as a float lane, so the selects on them vectorise cleanly.
+  std::vector<int32_t> keep_row, keep_column;
   std::vector<int32_t> column_kept, column_positive_terms;
   std::vector<uint8_t> column_nan;
   std::vector<T> column_maximum, column_exp_sum, column_term_sum, column_hardest;
@@ -293,7 +294,7 @@ struct RowSteps {
 
   // Which of a row's pairs are kept negatives, for the row's anchor and for each column's.
   void keeps_negatives(const int32_t* column_ids, int32_t label, const T* s, T row_threshold,
-                       const T* column_thresholds, bool columns, uint8_t* keep_row, uint8_t* keep_column,
+                       const T* column_thresholds, bool columns, int32_t* keep_row, int32_t* keep_column,
                        int64_t cols) const {
     if (!side.has_filter) {
 #pragma omp simd
@@ -414,8 +415,8 @@ void negatives_tile(const Rule<T>& rule, const Needs<T>& needs, const TileView<T
     const int64_t a = t.row_begin + r;
     const int32_t label = ids[a];
     T* x = sc.x.data() + r * cols;
-    uint8_t* keep_row = sc.keep_row.data() + r * cols;
-    uint8_t* keep_column = sc.keep_column.data() + r * cols;
+    int32_t* keep_row = sc.keep_row.data() + r * cols;
+    int32_t* keep_column = sc.keep_column.data() + r * cols;
     const T* s = steps.measures(t.gram + r * cols, sc.s.data() + r * cols, cols);
     steps.logits(s, x, sc.angled.data(), cols);
     steps.keeps_negatives(column_ids, label, s, needs.hardest_positive ? hardest_positive[a] : T(0), column_thresholds,
@@ -480,7 +481,7 @@ void negatives_tile(const Rule<T>& rule, const Needs<T>& needs, const TileView<T
     const T cutoff = infonce::exp_underflow_cutoff<T>();
     for (int64_t r = 0; r < t.rows; ++r) {
       const T* x = sc.x.data() + r * cols;
-      const uint8_t* keep_row = sc.keep_row.data() + r * cols;
+      const int32_t* keep_row = sc.keep_row.data() + r * cols;
       T* row_exp = sc.row_exp.data() + r * cols;
       const T row_shift = sc.row_maximum[r];
 #pragma omp simd
@@ -489,7 +490,7 @@ void negatives_tile(const Rule<T>& rule, const Needs<T>& needs, const TileView<T
         row_exp[c] = keep_row[c] ? v : cutoff;
       }
       if (!columns) continue;
-      const uint8_t* keep_column = sc.keep_column.data() + r * cols;
+      const int32_t* keep_column = sc.keep_column.data() + r * cols;
       T* column_exp = sc.column_exp.data() + r * cols;
 #pragma omp simd
       for (int64_t c = 0; c < cols; ++c) {
@@ -503,7 +504,7 @@ void negatives_tile(const Rule<T>& rule, const Needs<T>& needs, const TileView<T
     for (int64_t r = 0; r < t.rows; ++r) {
       const int64_t a = t.row_begin + r;
       const T* row_exp = sc.row_exp.data() + r * cols;
-      const uint8_t* keep_row = sc.keep_row.data() + r * cols;
+      const int32_t* keep_row = sc.keep_row.data() + r * cols;
       T sum = T(0);
 #pragma omp simd reduction(+ : sum)
       for (int64_t c = 0; c < cols; ++c) sum += keep_row[c] ? row_exp[c] : T(0);
@@ -513,7 +514,7 @@ void negatives_tile(const Rule<T>& rule, const Needs<T>& needs, const TileView<T
       out.state[a].exp_sum = state.sum;
       if (!columns) continue;
       const T* column_exp = sc.column_exp.data() + r * cols;
-      const uint8_t* keep_column = sc.keep_column.data() + r * cols;
+      const int32_t* keep_column = sc.keep_column.data() + r * cols;
 #pragma omp simd
       for (int64_t c = 0; c < cols; ++c) column_exp_sum[c] += keep_column[c] ? column_exp[c] : T(0);
     }
@@ -721,8 +722,8 @@ void negatives_gradient_tile(const Rule<T>& rule, const TileView<T>& t, const in
   for (int64_t r = 0; r < t.rows; ++r) {
     const int64_t a = t.row_begin + r;
     T* x = sc.x.data() + r * cols;
-    uint8_t* keep_row = sc.keep_row.data() + r * cols;
-    uint8_t* keep_column = sc.keep_column.data() + r * cols;
+    int32_t* keep_row = sc.keep_row.data() + r * cols;
+    int32_t* keep_column = sc.keep_column.data() + r * cols;
     const T* s = steps.measures(t.gram + r * cols, sc.s.data() + r * cols, cols);
     steps.logits(s, x, sc.angled.data(), cols);
     steps.keeps_negatives(column_ids, ids[a], s, side.has_filter ? hardest_positive[a] : T(0), column_thresholds, true,
@@ -746,24 +747,21 @@ void negatives_gradient_tile(const Rule<T>& rule, const TileView<T>& t, const in
     const int64_t a = t.row_begin + r;
     const T* s = is_distance(side.measure) ? sc.s.data() + r * cols : t.gram + r * cols;
     const T* x = sc.x.data() + r * cols;
-    const uint8_t* keep_row = sc.keep_row.data() + r * cols;
-    const uint8_t* keep_column = sc.keep_column.data() + r * cols;
+    const int32_t* keep_row = sc.keep_row.data() + r * cols;
+    const int32_t* keep_column = sc.keep_column.data() + r * cols;
     const T* row_exp = sc.row_exp.data() + r * cols;
     const T* column_exp = sc.column_exp.data() + r * cols;
     T* slope = sc.slope.data();
     T* m = sc.m.data() + r * cols;
-    if (constant_slope) {
-      std::fill(slope, slope + cols, single_slope);
-    } else {
-      steps.slopes(s, slope, cols);
-    }
+    if (!constant_slope) steps.slopes(s, slope, cols);
     PairCoefficients<T> row_k;
     row_k.shift = k.shift[a];
     row_k.exp_coefficient = k.exp_coefficient[a];
     row_k.term_coefficient = k.term_coefficient[a];
     // Without exps every exp coefficient is 0 and pair_logit_gradient ignores the (stale) exp.
-    auto weights = [&](auto term_constant) {
+    auto weights = [&](auto term_constant, auto constant_constant) {
       constexpr Term term = decltype(term_constant)::value;
+      constexpr bool kConstantSlope = decltype(constant_constant)::value;
 #pragma omp simd
       for (int64_t c = 0; c < cols; ++c) {
         PairCoefficients<T> column_k;
@@ -775,15 +773,18 @@ void negatives_gradient_tile(const Rule<T>& rule, const TileView<T>& t, const in
         const T column_value = pair_logit_gradient(column_k, term, x[c], column_exp[c]);
         const T row_gradient = keep_row[c] ? row_value : T(0);
         const T column_gradient = keep_column[c] ? column_value : T(0);
-        // gram_weight's product, with pair_slope computed by the row steps.
-        const T row_weight = row_gradient * slope[c], column_weight = column_gradient * slope[c];
+        // gram_weight's product, with pair_slope computed by the row steps (or one number).
+        const T pair_slope_value = kConstantSlope ? single_slope : slope[c];
+        const T row_weight = row_gradient * pair_slope_value, column_weight = column_gradient * pair_slope_value;
         m[c] = (row_gradient == T(0) ? T(0) : row_weight) + (column_gradient == T(0) ? T(0) : column_weight);
       }
     };
+    using Hinge = std::integral_constant<Term, Term::kHinge>;
+    using Logit = std::integral_constant<Term, Term::kLogit>;
     if (hinge) {
-      weights(std::integral_constant<Term, Term::kHinge>{});
+      constant_slope ? weights(Hinge{}, std::true_type{}) : weights(Hinge{}, std::false_type{});
     } else {
-      weights(std::integral_constant<Term, Term::kLogit>{});
+      constant_slope ? weights(Logit{}, std::true_type{}) : weights(Logit{}, std::false_type{});
     }
   }
 }
