@@ -95,36 +95,6 @@ TORCH_LIBRARY(embedplug, m) {
       "Tensor? guide_candidates, Tensor log_normalizer, float scale, str margin_strategy, float margin, "
       "bool anchor_anchor, bool positive_anchor, int positive_candidate_columns, bool exclude_self) "
       "-> (Tensor, Tensor)");
-  // Label-aware contrastive losses, per anchor, as pytorch-metric-learning 2.9 computes them on
-  // cosine similarities of normalised embeddings (rules: csrc/labelled_contrastive_rules.h).
-  //   embeddings [N, D] float32/float64, labels [N] int64. Returns (losses [N], positive_pairs [N]
-  //   int64, negative_pairs [N] int64, unit_grad): PML's per-anchor loss before its reducer, the
-  //   pairs the anchor used (after mining), and with compute_grad the gradient of the sum of the
-  //   losses the reducer counts (AvgNonZeroReducer: loss > 0 or NaN; MeanReducer: all), else [0].
-  // supcon: -mean_p log softmax over every other column of s / temperature.
-  m.def(
-      "supcon_loss_forward(Tensor embeddings, Tensor labels, float temperature, bool compute_grad) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
-  // Gradient of sum(grad_losses * losses): unit_grad rescaled when grad_losses is uniform on the
-  // counted anchors and 0 elsewhere, else recomputed block by block.
-  m.def(
-      "_supcon_loss_backward(Tensor grad_losses, Tensor embeddings, Tensor labels, Tensor losses, Tensor unit_grad, "
-      "float temperature) -> Tensor");
-  // multi-similarity: (1/alpha) log(1 + sum_p e^{alpha (base - s_p)}) + (1/beta) log(1 + sum_n
-  // e^{beta (s_n - base)}), over the pairs MultiSimilarityMiner(mining_epsilon) keeps when given.
-  m.def(
-      "multi_similarity_loss_forward(Tensor embeddings, Tensor labels, float alpha, float beta, float base, "
-      "float? mining_epsilon, bool compute_grad) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def(
-      "_multi_similarity_loss_backward(Tensor grad_losses, Tensor embeddings, Tensor labels, Tensor losses, "
-      "Tensor unit_grad, float alpha, float beta, float base, float? mining_epsilon) -> Tensor");
-  // circle: softplus(logsumexp_p(-gamma [1 + m - s_p]_+ (s_p - 1 + m)) + logsumexp_n(gamma [s_n + m]_+ (s_n - m))).
-  m.def(
-      "circle_loss_forward(Tensor embeddings, Tensor labels, float m, float gamma, bool compute_grad) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
-  m.def(
-      "_circle_loss_backward(Tensor grad_losses, Tensor embeddings, Tensor labels, Tensor losses, Tensor unit_grad, "
-      "float m, float gamma) -> Tensor");
   // A label-aware pair loss described as data (embedplug/pair_rules), interpreted per anchor
   // without an N x N matrix (rules: csrc/pair_rule_rules.h; params and codes are the rule as
   // embedplug.pair_rules.encode writes it). embeddings [N, D] float32/float64, labels [N] int64.

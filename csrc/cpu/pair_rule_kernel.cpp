@@ -15,7 +15,7 @@
 // and for the gradient (per stream, weights w_a): the classes pass writes each positive pair's weight
 // on its Gram entry and the versus terms' coefficients of the negatives' softmax, then the tiles pass
 // writes M = W + W^T over the negatives; both meet the rows in GEMMs. Multiply-adds: N^2 D / 2 for
-// the forward, N^2 D / 2 + N^2 D for the gradient, as the label-aware contrastive kernels.
+// the forward, N^2 D / 2 + N^2 D for the gradient, as the bespoke label-aware kernels this op replaced.
 // Memory: per thread one tile and its buffers, O(N) states, one N x D accumulator.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -26,7 +26,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "cpu/labelled_contrastive_tiles.h"
+#include "cpu/label_tiles.h"
 #include "cpu/pairwise_tiles.h"
 #include "op_input_checks.h"
 #include "pair_rule_host.h"
@@ -37,9 +37,6 @@ namespace cpu {
 namespace {
 
 using namespace pair_rule;
-using contrastive_tiles::contrastive_tile_size;
-using contrastive_tiles::exp_in_place;
-using contrastive_tiles::LabelClasses;
 
 template <typename T>
 constexpr T infinity() {
@@ -643,7 +640,7 @@ struct Forward {
         blocks(class_blocks(classes, embeddings.size(0))),
         states(embeddings.size(0)),
         results(embeddings.size(0)),
-        tile(contrastive_tile_size(embeddings.size(0))),
+        tile(label_tile_size(embeddings.size(0))),
         non_finite(!operands.x.isfinite().all().item<bool>()) {
     const int64_t n = embeddings.size(0);
     const Needs<T> needs(rule);

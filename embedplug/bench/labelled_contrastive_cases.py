@@ -88,7 +88,7 @@ def available_implementations(loss: str) -> dict[str, Callable[[Inputs], None]]:
     """The implementations of ``loss`` importable here (pytorch-metric-learning is optional)."""
     found = {}
     for name, fn in LOSSES[loss].items():
-        if name == "embedplug fused" and not _extension.has_kernel("supcon_loss_forward", "cpu"):
+        if name == "embedplug fused" and not _extension.has_kernel("pair_rule_forward", "cpu"):
             continue
         if name == PML:
             try:

@@ -1,11 +1,11 @@
 """Label-aware contrastive losses on raw embeddings: SupCon (Khosla et al. 2020), multi-similarity
 (Wang et al. 2019) and circle (Sun et al. 2020), equal to pytorch-metric-learning 2.9's.
 
-The per-anchor losses come from the fused ops (O(N) memory); the reducers are the ops' own
-(:mod:`embedplug.ops.labelled_contrastive`): PML's ``AvgNonZeroReducer`` (SupCon, circle) over the
-anchors whose loss is > 0 in exact arithmetic, ``MeanReducer`` (multi-similarity), and
-``GenericPairLoss``'s 0 for batches with too few pairs (``sum(embeddings * 0)``, as PML's).
-Hyper-parameters are checked once, at the op's boundary.
+Each is a preset pair rule (:mod:`embedplug.pair_rules.presets`) run by the fused pair-rule op
+(:func:`embedplug.functional.pair_rule_loss`, O(N) memory), whose reducers are PML's:
+``AvgNonZeroReducer`` (SupCon, circle) over the anchors whose loss is > 0 in exact arithmetic,
+``MeanReducer`` (multi-similarity), and ``GenericPairLoss``'s 0 for batches with too few pairs
+(``sum(embeddings * 0)``, as PML's). Hyper-parameters are checked when the rule is built.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 
 from embedplug._validation import check_embeddings, check_labels, warns_non_finite_input
-from embedplug.ops import labelled_contrastive as ops
+from embedplug.functional.pair_rule import pair_rule_loss
+from embedplug.pair_rules import presets
 
 
 @warns_non_finite_input
@@ -35,8 +36,7 @@ def supervised_contrastive_loss(
     caller = "supervised_contrastive_loss"
     check_embeddings(embeddings, caller)
     labels = check_labels(labels, embeddings, caller)
-    outputs = ops.supcon_loss_forward(embeddings, labels, temperature)
-    return ops.reduce_supcon((embeddings,), outputs)
+    return pair_rule_loss(embeddings, labels, presets.supcon(temperature))
 
 
 @warns_non_finite_input
@@ -68,8 +68,7 @@ def multi_similarity_loss(
     caller = "multi_similarity_loss"
     check_embeddings(embeddings, caller)
     labels = check_labels(labels, embeddings, caller)
-    outputs = ops.multi_similarity_loss_forward(embeddings, labels, alpha, beta, base, mining_epsilon)
-    return ops.reduce_multi_similarity((embeddings,), outputs)
+    return pair_rule_loss(embeddings, labels, presets.multi_similarity(alpha, beta, base, mining_epsilon))
 
 
 @warns_non_finite_input
@@ -90,5 +89,4 @@ def circle_loss(embeddings: torch.Tensor, labels: torch.Tensor, m: float = 0.4, 
     caller = "circle_loss"
     check_embeddings(embeddings, caller)
     labels = check_labels(labels, embeddings, caller)
-    outputs = ops.circle_loss_forward(embeddings, labels, m, gamma)
-    return ops.reduce_circle((embeddings,), outputs)
+    return pair_rule_loss(embeddings, labels, presets.circle(m, gamma))

@@ -57,7 +57,7 @@ class SupConLoss(LabelledBatchLoss):
     Inputs: single texts with integer class labels; batches need classes with at least 2 samples.
     """
 
-    embedplug_ops = ("supcon_loss_forward",)
+    embedplug_ops = ("pair_rule_forward",)
 
     def __init__(self, model: nn.Module, temperature: float = 0.1) -> None:
         super().__init__(model)
@@ -95,7 +95,7 @@ class MultiSimilarityLoss(LabelledBatchLoss):
     Inputs: single texts with integer class labels; batches need classes with at least 2 samples.
     """
 
-    embedplug_ops = ("multi_similarity_loss_forward",)
+    embedplug_ops = ("pair_rule_forward",)
 
     def __init__(
         self,
@@ -139,7 +139,7 @@ class CircleLoss(LabelledBatchLoss):
     Inputs: single texts with integer class labels; batches need classes with at least 2 samples.
     """
 
-    embedplug_ops = ("circle_loss_forward",)
+    embedplug_ops = ("pair_rule_forward",)
 
     def __init__(self, model: nn.Module, m: float = 0.4, gamma: float = 80.0) -> None:
         super().__init__(model)

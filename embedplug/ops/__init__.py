@@ -7,7 +7,6 @@ from embedplug.ops.batch_all import batch_all_triplet_loss_forward
 from embedplug.ops.batch_hard import batch_hard_mining
 from embedplug.ops.hard_negative_topk import hard_negative_topk
 from embedplug.ops.hardest_negative import hardest_off_diagonal_similarity
-from embedplug.ops.labelled_contrastive import circle_loss_forward, multi_similarity_loss_forward, supcon_loss_forward
 from embedplug.ops.layer import SPECS, backend, backend_info, backend_of, force_reference, runs_fused
 from embedplug.ops.masked_infonce import masked_infonce, masked_infonce_mean
 from embedplug.ops.pair_rule import pair_rule_forward
@@ -20,15 +19,12 @@ __all__ = [
     "backend_of",
     "batch_all_triplet_loss_forward",
     "batch_hard_mining",
-    "circle_loss_forward",
     "hard_negative_topk",
     "force_reference",
     "hardest_off_diagonal_similarity",
     "masked_infonce",
     "masked_infonce_mean",
-    "multi_similarity_loss_forward",
     "pair_rule_forward",
     "runs_fused",
     "semi_hard_triplet_loss_forward",
-    "supcon_loss_forward",
 ]

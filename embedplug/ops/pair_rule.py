@@ -4,7 +4,8 @@ batch by the fused kernel (CPU and CUDA, O(N) memory), and its batch reducer.
 The op takes the rule as the two flat lists :func:`embedplug.pair_rules.encode` writes; its reference
 is the exact pure-torch interpreter (:mod:`embedplug.reference.pair_rule`) on the decoded rule. The
 outputs are per-anchor sums and counts; the reducer (:func:`reduce_pair_rule`) is declared here with
-the op, as for :mod:`embedplug.ops.labelled_contrastive`.
+the op. SupCon, multi-similarity (with and without its miner) and circle run on this op as
+presets (:mod:`embedplug.pair_rules.presets`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import torch
 
 from embedplug._validation import check_embeddings, check_labels
 from embedplug.ops import layer
-from embedplug.ops.labelled_contrastive import zero_loss
 from embedplug.ops.samples import labelled_batches
 from embedplug.ops.spec import Arg, Autograd, Embeddings, Labels, OpSpec, Sample
 from embedplug.pair_rules import PairRule, PairRuleError, decode, encode
@@ -24,6 +24,11 @@ from embedplug.reference import pair_rule as reference
 from embedplug.reference.pair_rule import PairRuleTerms
 
 CALLER = "embedplug.ops.pair_rule_forward"
+
+
+def zero_loss(embeddings: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """PML's ``zero_loss``: ``sum(embeddings * 0)`` (0 with a zero gradient; NaN for non-finite input)."""
+    return (embeddings * 0).sum().to(dtype)
 
 
 class EncodedParams(Arg):
@@ -256,7 +261,9 @@ def reduce_pair_rule(rule: PairRule, embeddings: torch.Tensor, outputs: PairRule
     loss_sums, counted, terms, positive_pairs, negative_pairs = outputs
     zero = zero_loss(embeddings, loss_sums.dtype)
     kind = rule.reducer.kind
-    if kind == "avg_non_zero" and bool((counted < 0).any()):
+    # A rule with avg_non_zero makes every count known (checked when it is built); this guards raw
+    # outputs, in eager mode (a data-dependent branch under torch.compile).
+    if kind == "avg_non_zero" and not torch.compiler.is_compiling() and bool((counted < 0).any()):
         raise RuntimeError("reduce_pair_rule: avg_non_zero needs exact counts, which this rule's outputs lack")
     side_losses = []
     for side in range(loss_sums.shape[0]):

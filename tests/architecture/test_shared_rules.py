@@ -78,7 +78,7 @@ def rules_reached_from(sources: list[Path], bodies: dict[str, str], extra_text: 
 
 def test_the_scanner_sees_the_rule_headers():
     bodies = rule_bodies()
-    assert len(bodies) > 60 and {"finish_row", "guide_threshold", "masked_logit", "keep_max"} <= set(bodies)
+    assert len(bodies) > 60 and {"finish_anchor", "versus_term", "guide_threshold", "masked_logit", "keep_max"} <= set(bodies)
 
 
 def test_every_rule_is_run_by_a_cpu_kernel():

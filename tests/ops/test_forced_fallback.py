@@ -18,9 +18,7 @@ CASES = {
     "batch_hard_mining": "F.batch_hard_triplet_loss(x, y)",
     "semi_hard_triplet_loss_forward": "F.batch_semi_hard_triplet_loss(x, y)",
     "batch_all_triplet_loss_forward": "F.batch_all_triplet_loss(x, y)",
-    "supcon_loss_forward": "F.supervised_contrastive_loss(x, y)",
-    "multi_similarity_loss_forward": "F.multi_similarity_loss(x, y)",
-    "circle_loss_forward": "F.circle_loss(x, y)",
+    "pair_rule_forward": "F.supervised_contrastive_loss(x, y) + F.multi_similarity_loss(x, y) + F.circle_loss(x, y)",
     "masked_infonce_mean": "F.gist_embed_loss(x[:50], x[50:], guide_anchor=g[:50], guide_positive=g[50:], margin=0.05, temperature=0.05)",
 }
 
