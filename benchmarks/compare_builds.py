@@ -82,14 +82,19 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", action="append", default=None, metavar="LOSS", help="time only these losses (repeatable)")
     args = parser.parse_args()
+    unknown = set(args.only or ()) - {name for name, _ in CASES}
+    if unknown:
+        parser.error(f"unknown loss(es) {sorted(unknown)}; choose from {[name for name, _ in CASES]}")
+    if args.only:
+        CASES[:] = [(name, expression) for name, expression in CASES if name in args.only]
     if len(args.checkout) != 2:
         parser.error("give exactly two --checkout folders: baseline, candidate")
     runs: dict[Path, list[dict]] = {checkout: [] for checkout in args.checkout}
     for _ in range(args.rounds):
         for checkout in args.checkout:
             runs[checkout].append(run_round(checkout, args.n, args.dim, args.repeats))
-    baseline, candidate = args.checkout
     print(f"N = {args.n}, D = {args.dim}, {args.rounds} alternating rounds x median of {args.repeats}")
     for checkout in args.checkout:
         print(f"  {checkout}: embedplug from {runs[checkout][0]['embedplug']}")

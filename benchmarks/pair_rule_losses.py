@@ -1,16 +1,19 @@
 """Pair-rule losses forward+backward, side by side in one run.
 
 1. The new rules (pytorch-metric-learning's ContrastiveLoss, NTXentLoss, GeneralizedLiftedStructureLoss,
-   TupletMarginLoss, and the example plugin's LiftedStructureLoss) on the fused kernel, against one
-   ``torch.mm`` of the embeddings (the GEMM floor) and pytorch-metric-learning 2.9 itself.
-2. The presets of SupCon, MultiSimilarity (with and without its miner) and Circle on the pair-rule
-   kernel against embedplug's bespoke kernels of those losses.
-3. With ``--memory-n``: each new rule's fused forward+backward at that N (time and peak extra memory);
-   pytorch-metric-learning is not run there, its N x N float matrices are reported instead.
+   TupletMarginLoss, and the example plugin's LiftedStructureLoss) on the fused kernel at N (default
+   8192), against one ``torch.mm`` of the embeddings (the GEMM floor) and pytorch-metric-learning 2.9.
+   PML's NTXent, TupletMargin and LiftedStructure build a [positive pairs x negative pairs] matrix
+   (N^2 (K - 1)(N - K) entries: terabytes at N = 8192); they are reported as not run there, with the
+   memory they would need, and compared at ``--pml-n`` (default 512) instead.
+2. With ``--memory-n``: each new rule's fused forward+backward at that N (time and peak extra memory).
 
-Each implementation's rounds alternate with the others' (A B C A B C ...), and the median is
-reported, so a slow moment of the machine hits every column alike. Peak memory is the resident
-high-water mark above the inputs (embedplug.bench.memory), one call each.
+The presets of SupCon, MultiSimilarity and Circle replaced bespoke kernels; that comparison needs the
+old build beside the new one: ``benchmarks/compare_builds.py --checkout OLD --checkout NEW --only SupConLoss ...``.
+
+Implementations alternate round by round (A B C A B C ...) and the median is reported, so a slow
+moment of the machine hits every column alike. Peak memory is the resident high-water mark above the
+inputs (embedplug.bench.memory), one call each.
 
     python benchmarks/pair_rule_losses.py                       # N = 8192, D = 384
     python benchmarks/pair_rule_losses.py --memory-n 65536      # also the 1 GiB check at N = 65,536
@@ -26,7 +29,7 @@ import torch
 
 from embedplug.bench.batch_hard_cases import make_inputs
 from embedplug.bench.memory import peak_extra_memory_bytes
-from embedplug.functional import circle_loss, multi_similarity_loss, pair_rule_loss, supervised_contrastive_loss
+from embedplug.functional import pair_rule_loss
 from embedplug.pair_rules import Affine, PairRule, Reducer, Side, VersusLse, presets
 
 
@@ -45,45 +48,28 @@ def lifted_structure(neg_margin: float = 1.0, pos_margin: float = 0.0) -> PairRu
     )
 
 
-def _pml():
+def new_rules() -> dict:
+    """name -> (rule, PML loss factory or None, whether PML builds a positive-by-negative pairs matrix)."""
     try:
-        from pytorch_metric_learning import losses, miners
+        from pytorch_metric_learning import losses
     except ImportError:
-        return None
-    return losses, miners
+        losses = None
 
+    def peer(name):
+        return None if losses is None else getattr(losses, name)
 
-def new_rules():
-    """name -> (rule, PML loss factory or None)."""
-    pml = _pml()
-    peer = (lambda make: make) if pml else (lambda make: None)
-    losses = pml[0] if pml else None
     return {
-        "ContrastiveLoss": (presets.contrastive(), peer(lambda: losses.ContrastiveLoss())),
-        "NTXentLoss": (presets.ntxent(), peer(lambda: losses.NTXentLoss())),
-        "GeneralizedLiftedStructureLoss": (
-            presets.generalized_lifted_structure(),
-            peer(lambda: losses.GeneralizedLiftedStructureLoss()),
-        ),
-        "TupletMarginLoss": (presets.tuplet_margin(), peer(lambda: losses.TupletMarginLoss())),
-        "LiftedStructureLoss (example plugin)": (lifted_structure(), peer(lambda: losses.LiftedStructureLoss())),
+        "ContrastiveLoss": (presets.contrastive(), peer("ContrastiveLoss"), False),
+        "NTXentLoss": (presets.ntxent(), peer("NTXentLoss"), True),
+        "GeneralizedLiftedStructureLoss": (presets.generalized_lifted_structure(), peer("GeneralizedLiftedStructureLoss"), False),
+        "TupletMarginLoss": (presets.tuplet_margin(), peer("TupletMarginLoss"), True),
+        "LiftedStructureLoss (example plugin)": (lifted_structure(), peer("LiftedStructureLoss"), True),
     }
 
 
-def presets_against_bespoke():
-    """name -> (preset rule, bespoke functional loss)."""
-    return {
-        "SupConLoss": (presets.supcon(0.1), lambda x, y: supervised_contrastive_loss(x, y, temperature=0.1)),
-        "MultiSimilarityLoss (+ miner)": (
-            presets.multi_similarity(mining_epsilon=0.1),
-            lambda x, y: multi_similarity_loss(x, y, mining_epsilon=0.1),
-        ),
-        "MultiSimilarityLoss (all pairs)": (
-            presets.multi_similarity(mining_epsilon=None),
-            lambda x, y: multi_similarity_loss(x, y, mining_epsilon=None),
-        ),
-        "CircleLoss": (presets.circle(), lambda x, y: circle_loss(x, y)),
-    }
+def pair_matrix_bytes(n: int, samples_per_class: int = 4, element: int = 4) -> int:
+    """One [positive pairs x negative pairs] float matrix of a P x K batch."""
+    return n * (samples_per_class - 1) * n * (n - samples_per_class) * element
 
 
 def forward_backward(loss_fn, inputs) -> None:
@@ -113,58 +99,59 @@ def mib(nbytes) -> str:
     return "n/a" if nbytes is None else f"{nbytes / 2**20:,.0f} MiB"
 
 
+def compare(rules: dict, inputs, rounds: int, why_not_pml) -> None:
+    """One table row per rule: fused and (where ``why_not_pml`` returns None) PML, beside one torch.mm."""
+    print("| loss | embedplug fused | × torch.mm | peak extra | pytorch-metric-learning 2.9 | × torch.mm | peak extra |")
+    print("|---|---|---|---|---|---|---|")
+    floor_times = []
+    for name, (rule, pml_class, pair_matrix) in rules.items():
+        functions = {"floor": floor, "fused": lambda i, rule=rule: forward_backward(lambda x, y: pair_rule_loss(x, y, rule), i)}
+        skipped = "not installed" if pml_class is None else why_not_pml(pair_matrix)
+        if skipped is None:
+            peer = pml_class()
+            functions["pml"] = lambda i, peer=peer: forward_backward(peer, i)
+        medians = interleaved_medians(functions, inputs, rounds)
+        memory = {key: peak_extra_memory_bytes(lambda fn=fn: fn(inputs)) for key, fn in functions.items() if key != "floor"}
+        floor_times.append(medians["floor"])
+        pml_cells = (
+            f"{medians['pml']:.2f} s | {medians['pml'] / medians['floor']:.1f} | {mib(memory['pml'])}"
+            if "pml" in medians
+            else f"{skipped} | | "
+        )
+        print(f"| {name} | {medians['fused']:.3f} s | {medians['fused'] / medians['floor']:.2f} | {mib(memory['fused'])} "
+              f"| {pml_cells} |")
+    print(f"(torch.mm floor: median {statistics.median(floor_times) * 1e3:.1f} ms)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=8192)
+    parser.add_argument("--pml-n", type=int, default=512)
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--memory-n", type=int, default=None)
-    parser.add_argument("--skip", choices=["new", "presets"], action="append", default=[])
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, N = {args.n}, D = {args.dim}, P x K with K = 4")
-    inputs = make_inputs(args.n, args.dim)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, D = {args.dim}, P x K labels with K = 4")
+    rules = new_rules()
 
-    if "new" not in args.skip:
-        print("\n| loss | embedplug fused | x torch.mm | peak extra | pytorch-metric-learning 2.9 | x torch.mm | peak extra |")
-        print("|---|---|---|---|---|---|---|")
-        for name, (rule, make_peer) in new_rules().items():
-            functions = {"floor": floor, "fused": lambda i, rule=rule: forward_backward(lambda x, y: pair_rule_loss(x, y, rule), i)}
-            if make_peer is not None:
-                peer = make_peer()
-                functions["pml"] = lambda i, peer=peer: forward_backward(peer, i)
-            medians = interleaved_medians(functions, inputs, args.rounds)
-            memory = {key: peak_extra_memory_bytes(lambda fn=fn: fn(inputs)) for key, fn in functions.items() if key != "floor"}
-            pml_cells = (
-                f"{medians['pml']:.2f} s | {medians['pml'] / medians['floor']:.2f} | {mib(memory['pml'])}"
-                if "pml" in medians
-                else "not installed | | "
-            )
-            print(
-                f"| {name} | {medians['fused']:.2f} s | {medians['fused'] / medians['floor']:.2f} | {mib(memory['fused'])} "
-                f"| {pml_cells} |"
-            )
-        print(f"(torch.mm floor: {medians['floor']:.3f} s)")
+    print(f"\nN = {args.n}")
+    compare(rules, make_inputs(args.n, args.dim), args.rounds,
+            lambda pair_matrix: f"not run: its pairs matrix alone is {pair_matrix_bytes(args.n) / 2**40:,.1f} TiB"
+            if pair_matrix else None)
 
-    if "presets" not in args.skip:
-        print("\n| loss | bespoke kernel | pair-rule preset | preset / bespoke |")
-        print("|---|---|---|---|")
-        for name, (rule, bespoke) in presets_against_bespoke().items():
-            functions = {
-                "bespoke": lambda i, bespoke=bespoke: forward_backward(bespoke, i),
-                "preset": lambda i, rule=rule: forward_backward(lambda x, y: pair_rule_loss(x, y, rule), i),
-            }
-            medians = interleaved_medians(functions, inputs, args.rounds)
-            print(f"| {name} | {medians['bespoke']:.2f} s | {medians['preset']:.2f} s | {medians['preset'] / medians['bespoke']:.2f} |")
+    small = {name: entry for name, entry in rules.items() if entry[2]}
+    print(f"\nN = {args.pml_n}: the losses whose PML implementation builds the pairs matrix "
+          f"({pair_matrix_bytes(args.pml_n) / 2**30:.1f} GiB each at this N)")
+    compare(small, make_inputs(args.pml_n, args.dim), args.rounds, lambda pair_matrix: None)
 
     if args.memory_n:
         n = args.memory_n
         big = make_inputs(n, args.dim)
-        element = big.embeddings.element_size()
         print(f"\nN = {n}, D = {args.dim}: fused forward+backward, one call each "
-              f"(pytorch-metric-learning would hold N x N matrices of {n * n * element / 2**30:.0f} GiB each)")
+              f"(PML's N x N float matrices alone would be {n * n * 4 / 2**30:.0f} GiB each)")
         print("| loss | time | peak extra memory |")
         print("|---|---|---|")
-        for name, (rule, _) in new_rules().items():
+        for name, (rule, _, _) in rules.items():
             start = time.perf_counter()
             peak = peak_extra_memory_bytes(lambda rule=rule: forward_backward(lambda x, y: pair_rule_loss(x, y, rule), big))
             print(f"| {name} | {time.perf_counter() - start:.0f} s | {mib(peak)} |")
