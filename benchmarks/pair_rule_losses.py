@@ -22,30 +22,26 @@ inputs (embedplug.bench.memory), one call each.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
 from embedplug.bench.batch_hard_cases import make_inputs
 from embedplug.bench.memory import peak_extra_memory_bytes
 from embedplug.functional import pair_rule_loss
-from embedplug.pair_rules import Affine, PairRule, Reducer, Side, VersusLse, presets
+from embedplug.pair_rules import PairRule, presets
 
 
 def lifted_structure(neg_margin: float = 1.0, pos_margin: float = 0.0) -> PairRule:
-    """The example plugin's rule (plugins/embedplug-example), repeated so this script needs no install."""
-    return PairRule(
-        positives=Side(
-            "euclidean",
-            affine=Affine(-1.0, pos_margin),
-            term=VersusLse("negatives", rows="anchor_and_positive", outer="squared_hinge_half"),
-            reduction="pairs",
-        ),
-        negatives=Side("euclidean", affine=Affine(-1.0, neg_margin)),
-        reducer=Reducer("mean", over="positive_pairs"),
-        zero_without_both_pair_kinds=True,
-    )
+    """The example plugin's rule, loaded from its source file (the script needs no install)."""
+    source = Path(__file__).resolve().parents[1] / "plugins" / "embedplug-example" / "src" / "embedplug_example"
+    spec = importlib.util.spec_from_file_location("_example_lifted_structure", source / "lifted_structure.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.lifted_structure(neg_margin, pos_margin)
 
 
 def new_rules() -> dict:

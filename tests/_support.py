@@ -14,6 +14,21 @@ requires_extension = pytest.mark.skipif(not _extension.STATUS.loaded, reason="em
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 KERNEL_DISTANCES = ("euclidean", "squared_euclidean", "cosine")
+EXAMPLE_RULE_SOURCE = (
+    pathlib.Path(__file__).resolve().parents[1] / "plugins" / "embedplug-example" / "src" / "embedplug_example"
+    / "lifted_structure.py"
+)
+
+
+def example_lifted_structure():
+    """The example plugin's ``lifted_structure(neg_margin, pos_margin)`` rule factory, loaded from its
+    source file (not an installed copy, and without importing the plugin package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_embedplug_example_lifted_structure", EXAMPLE_RULE_SOURCE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.lifted_structure
 
 
 def random_labels(n: int, num_classes: int, generator: torch.Generator) -> torch.Tensor:
@@ -39,7 +54,9 @@ def st_distance_function(distance: str):
     """sentence-transformers' own distance function for a kernel distance name."""
     import functools
 
-    from sentence_transformers.sentence_transformer.losses import BatchHardTripletLossDistanceFunction as ST
+    from sentence_transformers.sentence_transformer.losses import (
+        BatchHardTripletLossDistanceFunction as ST,
+    )
 
     return {
         "euclidean": ST.euclidean_distance,

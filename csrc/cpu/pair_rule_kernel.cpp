@@ -152,26 +152,12 @@ struct TileView {
 template <typename T, typename Epilogue>
 void for_each_tile(const GramSource& source, int64_t tile, Epilogue&& epilogue) {
   const RuleOperands& operands = *source.operands;
-  const int64_t n = operands.unit.size(0);
-  const auto pairs = upper_triangular_tiles(n, tile);
-  const int num_threads = at::get_num_threads();
-  std::vector<std::vector<T>> buffers(num_threads);
-  at::parallel_for(0, static_cast<int64_t>(pairs.size()), 1, [&](int64_t begin, int64_t end) {
-    const int thread_id = at::get_thread_num();
-    auto& buffer = buffers[thread_id];
-    buffer.resize(static_cast<size_t>(tile * tile));
-    for (int64_t p = begin; p < end; ++p) {
-      const TilePair& pair = pairs[p];
-      const int64_t rows = pair.row_end - pair.row_begin, cols = pair.col_end - pair.col_begin;
-      auto gram = at::from_blob(buffer.data(), {rows, cols}, operands.left.options());
-      if (source.full.defined()) {
-        gram.copy_(source.full.narrow(0, pair.row_begin, rows).narrow(1, pair.col_begin, cols));
-      } else {
-        at::mm_out(gram, operands.left.narrow(0, pair.row_begin, rows), operands.right.narrow(0, pair.col_begin, cols).t());
-      }
-      epilogue(TileView<T>{buffer.data(), pair.row_begin, rows, pair.col_begin, cols, pair.on_diagonal()}, thread_id);
-    }
-  });
+  for_each_gram_tile_of<T>(operands.left, operands.right, source.full, tile,
+                           [&](const TilePair& pair, const T* gram, int thread_id) {
+                             epilogue(TileView<T>{gram, pair.row_begin, pair.row_end - pair.row_begin, pair.col_begin,
+                                                  pair.col_end - pair.col_begin, pair.on_diagonal()},
+                                      thread_id);
+                           });
 }
 
 // Per-thread scratch of the tile passes: per-pair values, keep flags, exps, column accumulators

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <limits>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "pairwise_common.h"
@@ -38,13 +39,14 @@ inline std::vector<TilePair> upper_triangular_tiles(int64_t n, int64_t tile) {
 }
 
 // Runs `epilogue(pair, gram_block, thread_id)` for every upper-triangular tile pair, in parallel
-// over pairs. gram_block is a contiguous [rows x cols] view of rows[row tile] . rows[col tile]^T
-// living in a per-thread buffer. The GEMM inside a parallel region runs single-threaded (nested
-// OpenMP is off), so the parallelism is over tiles, which keeps every core busy on both the GEMM
-// and the epilogue.
+// over pairs. gram_block is a contiguous [rows x cols] view of left[row tile] . right[col tile]^T
+// living in a per-thread buffer, copied from `full` (an [N, N] product already computed) when it is
+// defined. The GEMM inside a parallel region runs single-threaded (nested OpenMP is off), so the
+// parallelism is over tiles, which keeps every core busy on both the GEMM and the epilogue.
 template <typename scalar_t, typename Epilogue>
-void for_each_gram_tile(const at::Tensor& rows, int64_t tile, Epilogue&& epilogue) {
-  const int64_t n = rows.size(0);
+void for_each_gram_tile_of(const at::Tensor& left, const at::Tensor& right, const at::Tensor& full, int64_t tile,
+                           Epilogue&& epilogue) {
+  const int64_t n = left.size(0);
   const auto pairs = upper_triangular_tiles(n, tile);
   const int num_threads = at::get_num_threads();
   std::vector<std::vector<scalar_t>> buffers(num_threads);
@@ -56,12 +58,21 @@ void for_each_gram_tile(const at::Tensor& rows, int64_t tile, Epilogue&& epilogu
       const TilePair& pair = pairs[p];
       const int64_t tile_rows = pair.row_end - pair.row_begin;
       const int64_t tile_cols = pair.col_end - pair.col_begin;
-      auto gram = at::from_blob(buffer.data(), {tile_rows, tile_cols}, rows.options());
-      at::mm_out(gram, rows.narrow(0, pair.row_begin, tile_rows),
-                 rows.narrow(0, pair.col_begin, tile_cols).t());
+      auto gram = at::from_blob(buffer.data(), {tile_rows, tile_cols}, left.options());
+      if (full.defined()) {
+        gram.copy_(full.narrow(0, pair.row_begin, tile_rows).narrow(1, pair.col_begin, tile_cols));
+      } else {
+        at::mm_out(gram, left.narrow(0, pair.row_begin, tile_rows), right.narrow(0, pair.col_begin, tile_cols).t());
+      }
       epilogue(pair, static_cast<const scalar_t*>(buffer.data()), thread_id);
     }
   });
+}
+
+// The symmetric case: rows . rows^T.
+template <typename scalar_t, typename Epilogue>
+void for_each_gram_tile(const at::Tensor& rows, int64_t tile, Epilogue&& epilogue) {
+  for_each_gram_tile_of<scalar_t>(rows, rows, at::Tensor(), tile, std::forward<Epilogue>(epilogue));
 }
 
 // Anchors per row block. The column side of the backward is a GEMM whose inner dimension is the

@@ -88,7 +88,7 @@ def _backward_fake(grad_loss_sums, embeddings, *rest):
 
 def _setup_context(ctx, inputs, output):
     embeddings, labels, params, codes, _ = inputs
-    loss_sums, counted, terms, positive_pairs, negative_pairs, unit_grad, near_duplicates = output
+    _loss_sums, counted, terms, positive_pairs, negative_pairs, unit_grad, near_duplicates = output
     ctx.save_for_backward(embeddings, labels, unit_grad)
     ctx.rule = (params, codes)
     ctx.mark_non_differentiable(counted, terms, positive_pairs, negative_pairs, unit_grad, near_duplicates)

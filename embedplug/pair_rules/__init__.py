@@ -17,7 +17,15 @@ docs/pair-rules.md describes every field.
 from embedplug.pair_rules import presets
 from embedplug.pair_rules._checks import PairRuleError
 from embedplug.pair_rules.encoding import EncodedRule, decode, encode
-from embedplug.pair_rules.parts import Affine, Combine, MiningFilter, Reducer, SelfPacedWeight, Side, VersusLse
+from embedplug.pair_rules.parts import (
+    Affine,
+    Combine,
+    MiningFilter,
+    Reducer,
+    SelfPacedWeight,
+    Side,
+    VersusLse,
+)
 from embedplug.pair_rules.rule import PairRule
 
 __all__ = [

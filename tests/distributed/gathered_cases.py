@@ -98,21 +98,11 @@ def tiny_model(dtype: torch.dtype, dim: int = 8) -> nn.Sequential:
 
 
 def lifted_structure(neg_margin: float = 1.0, pos_margin: float = 0.0):
-    """PML's LiftedStructureLoss as a pair rule (plugins/embedplug-example's): a positive pair's
-    log-sum-exp also runs over the negatives of the positive, which may live on the other rank."""
-    from embedplug.pair_rules import Affine, PairRule, Reducer, Side, VersusLse
+    """The example plugin's LiftedStructureLoss rule: a positive pair's log-sum-exp also runs over the
+    negatives of the positive, which may live on the other rank."""
+    from _support import example_lifted_structure
 
-    return PairRule(
-        positives=Side(
-            "euclidean",
-            affine=Affine(-1.0, pos_margin),
-            term=VersusLse("negatives", rows="anchor_and_positive", outer="squared_hinge_half"),
-            reduction="pairs",
-        ),
-        negatives=Side("euclidean", affine=Affine(-1.0, neg_margin)),
-        reducer=Reducer("mean", over="positive_pairs"),
-        zero_without_both_pair_kinds=True,
-    )
+    return example_lifted_structure()(neg_margin, pos_margin)
 
 
 def _rule_loss_classes() -> list[tuple[str, type, dict]]:

@@ -11,24 +11,19 @@ import dataclasses
 
 import pytest
 import torch
-from _support import assert_compiles_like_eager, label_structures, requires_cuda, requires_extension
+from _support import (
+    assert_compiles_like_eager,
+    example_lifted_structure,
+    label_structures,
+    requires_cuda,
+    requires_extension,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from embedplug import functional as F
-from embedplug.pair_rules import Affine, MiningFilter, PairRule, Reducer, Side, VersusLse, encode, presets
+from embedplug.pair_rules import MiningFilter, PairRule, encode, presets
 from embedplug.reference import pair_rule as reference
-
-
-def lifted_structure() -> PairRule:
-    return PairRule(
-        positives=Side("euclidean", affine=Affine(-1.0, 0.1),
-                       term=VersusLse("negatives", rows="anchor_and_positive", outer="squared_hinge_half"),
-                       reduction="pairs"),
-        negatives=Side("euclidean", affine=Affine(-1.0, 0.8)),
-        reducer=Reducer("mean", over="positive_pairs"),
-        zero_without_both_pair_kinds=True,
-    )
 
 
 def mined_contrastive() -> PairRule:
@@ -54,7 +49,7 @@ RULES = {
     "ntxent": presets.ntxent(0.2),
     "generalized lifted": presets.generalized_lifted_structure(1.2, 0.1),
     "tuplet margin": presets.tuplet_margin(5.73, 16.0),
-    "lifted": lifted_structure(),
+    "lifted": example_lifted_structure()(0.8, 0.1),
 }
 each_rule = pytest.mark.parametrize("rule", list(RULES.values()), ids=list(RULES))
 

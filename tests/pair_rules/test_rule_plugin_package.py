@@ -163,7 +163,7 @@ def test_backend_info_on_cpu_says_fused(rule_loss):
 @pytest.mark.parametrize("margins", [{}, {"neg_margin": 0.6, "pos_margin": 0.1}], ids=["defaults", "margins"])
 def test_the_installed_rule_loss_equals_pytorch_metric_learning(rule_loss, dtype, margins):
     loss = rule_loss(None, **margins)
-    ours = lambda x, y: loss.compute_loss_from_embeddings([x], y)  # noqa: E731
+    ours = lambda x, y: loss.compute_loss_from_embeddings([x], y)
     theirs = pml_losses.GeneralizedLiftedStructureLoss(**margins)
     generator = torch.Generator().manual_seed(23)
     # Up to 25 rows torch.cdist takes exact differences and a distance rule takes the reference; 40 and
