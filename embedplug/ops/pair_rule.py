@@ -180,15 +180,12 @@ def _samples(dtype):
             encoded = encode(rule)
             euclidean = rule.positives.measure in ("euclidean", "squared_euclidean")
             duplicates = "duplicate" in regime
-            # Distances of duplicate rows are square roots of a rounding (cdist's clamp), and an
-            # angle offset's acos of a rounded 1.0000001 is NaN in both; their float32 values are
-            # not the float64 ones'.
+            # Distances of duplicate rows are square roots of a rounding, and an angle offset's acos
+            # of a rounded 1.0000001 is NaN; their float32 values are not the float64 ones'.
             yield Sample(
                 (x, y, list(encoded.params), list(encoded.codes)),
                 f"{regime}, {name}",
                 float32_matches_float64=not (duplicates and (euclidean or rule.positives.angle_offset != 0)),
-                float64_atol=1e-6 if (duplicates and euclidean) else 1e-10,
-                float64_grad_atol=0.1 if (duplicates and euclidean) else 1e-9,
                 gradcheck=not (duplicates or name in ("circle",)),
             )
 

@@ -196,9 +196,6 @@ class Sample:
     # apart between two correct GEMMs, in float64 too.
     float64_atol: float = 1e-10
     float32_atol: float = 2e-4
-    # The gradient's absolute tolerance in float64. Loose only where the peer's own gradient is a
-    # cancellation: torch.cdist's backward at its clamp divides by 1e-15 and subtracts.
-    float64_grad_atol: float = 1e-9
     # False where the gradient holds a factor detached (a stop-gradient hardness term), so it is not
     # the numerical derivative gradcheck measures.
     gradcheck: bool = True
