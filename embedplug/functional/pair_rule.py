@@ -20,8 +20,9 @@ def pair_rule_loss(embeddings: torch.Tensor, labels: torch.Tensor, rule: PairRul
             :mod:`embedplug.pair_rules.presets` (pytorch-metric-learning's pair losses).
 
     Returns:
-        A scalar, differentiable in ``embeddings``. Runs on the exact pure-torch interpreter (N x N
-        memory) until the fused pair-rule kernel lands.
+        A scalar, differentiable in ``embeddings``. Runs on the fused pair-rule op (O(N) memory), or on
+        the exact pure-torch interpreter where the extension has no kernel (and for a distance
+        rule's small batches, see :func:`embedplug.ops.pair_rule.pair_rule_forward`).
     """
     caller = "pair_rule_loss"
     check_embeddings(embeddings, caller)

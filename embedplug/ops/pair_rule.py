@@ -218,6 +218,10 @@ PAIR_RULE = layer.declare(OpSpec(
 def pair_rule_forward(embeddings: torch.Tensor, labels: torch.Tensor, rule: PairRule) -> PairRuleTerms:
     """Runs ``rule`` on a batch: the per-anchor term sums and counts the batch reducer takes.
 
+    The fused kernel runs it, except for a distance rule's batch of at most 25 rows, or of at most
+    2,048 rows holding two rows whose distance is mostly rounding: those take the pure-torch
+    interpreter, whose torch.cdist is what pytorch-metric-learning computes there.
+
     Args:
         embeddings: [N, D] floating tensor, N >= 1 (float16/bfloat16 are computed in float32).
         labels: N integer class ids ([N] or [N, 1]) on the embeddings' device.

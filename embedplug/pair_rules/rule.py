@@ -16,8 +16,8 @@ class PairRule:
     combined per anchor by a :class:`Combine` (or their pair terms kept), then reduced over the batch.
 
     Data only: numbers, names and the frozen parts of :mod:`embedplug.pair_rules.parts`, never a
-    function, so one interpreter (today the exact pure-torch one, later a fused kernel) runs every
-    rule. A rule that cannot be interpreted raises :class:`PairRuleError` (or ``TypeError`` for a
+    function, so one interpreter (the fused kernel, with the exact pure-torch one as its reference)
+    runs every rule. A rule that cannot be interpreted raises :class:`PairRuleError` (or ``TypeError`` for a
     wrong type) when it is built, naming the part (``"negatives.reduction: ..."``).
 
     The loss is pytorch-metric-learning's zero loss (``sum(embeddings * 0)``: 0 with a zero

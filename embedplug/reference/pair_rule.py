@@ -1,8 +1,9 @@
 """The exact pure-torch interpreter of :class:`~embedplug.pair_rules.PairRule`: N x N matrices.
 
-It is the reference a fused pair-rule kernel will be tested against, and until then the only
-implementation. It returns per-anchor sums of the rule's terms with their counts (what a kernel
-would return, O(N)); :func:`embedplug.ops.pair_rule.reduce_pair_rule` makes the batch loss.
+It is the oracle of the fused pair-rule kernel (``embedplug::pair_rule_forward``) in the tests and
+its fallback where the extension has no kernel. It returns per-anchor sums of the rule's terms with
+their counts (what the kernel returns, O(N)); :func:`embedplug.ops.pair_rule.reduce_pair_rule`
+makes the batch loss.
 
 Numerics follow pytorch-metric-learning where float32 parity depends on it: its distances
 (``torch.cdist`` of normalised rows, normalise-then-matmul cosines), its masked log-sum-exp (masked
