@@ -18,22 +18,18 @@ inline int64_t label_tile_size(int64_t n) {
   return std::clamp<int64_t>((per_side + 15) / 16 * 16, 32, 256);
 }
 
-// Labels as dense int32 class ids, and each sample's class size: the label test then vectorises
-// (no 64-bit compares in SSE2), and pair counts need no pass over the pairs.
+// Labels as dense int32 class ids: the label test in the tile loops then vectorises (no 64-bit
+// compares in SSE2).
 struct LabelClasses {
   std::vector<int32_t> ids;
-  std::vector<int64_t> class_size;  // per sample: how many samples share its label, itself included
 
-  LabelClasses(const int64_t* labels, int64_t n) : ids(n), class_size(n) {
+  LabelClasses(const int64_t* labels, int64_t n) : ids(n) {
     std::vector<int64_t> sorted(labels, labels + n);
     std::sort(sorted.begin(), sorted.end());
     sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
-    std::vector<int64_t> members(sorted.size(), 0);
     for (int64_t i = 0; i < n; ++i) {
       ids[i] = static_cast<int32_t>(std::lower_bound(sorted.begin(), sorted.end(), labels[i]) - sorted.begin());
-      ++members[ids[i]];
     }
-    for (int64_t i = 0; i < n; ++i) class_size[i] = members[ids[i]];
   }
 };
 

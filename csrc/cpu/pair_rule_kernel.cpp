@@ -667,7 +667,6 @@ struct Forward {
 template <typename T>
 struct Coefficients {
   std::vector<PairCoefficients<T>> side[2];
-  std::vector<T> versus_normalizer;  // L_a of the positives-and-negatives reference
 };
 
 // The negatives' coefficients as arrays, for vector loads along a tile's columns.
@@ -806,7 +805,6 @@ at::Tensor gradient(const Forward<T>& f, const std::vector<T> weights[2]) {
   Coefficients<T> k;
   k.side[kPositives].resize(n);
   k.side[kNegatives].resize(n);
-  k.versus_normalizer.assign(n, T(0));
   for (int64_t a = 0; a < n; ++a) {
     k.side[kPositives][a] = side_coefficients(rule.side[kPositives], f.states.side[kPositives][a], value_slope[kPositives][a]);
     k.side[kNegatives][a] = side_coefficients(rule.side[kNegatives], f.states.side[kNegatives][a], value_slope[kNegatives][a]);
